@@ -1,0 +1,1 @@
+//! The Rust TRTC-style client.

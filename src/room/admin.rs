@@ -1,0 +1,164 @@
+//! The admin API, named after the TRTC server API: `POST /api/admin/{Action}`
+//! with a JSON body in TRTC's field names, authenticated by
+//! `Authorization: Bearer <admin.key>`.
+//!
+//! - `RemoveUser` `{SdkAppId, RoomId: number, UserIds: [..1-10]}` -> `banned`
+//! - `RemoveUserByStrRoomId` `{SdkAppId, RoomId: string, UserIds}` -> `banned`
+//! - `DismissRoom` `{SdkAppId, RoomId: number}` -> `room-disband`
+//! - `DismissRoomByStrRoomId` `{SdkAppId, RoomId: string}` -> `room-disband`
+//!
+//! Replies are TRTC-shaped: `{"Response": {"RequestId", ...}}`, errors as
+//! `{"Response": {"Error": {"Code", "Message"}, "RequestId"}}` with an HTTP
+//! status (401 without a valid key; nothing changes then).
+
+use crate::protocol::RoomId;
+use crate::room::config::RoomConfig;
+use crate::room::server::AppState;
+use crate::room::state::RoomKey;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MAX_USER_IDS: usize = 10;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct RemoveUserBody {
+    sdk_app_id: u64,
+    room_id: Value,
+    user_ids: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct DismissBody {
+    sdk_app_id: u64,
+    room_id: Value,
+}
+
+/// Constant-time comparison of the presented key with the configured one.
+pub fn authorized(config: &RoomConfig, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = config.admin.key.expose().as_bytes();
+    let presented = presented.as_bytes();
+    let mut diff = (expected.len() != presented.len()) as u8;
+    for (i, e) in expected.iter().enumerate() {
+        diff |= e ^ presented.get(i).copied().unwrap_or(0);
+    }
+    diff == 0 && !expected.is_empty()
+}
+
+fn request_id() -> String {
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!("callbox-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let message = message.into();
+    log::warn!(
+        "E_ADMIN_{}: {message}",
+        code.to_uppercase().replace('.', "_")
+    );
+    (
+        status,
+        Json(json!({"Response": {"Error": {"Code": code, "Message": message}, "RequestId": request_id()}})),
+    )
+        .into_response()
+}
+
+pub fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "AuthFailure",
+        "missing or wrong admin key",
+    )
+}
+
+/// RoomId is a number for the plain actions and a string for the *ByStrRoomId ones.
+fn room(action: &str, sdk_app_id: u64, room_id: &Value) -> Result<RoomKey, Response> {
+    let by_str = action.ends_with("ByStrRoomId");
+    let room = match (by_str, room_id) {
+        (false, Value::Number(n)) => RoomId::from_fields(n.as_i64().or(Some(-1)), None),
+        (true, Value::String(s)) => RoomId::from_fields(None, Some(s)),
+        _ => {
+            let want = if by_str { "a string" } else { "a number" };
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameter.RoomId",
+                format!("{action}: RoomId must be {want}"),
+            ));
+        }
+    };
+    room.map(|room| RoomKey { sdk_app_id, room }).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameter.RoomId",
+            e.to_string(),
+        )
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "InvalidParameter", e.to_string()))
+}
+
+pub async fn handle(
+    State(s): State<AppState>,
+    Path(action): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&s.config, &headers) {
+        return unauthorized();
+    }
+    match run(&s, &action, &body) {
+        Ok(affected) => {
+            log::info!("admin {action}: {affected} client(s) pushed out");
+            Json(json!({"Response": {"RequestId": request_id(), "Affected": affected}}))
+                .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+fn run(s: &AppState, action: &str, body: &[u8]) -> Result<usize, Response> {
+    match action {
+        "RemoveUser" | "RemoveUserByStrRoomId" => {
+            let b: RemoveUserBody = parse(body)?;
+            if b.user_ids.is_empty() || b.user_ids.len() > MAX_USER_IDS {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameter.UserIds",
+                    format!("UserIds must list 1 to {MAX_USER_IDS} users"),
+                ));
+            }
+            let key = room(action, b.sdk_app_id, &b.room_id)?;
+            let mut hub = s.hub.lock();
+            let n = hub.rooms.remove_users(&key, &b.user_ids);
+            hub.flush();
+            Ok(n)
+        }
+        "DismissRoom" | "DismissRoomByStrRoomId" => {
+            let b: DismissBody = parse(body)?;
+            let key = room(action, b.sdk_app_id, &b.room_id)?;
+            let mut hub = s.hub.lock();
+            let n = hub.rooms.dismiss(&key);
+            hub.flush();
+            Ok(n)
+        }
+        other => Err(error(
+            StatusCode::NOT_FOUND,
+            "InvalidAction",
+            format!("unknown action {other:?}"),
+        )),
+    }
+}

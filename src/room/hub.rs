@@ -1,0 +1,80 @@
+//! The hub: the room state machine plus the I/O its effects need (each
+//! connection's outgoing queue and the SFU). Signaling and admin handlers go
+//! through it; every state change is followed by carrying out its effects.
+
+use crate::protocol::ServerMessage;
+use crate::room::sfu::Sfu;
+use crate::room::state::{ConnId, Effect, Rooms};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc;
+
+pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
+
+pub struct Hub {
+    pub rooms: Rooms,
+    conns: HashMap<ConnId, Outbox>,
+    next_conn: ConnId,
+    pub sfu: Sfu,
+}
+
+/// Shared handle. The lock is never held across an await.
+#[derive(Clone)]
+pub struct SharedHub(Arc<Mutex<Hub>>);
+
+impl SharedHub {
+    pub fn new(sfu: Sfu) -> Self {
+        SharedHub(Arc::new(Mutex::new(Hub {
+            rooms: Rooms::new(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            sfu,
+        })))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Hub> {
+        // A panic while holding the lock is a bug; keep serving with the state as it is.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn sfu(&self) -> Sfu {
+        self.lock().sfu.clone()
+    }
+}
+
+impl Hub {
+    pub fn connect(&mut self, outbox: Outbox) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(id, outbox);
+        id
+    }
+
+    /// The connection closed: it leaves its room, its media stops.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        let _ = self.rooms.leave(conn);
+        self.conns.remove(&conn);
+        self.sfu.close_conn(conn);
+        self.flush();
+    }
+
+    pub fn send(&self, conn: ConnId, msg: ServerMessage) {
+        if let Some(out) = self.conns.get(&conn) {
+            let _ = out.send(msg);
+        }
+    }
+
+    /// Carry out every effect the state machine queued.
+    pub fn flush(&mut self) {
+        while let Some(effect) = self.rooms.poll_effect() {
+            match effect {
+                Effect::Send(conn, msg) => self.send(conn, msg),
+                Effect::CloseMedia(conn) => self.sfu.close_conn(conn),
+                Effect::EndPublication(stream_id) => self.sfu.end_publication(stream_id),
+                Effect::EndSubscription { conn, stream_id } => {
+                    self.sfu.end_subscription(conn, stream_id)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! The SFU: one UDP socket for all media of all clients, one thread that owns
+//! every peer (a str0m `Rtc`, ICE-lite, RTP mode) and forwards RTP from each
+//! publication's uplink to the downlinks that subscribe to it.
+//!
+//! Each client has an uplink PeerConnection for its publication and one
+//! downlink PeerConnection per subscribed stream (the TRTC v4 topology). That
+//! keeps every negotiation a single offer/answer, with no renegotiation when
+//! others come and go, and lets a subscriber drop one stream by closing one
+//! connection.
+//!
+//! Forwarding is at the RTP level: payloads are shared (`Arc<[u8]>`) between
+//! all downlinks, never copied or re-packetized; sequence numbers are rebased
+//! per downlink so SRTP's rollover counter starts at 0 for a late subscriber.
+//! str0m answers NACKs from its send buffer, sends NACKs and TWCC feedback to
+//! publishers, and keyframe requests (PLI/FIR) are relayed to the publisher.
+
+use crate::room::state::ConnId;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use str0m::change::SdpOffer;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// Keyframe requests to one publisher are relayed at most this often.
+const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
+/// Forwarding delays kept for percentiles.
+const DELAY_SAMPLES: usize = 1 << 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    #[error("bad SDP offer: {0}")]
+    BadSdp(String),
+    #[error("offer refused: {0}")]
+    Refused(String),
+    #[error("the media service has stopped")]
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Uplink,
+    Downlink,
+}
+
+/// Counters and forwarding-delay percentiles, for `/api/stats` and benchmarks.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SfuStats {
+    pub peers: usize,
+    pub uplinks: usize,
+    pub downlinks: usize,
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+    pub keyframe_requests_relayed: u64,
+    /// Time from a datagram's arrival to the last of its forwarded copies
+    /// being handed to the socket, microseconds.
+    pub forward_delay_us_p50: u32,
+    pub forward_delay_us_p99: u32,
+    pub forward_delay_samples: usize,
+}
+
+enum Command {
+    Open {
+        conn: ConnId,
+        stream_id: String,
+        role: Role,
+        offer: String,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    CloseConn(ConnId),
+    EndPublication(String),
+    EndSubscription {
+        conn: ConnId,
+        stream_id: String,
+    },
+    Stats(oneshot::Sender<SfuStats>),
+}
+
+/// Handle to the SFU thread; cheap to clone. The thread ends when every
+/// handle is dropped.
+#[derive(Clone)]
+pub struct Sfu {
+    tx: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+}
+
+impl Sfu {
+    /// Start the SFU on `socket`, telling clients to send media to `advertise`.
+    pub fn start(socket: std::net::UdpSocket, advertise: SocketAddr) -> std::io::Result<Sfu> {
+        socket.set_nonblocking(true)?;
+        let local_addr = socket.local_addr()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("callbox-sfu".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    match UdpSocket::from_std(socket) {
+                        Ok(socket) => Engine::new(socket, advertise).run(rx).await,
+                        Err(e) => log::error!("E_SFU_SOCKET: cannot use the media socket: {e}"),
+                    }
+                })
+            })?;
+        Ok(Sfu { tx, local_addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Answer a client's offer for an uplink (publication `stream_id`) or a
+    /// downlink (subscription to `stream_id`).
+    pub async fn open(
+        &self,
+        conn: ConnId,
+        stream_id: &str,
+        role: Role,
+        offer: String,
+    ) -> Result<String, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Open {
+                conn,
+                stream_id: stream_id.to_owned(),
+                role,
+                offer,
+                reply,
+            })
+            .map_err(|_| SfuError::Stopped)?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    pub fn close_conn(&self, conn: ConnId) {
+        let _ = self.tx.send(Command::CloseConn(conn));
+    }
+
+    pub fn end_publication(&self, stream_id: String) {
+        let _ = self.tx.send(Command::EndPublication(stream_id));
+    }
+
+    pub fn end_subscription(&self, conn: ConnId, stream_id: String) {
+        let _ = self.tx.send(Command::EndSubscription { conn, stream_id });
+    }
+
+    pub async fn stats(&self) -> Option<SfuStats> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Stats(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+type PeerId = u64;
+
+/// Sequence-number rebasing for one forwarded track.
+#[derive(Debug, Clone, Copy)]
+struct SeqMap {
+    first_in: u64,
+    first_out: u64,
+}
+
+struct Peer {
+    conn: ConnId,
+    stream_id: String,
+    role: Role,
+    rtc: Rtc,
+    mids: Vec<(Mid, MediaKind)>,
+    next_timeout: Instant,
+    /// Downlinks: rebasing per kind.
+    seq: HashMap<MediaKind, SeqMap>,
+    /// Uplinks: when a keyframe was last requested.
+    last_keyframe_request: Option<Instant>,
+    connected: bool,
+}
+
+impl Peer {
+    fn mid_of(&self, kind: MediaKind) -> Option<Mid> {
+        self.mids.iter().find(|(_, k)| *k == kind).map(|(m, _)| *m)
+    }
+}
+
+/// What handling one peer's output asks of the others.
+enum Propagate {
+    Rtp(PeerId, RtpPacket),
+    Keyframe(PeerId, KeyframeRequestKind),
+    DownlinkConnected(PeerId),
+}
+
+struct Engine {
+    socket: UdpSocket,
+    advertise: SocketAddr,
+    peers: HashMap<PeerId, Peer>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    /// stream id -> downlink peers
+    downlinks: HashMap<String, Vec<PeerId>>,
+    next_id: PeerId,
+    earliest: Instant,
+    stats: SfuStats,
+    delays: Vec<u32>,
+    delay_pos: usize,
+    /// Propagations waiting to be carried out.
+    work: VecDeque<Propagate>,
+}
+
+impl Engine {
+    fn new(socket: UdpSocket, advertise: SocketAddr) -> Self {
+        Engine {
+            socket,
+            advertise,
+            peers: HashMap::new(),
+            by_addr: HashMap::new(),
+            downlinks: HashMap::new(),
+            next_id: 1,
+            earliest: Instant::now() + Duration::from_secs(1),
+            stats: SfuStats::default(),
+            delays: Vec::with_capacity(DELAY_SAMPLES),
+            delay_pos: 0,
+            work: VecDeque::new(),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let sleep = tokio::time::sleep_until(self.earliest.into());
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, source)) => self.on_datagram(&buf[..n], source),
+                    // ICMP port-unreachable from a vanished client surfaces here; not fatal.
+                    Err(e) => log::debug!("media socket recv: {e}"),
+                },
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = sleep => {}
+            }
+            let now = Instant::now();
+            if now >= self.earliest {
+                self.on_timeouts(now);
+            }
+        }
+        log::info!("SFU stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Open {
+                conn,
+                stream_id,
+                role,
+                offer,
+                reply,
+            } => {
+                let _ = reply.send(self.open(conn, stream_id, role, &offer));
+            }
+            Command::CloseConn(conn) => {
+                let ids: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.conn == conn)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.into_iter().for_each(|id| self.remove(id));
+            }
+            Command::EndPublication(stream_id) => {
+                let ids: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.stream_id == stream_id)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.into_iter().for_each(|id| self.remove(id));
+            }
+            Command::EndSubscription { conn, stream_id } => {
+                let id = self
+                    .peers
+                    .iter()
+                    .find(|(_, p)| {
+                        p.conn == conn && p.stream_id == stream_id && p.role == Role::Downlink
+                    })
+                    .map(|(id, _)| *id);
+                if let Some(id) = id {
+                    self.remove(id);
+                }
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+        }
+    }
+
+    fn snapshot(&self) -> SfuStats {
+        let mut s = self.stats.clone();
+        s.peers = self.peers.len();
+        s.uplinks = self
+            .peers
+            .values()
+            .filter(|p| p.role == Role::Uplink)
+            .count();
+        s.downlinks = s.peers - s.uplinks;
+        let mut d = self.delays.clone();
+        d.sort_unstable();
+        let pct = |q: f64| {
+            d.get(((d.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        s.forward_delay_us_p50 = pct(0.50);
+        s.forward_delay_us_p99 = pct(0.99);
+        s.forward_delay_samples = d.len();
+        s
+    }
+
+    fn open(
+        &mut self,
+        conn: ConnId,
+        stream_id: String,
+        role: Role,
+        offer: &str,
+    ) -> Result<String, SfuError> {
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let now = Instant::now();
+        let mut cfg = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false);
+        // Constrained baseline first: browsers decode it and refuse High in answers.
+        cfg.codec_config()
+            .add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+        cfg.codec_config()
+            .add_h264(127.into(), Some(121.into()), true, 0x42001f);
+        let mut rtc = cfg.build(now);
+        let candidate = Candidate::host(self.advertise, "udp")
+            .map_err(|e| SfuError::Refused(format!("advertised address: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::Refused(e.to_string()))?;
+        let id = self.next_id;
+        self.next_id += 1;
+        if role == Role::Downlink {
+            self.downlinks
+                .entry(stream_id.clone())
+                .or_default()
+                .push(id);
+        }
+        log::info!("peer {id}: conn {conn} {role:?} for stream {stream_id}");
+        self.peers.insert(
+            id,
+            Peer {
+                conn,
+                stream_id,
+                role,
+                rtc,
+                mids: Vec::new(),
+                next_timeout: now,
+                seq: HashMap::new(),
+                last_keyframe_request: None,
+                connected: false,
+            },
+        );
+        // Collect MediaAdded and the first timeout before anything arrives.
+        self.drive(id, None, Instant::now());
+        Ok(answer.to_sdp_string())
+    }
+
+    fn remove(&mut self, id: PeerId) {
+        if let Some(mut p) = self.peers.remove(&id) {
+            log::info!("peer {id}: closed ({:?} of conn {})", p.role, p.conn);
+            p.rtc.disconnect();
+            self.by_addr.retain(|_, v| *v != id);
+            if let Some(list) = self.downlinks.get_mut(&p.stream_id) {
+                list.retain(|d| *d != id);
+                if list.is_empty() {
+                    self.downlinks.remove(&p.stream_id);
+                }
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, data: &[u8], source: SocketAddr) {
+        let arrived = Instant::now();
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            arrived,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.advertise,
+                contents,
+            },
+        );
+        let id = match self.by_addr.get(&source) {
+            Some(id) => Some(*id),
+            None => {
+                let found = self
+                    .peers
+                    .iter()
+                    .find(|(_, p)| p.rtc.accepts(&input))
+                    .map(|(id, _)| *id);
+                if let Some(id) = found {
+                    self.by_addr.insert(source, id);
+                }
+                found
+            }
+        };
+        let Some(id) = id else {
+            log::debug!("datagram from {source} matches no peer");
+            return;
+        };
+        let forwarded = self.drive(id, Some(input), arrived);
+        if forwarded {
+            let us = arrived.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            if self.delays.len() < DELAY_SAMPLES {
+                self.delays.push(us);
+            } else {
+                self.delays[self.delay_pos] = us;
+                self.delay_pos = (self.delay_pos + 1) % DELAY_SAMPLES;
+            }
+        }
+    }
+
+    fn on_timeouts(&mut self, now: Instant) {
+        let dead: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.rtc.is_alive())
+            .map(|(id, _)| *id)
+            .collect();
+        dead.into_iter().for_each(|id| self.remove(id));
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next_timeout <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.drive(id, Some(Input::Timeout(now)), now);
+        }
+        self.earliest = self
+            .peers
+            .values()
+            .map(|p| p.next_timeout)
+            .min()
+            .unwrap_or(now + Duration::from_secs(1))
+            .max(now + Duration::from_micros(200));
+    }
+
+    /// Feed one input to a peer, send what it outputs, and carry its
+    /// propagations to other peers. Returns whether RTP was forwarded.
+    fn drive(&mut self, id: PeerId, input: Option<Input>, now: Instant) -> bool {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        if let Some(input) = input {
+            if let Err(e) = peer.rtc.handle_input(input) {
+                log::warn!("peer {id}: input refused, closing: {e}");
+                peer.rtc.disconnect();
+            }
+        }
+        Self::poll(id, peer, &self.socket, &mut self.work);
+        self.earliest = self.earliest.min(peer.next_timeout);
+        if !peer.rtc.is_alive() {
+            self.remove(id);
+        }
+        let mut forwarded = false;
+        while let Some(w) = self.work.pop_front() {
+            match w {
+                Propagate::Rtp(from, pkt) => forwarded |= self.forward(from, pkt, now),
+                Propagate::Keyframe(from, kind) => self.relay_keyframe_request(from, kind, now),
+                Propagate::DownlinkConnected(from) => {
+                    self.relay_keyframe_request(from, KeyframeRequestKind::Pli, now)
+                }
+            }
+        }
+        forwarded
+    }
+
+    fn poll(id: PeerId, peer: &mut Peer, socket: &UdpSocket, work: &mut VecDeque<Propagate>) {
+        while peer.rtc.is_alive() {
+            match peer.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    peer.next_timeout = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    // A full socket buffer drops the packet like the network would.
+                    let _ = socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Event(e)) => match e {
+                    Event::MediaAdded(m) => peer.mids.push((m.mid, m.kind)),
+                    Event::RtpPacket(pkt) if peer.role == Role::Uplink => {
+                        work.push_back(Propagate::Rtp(id, pkt));
+                    }
+                    Event::KeyframeRequest(req) if peer.role == Role::Downlink => {
+                        work.push_back(Propagate::Keyframe(id, req.kind));
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        log::info!("peer {id}: ICE disconnected");
+                        peer.rtc.disconnect();
+                    }
+                    Event::Connected => {
+                        peer.connected = true;
+                        if peer.role == Role::Downlink {
+                            work.push_back(Propagate::DownlinkConnected(id));
+                        }
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    log::warn!("peer {id}: closing after error: {e}");
+                    peer.rtc.disconnect();
+                }
+            }
+        }
+    }
+
+    fn forward(&mut self, from: PeerId, pkt: RtpPacket, now: Instant) -> bool {
+        self.stats.rtp_in += 1;
+        let Some(up) = self.peers.get_mut(&from) else {
+            return false;
+        };
+        let Some(mid) = up
+            .rtc
+            .direct_api()
+            .stream_rx(&pkt.header.ssrc)
+            .map(|s| s.mid())
+        else {
+            return false;
+        };
+        let Some(kind) = up.rtc.media(mid).map(|m| m.kind()) else {
+            return false;
+        };
+        let Some(params) = up
+            .rtc
+            .codec_config()
+            .find(|p| p.pt() == pkt.header.payload_type)
+            .copied()
+        else {
+            return false;
+        };
+        let Some(targets) = self.downlinks.get(&up.stream_id).cloned() else {
+            return false;
+        };
+        let mut forwarded = false;
+        for d in targets {
+            let Some(down) = self.peers.get_mut(&d) else {
+                continue;
+            };
+            if !down.connected {
+                continue;
+            }
+            let Some(dmid) = down.mid_of(kind) else {
+                continue;
+            };
+            let Some(pt) = down.rtc.writer(dmid).and_then(|w| w.match_params(params)) else {
+                continue;
+            };
+            let in_seq = *pkt.seq_no;
+            let map = *down.seq.entry(kind).or_insert(SeqMap {
+                first_in: in_seq,
+                first_out: rand::random::<u16>() as u64 / 2,
+            });
+            // Packets from before the subscription started are not forwarded.
+            let Some(delta) = in_seq.checked_sub(map.first_in) else {
+                continue;
+            };
+            let seq: SeqNo = (map.first_out + delta).into();
+            let write = RtpWrite::new(
+                pt,
+                seq,
+                pkt.header.timestamp,
+                pkt.timestamp,
+                Arc::clone(&pkt.payload),
+            )
+            .marker(pkt.header.marker)
+            .nackable(kind == MediaKind::Video);
+            let mut api = down.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(dmid, None) else {
+                continue;
+            };
+            tx.write_rtp(write);
+            // Timeout drives str0m to move the queued packet out now.
+            if let Err(e) = down.rtc.handle_input(Input::Timeout(now)) {
+                log::warn!("peer {d}: {e}");
+                down.rtc.disconnect();
+            }
+            Self::poll(d, down, &self.socket, &mut self.work);
+            self.earliest = self.earliest.min(down.next_timeout);
+            self.stats.rtp_forwarded += 1;
+            forwarded = true;
+        }
+        forwarded
+    }
+
+    /// A downlink asked for a keyframe: ask the publisher of its stream.
+    fn relay_keyframe_request(&mut self, from: PeerId, kind: KeyframeRequestKind, now: Instant) {
+        let Some(stream_id) = self.peers.get(&from).map(|p| p.stream_id.clone()) else {
+            return;
+        };
+        let Some((up_id, up)) = self
+            .peers
+            .iter_mut()
+            .find(|(_, p)| p.role == Role::Uplink && p.stream_id == stream_id)
+        else {
+            return;
+        };
+        if up
+            .last_keyframe_request
+            .is_some_and(|t| now.duration_since(t) < KEYFRAME_THROTTLE)
+        {
+            return;
+        }
+        let Some(mid) = up.mid_of(MediaKind::Video) else {
+            return;
+        };
+        let up_id = *up_id;
+        if let Some(rx) = up.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(kind);
+            up.last_keyframe_request = Some(now);
+            self.stats.keyframe_requests_relayed += 1;
+            log::debug!("peer {up_id}: keyframe requested ({kind:?})");
+        }
+        Self::poll(up_id, up, &self.socket, &mut self.work);
+        self.earliest = self.earliest.min(up.next_timeout);
+    }
+}
