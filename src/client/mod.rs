@@ -1,1 +1,301 @@
-//! The Rust TRTC-style client.
+//! The Rust client with the TRTC v4 call model: [`Client`] joins a room,
+//! publishes a [`LocalStream`], subscribes to others' streams
+//! ([`RemoteStream`]), leaves, and reports room events with the TRTC names.
+//! Signaling follows `crate::protocol`; media goes over the `webrtc` crate.
+//! The device daemon and the tests build on it.
+
+pub mod peer;
+pub mod signaling;
+
+use crate::protocol::{ClientMessage, MediaKind, ServerMessage, StreamInfo, PROTOCOL_VERSION};
+use peer::{Downlink, NetConfig, RemotePacket, Uplink};
+use signaling::Signaling;
+use std::collections::HashMap;
+use tokio::sync::mpsc;
+
+pub use peer::LocalTrack;
+
+/// What went wrong, with the TRTC code a browser would see for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("signaling channel setup failed: {0}")]
+    SignalSetup(String),
+    #[error("signaling channel closed")]
+    SignalClosed,
+    #[error("no reply from the room service in time")]
+    Timeout,
+    #[error("refused by the room service ({code:#06x} {reason}): {message}")]
+    Refused {
+        code: u32,
+        reason: String,
+        message: String,
+    },
+    #[error("media: {0}")]
+    Media(String),
+    #[error("invalid operation: {0}")]
+    InvalidOperation(&'static str),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> u32 {
+        use crate::protocol::code;
+        match self {
+            ClientError::SignalSetup(_) => code::SIGNAL_CHANNEL_SETUP_FAILED,
+            ClientError::SignalClosed => code::SIGNAL_CHANNEL_ERROR,
+            ClientError::Timeout => code::SERVER_TIMEOUT,
+            ClientError::Refused { code, .. } => *code,
+            ClientError::Media(_) => code::ICE_TRANSPORT_ERROR,
+            ClientError::InvalidOperation(_) => code::INVALID_OPERATION,
+            ClientError::Internal(_) => code::UNKNOWN,
+        }
+    }
+}
+
+/// Who the client is and where it joins.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Signaling URL, `ws://host:port/ws` or `wss://...`.
+    pub url: String,
+    pub sdk_app_id: u64,
+    pub user_id: String,
+    pub user_sig: String,
+    pub net: NetConfig,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("url", &self.url)
+            .field("sdk_app_id", &self.sdk_app_id)
+            .field("user_id", &self.user_id)
+            .field("user_sig", &"***")
+            .finish()
+    }
+}
+
+/// Where to join: numeric `roomId` or `strRoomId`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinRoom {
+    Num(u32),
+    Str(String),
+}
+
+/// The local publication: write encoded media into its tracks.
+pub struct LocalStream {
+    uplink: Uplink,
+    pub stream_id: String,
+}
+
+impl LocalStream {
+    pub fn audio(&self) -> Option<&LocalTrack> {
+        self.uplink.audio.as_ref()
+    }
+
+    pub fn video(&self) -> Option<&LocalTrack> {
+        self.uplink.video.as_ref()
+    }
+}
+
+/// A subscribed remote stream: its RTP packets arrive on `packets`.
+pub struct RemoteStream {
+    pub info: StreamInfo,
+    pub packets: mpsc::UnboundedReceiver<RemotePacket>,
+}
+
+/// One participant. Events (`peer-join`, `stream-added`, `client-banned`, ...)
+/// arrive from [`Client::next_event`].
+pub struct Client {
+    config: ClientConfig,
+    signaling: Signaling,
+    events: mpsc::UnboundedReceiver<ServerMessage>,
+    local: Option<LocalStream>,
+    downlinks: HashMap<String, Downlink>,
+    joined: bool,
+}
+
+impl Client {
+    /// Open the signaling channel (TRTC's `createClient` + the connection `join` uses).
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let (signaling, events) = Signaling::connect(&config.url).await?;
+        Ok(Client {
+            config,
+            signaling,
+            events,
+            local: None,
+            downlinks: HashMap::new(),
+            joined: false,
+        })
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.config.user_id
+    }
+
+    pub fn signaling(&self) -> &Signaling {
+        &self.signaling
+    }
+
+    /// Join a room; returns the streams already published there.
+    pub async fn join(&mut self, room: JoinRoom) -> Result<Vec<StreamInfo>, ClientError> {
+        let (room_id, str_room_id) = match room {
+            JoinRoom::Num(n) => (Some(n as i64), None),
+            JoinRoom::Str(s) => (None, Some(s)),
+        };
+        let c = &self.config;
+        let reply = self
+            .signaling
+            .request(|id| ClientMessage::Join {
+                id,
+                version: PROTOCOL_VERSION,
+                sdk_app_id: c.sdk_app_id,
+                user_id: c.user_id.clone(),
+                user_sig: c.user_sig.clone(),
+                room_id,
+                str_room_id,
+            })
+            .await?;
+        match reply {
+            ServerMessage::Joined { streams, .. } => {
+                self.joined = true;
+                Ok(streams)
+            }
+            other => Err(ClientError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Publish audio and/or video; returns once media can flow.
+    pub async fn publish(&mut self, audio: bool, video: bool) -> Result<&LocalStream, ClientError> {
+        if self.local.is_some() {
+            return Err(ClientError::InvalidOperation("already publishing"));
+        }
+        let (mut uplink, sdp) = Uplink::offer(&self.config.net, audio, video).await?;
+        let reply = self
+            .signaling
+            .request(|id| ClientMessage::Publish {
+                id,
+                sdp,
+                audio,
+                video,
+            })
+            .await;
+        let (stream_id, answer) = match reply {
+            Ok(ServerMessage::Published { stream_id, sdp, .. }) => (stream_id, sdp),
+            Ok(other) => {
+                uplink.peer.close().await;
+                return Err(ClientError::Internal(format!("unexpected reply {other:?}")));
+            }
+            Err(e) => {
+                uplink.peer.close().await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = uplink.finish(answer).await {
+            uplink.peer.close().await;
+            return Err(e);
+        }
+        Ok(self.local.insert(LocalStream { uplink, stream_id }))
+    }
+
+    pub fn local_stream(&self) -> Option<&LocalStream> {
+        self.local.as_ref()
+    }
+
+    pub async fn unpublish(&mut self) -> Result<(), ClientError> {
+        let local = self
+            .local
+            .take()
+            .ok_or(ClientError::InvalidOperation("not publishing"))?;
+        local.uplink.peer.close().await;
+        self.signaling
+            .request(|id| ClientMessage::Unpublish { id })
+            .await
+            .map(|_| ())
+    }
+
+    /// Subscribe to a remote stream (from `stream-added` or the join reply).
+    pub async fn subscribe(&mut self, info: &StreamInfo) -> Result<RemoteStream, ClientError> {
+        let (mut downlink, sdp) = Downlink::offer(&self.config.net).await?;
+        let stream_id = info.stream_id.clone();
+        let reply = self
+            .signaling
+            .request(|id| ClientMessage::Subscribe { id, stream_id, sdp })
+            .await;
+        let answer = match reply {
+            Ok(ServerMessage::Subscribed { sdp, .. }) => sdp,
+            Ok(other) => {
+                downlink.peer.close().await;
+                return Err(ClientError::Internal(format!("unexpected reply {other:?}")));
+            }
+            Err(e) => {
+                downlink.peer.close().await;
+                return Err(e);
+            }
+        };
+        let packets = match downlink.finish(answer).await {
+            Ok(p) => p,
+            Err(e) => {
+                downlink.peer.close().await;
+                return Err(e);
+            }
+        };
+        self.downlinks.insert(info.stream_id.clone(), downlink);
+        Ok(RemoteStream {
+            info: info.clone(),
+            packets,
+        })
+    }
+
+    pub async fn unsubscribe(&mut self, stream_id: &str) -> Result<(), ClientError> {
+        if let Some(d) = self.downlinks.remove(stream_id) {
+            d.peer.close().await;
+        }
+        let stream_id = stream_id.to_owned();
+        self.signaling
+            .request(|id| ClientMessage::Unsubscribe { id, stream_id })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn mute(&mut self, kind: MediaKind, muted: bool) -> Result<(), ClientError> {
+        self.signaling
+            .request(|id| ClientMessage::Mute { id, kind, muted })
+            .await
+            .map(|_| ())
+    }
+
+    /// Close all media connections (after leaving or being pushed out).
+    pub async fn close_media(&mut self) {
+        if let Some(l) = self.local.take() {
+            l.uplink.peer.close().await;
+        }
+        for (_, d) in self.downlinks.drain() {
+            d.peer.close().await;
+        }
+    }
+
+    pub async fn leave(&mut self) -> Result<(), ClientError> {
+        self.close_media().await;
+        if !self.joined {
+            return Err(ClientError::InvalidOperation("not in a room"));
+        }
+        self.joined = false;
+        self.signaling
+            .request(|id| ClientMessage::Leave { id })
+            .await
+            .map(|_| ())
+    }
+
+    /// The next room event; `None` once signaling has closed. A
+    /// `client-banned` event also closes this client's media: the room has
+    /// already stopped it.
+    pub async fn next_event(&mut self) -> Option<ServerMessage> {
+        let ev = self.events.recv().await?;
+        if matches!(ev, ServerMessage::ClientBanned { .. }) {
+            self.joined = false;
+            self.close_media().await;
+        }
+        Some(ev)
+    }
+}

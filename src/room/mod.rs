@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod hub;
+pub mod local;
 pub mod server;
 pub mod sfu;
 pub mod state;

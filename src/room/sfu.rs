@@ -565,7 +565,8 @@ impl Engine {
             let Some(dmid) = down.mid_of(kind) else {
                 continue;
             };
-            let Some(pt) = down.rtc.writer(dmid).and_then(|w| w.match_params(params)) else {
+            // Not rtc.writer(): it is frame-mode API and panics in RTP mode.
+            let Some(pt) = down.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
                 continue;
             };
             let in_seq = *pkt.seq_no;

@@ -1,0 +1,436 @@
+//! WebRTC peer connections of the client, on the `webrtc` crate: the uplink
+//! (sendonly Opus + H.264 constrained baseline) that carries a publication,
+//! and a downlink (recvonly) per subscribed stream. Non-trickle: the offer is
+//! sent once ICE gathering has finished, so one signaling round trip
+//! negotiates a connection.
+
+use crate::client::ClientError;
+use crate::protocol::MediaKind;
+use bytes::Bytes;
+use rtc::interceptor::Registry;
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceServer;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::rtp_transceiver::{PayloadType, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    RTCPeerConnectionState,
+};
+
+/// H.264 as browsers decode it: constrained baseline, packetization mode 1.
+pub const H264_FMTP: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
+/// How long ICE gathering and connection setup may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Network settings shared by all of a client's connections.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Local address to gather host candidates on (unspecified: all interfaces).
+    pub bind: IpAddr,
+    /// `stun:` / `turn:` URLs.
+    pub ice_servers: Vec<String>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
+fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn h264() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_H264.to_owned(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: H264_FMTP.to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// Connection-level happenings a client reacts to.
+#[derive(Clone)]
+struct Handler {
+    gathered: watch::Sender<bool>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        log::debug!("peer connection state: {state}");
+        let _ = self.state.send(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.tracks.send(track);
+    }
+}
+
+/// One negotiated peer connection and its state.
+pub struct Peer {
+    pub pc: Arc<dyn PeerConnection>,
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+    gathered: watch::Receiver<bool>,
+    tracks: Option<mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>>,
+}
+
+fn rtc_err(what: &str) -> impl Fn(webrtc::error::Error) -> ClientError + '_ {
+    move |e| ClientError::Media(format!("{what}: {e}"))
+}
+
+impl Peer {
+    async fn new(net: &NetConfig) -> Result<Peer, ClientError> {
+        let mut media = MediaEngine::default();
+        let audio = RTCRtpCodecParameters {
+            rtp_codec: opus(),
+            payload_type: 111,
+            ..Default::default()
+        };
+        let video = RTCRtpCodecParameters {
+            rtp_codec: h264(),
+            payload_type: 102,
+            ..Default::default()
+        };
+        media
+            .register_codec(audio, RtpCodecKind::Audio)
+            .map_err(|e| ClientError::Media(format!("register Opus: {e}")))?;
+        media
+            .register_codec(video, RtpCodecKind::Video)
+            .map_err(|e| ClientError::Media(format!("register H.264: {e}")))?;
+        let registry = register_default_interceptors(Registry::new(), &mut media)
+            .map_err(|e| ClientError::Media(format!("interceptors: {e}")))?;
+        // mDNS needs a multicast route, which many boards and test namespaces lack.
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            .with_include_loopback_candidate(net.bind.is_loopback())
+            .build();
+        let config = RTCConfigurationBuilder::new()
+            .with_ice_servers(if net.ice_servers.is_empty() {
+                vec![]
+            } else {
+                vec![RTCIceServer {
+                    urls: net.ice_servers.clone(),
+                    ..Default::default()
+                }]
+            })
+            .build();
+        let (gathered_tx, gathered) = watch::channel(false);
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let (tracks_tx, tracks) = mpsc::unbounded_channel();
+        let handler = Arc::new(Handler {
+            gathered: gathered_tx,
+            state: state_tx,
+            tracks: tracks_tx,
+        });
+        let runtime = webrtc::runtime::default_runtime()
+            .ok_or_else(|| ClientError::Internal("webrtc built without a runtime".into()))?;
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_media_engine(media)
+            .with_setting_engine(settings)
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_runtime(runtime)
+            .with_udp_addrs(vec![format!("{}:0", net.bind)])
+            .build()
+            .await
+            .map_err(rtc_err("create peer connection"))?;
+        Ok(Peer {
+            pc: Arc::new(pc),
+            state,
+            gathered,
+            tracks: Some(tracks),
+        })
+    }
+
+    /// Create the offer and wait until it carries all candidates.
+    async fn offer(&mut self) -> Result<String, ClientError> {
+        let offer = self
+            .pc
+            .create_offer(None)
+            .await
+            .map_err(rtc_err("create offer"))?;
+        self.pc
+            .set_local_description(offer)
+            .await
+            .map_err(rtc_err("set local description"))?;
+        let gathered = self.gathered.wait_for(|g| *g);
+        tokio::time::timeout(CONNECT_TIMEOUT, gathered)
+            .await
+            .map_err(|_| ClientError::Media("ICE gathering did not finish".into()))?
+            .map_err(|_| ClientError::Media("peer connection closed while gathering".into()))?;
+        self.pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| ClientError::Media("no local description".into()))
+    }
+
+    async fn accept_answer(&self, sdp: String) -> Result<(), ClientError> {
+        let answer = RTCSessionDescription::answer(sdp)
+            .map_err(|e| ClientError::Media(format!("answer: {e}")))?;
+        self.pc
+            .set_remote_description(answer)
+            .await
+            .map_err(rtc_err("set remote description"))
+    }
+
+    /// Wait for the connection to be up (DTLS done, SRTP keys in place).
+    pub async fn connected(&mut self) -> Result<(), ClientError> {
+        let wait = self.state.wait_for(|s| {
+            matches!(
+                s,
+                RTCPeerConnectionState::Connected
+                    | RTCPeerConnectionState::Failed
+                    | RTCPeerConnectionState::Closed
+            )
+        });
+        let state = tokio::time::timeout(CONNECT_TIMEOUT, wait)
+            .await
+            .map_err(|_| ClientError::Media("connection did not come up".into()))?
+            .map(|s| *s)
+            .map_err(|_| ClientError::Media("peer connection dropped".into()))?;
+        match state {
+            RTCPeerConnectionState::Connected => Ok(()),
+            s => Err(ClientError::Media(format!("connection {s}"))),
+        }
+    }
+
+    pub async fn close(&self) {
+        let _ = self.pc.close().await;
+    }
+}
+
+/// A local track and what was negotiated for it.
+#[derive(Clone)]
+pub struct LocalTrack {
+    pub track: Arc<TrackLocalStaticSample>,
+    pub ssrc: u32,
+    pub pt: PayloadType,
+}
+
+impl LocalTrack {
+    /// Send one encoded frame (an H.264 access unit in Annex B, or one Opus packet).
+    pub async fn write(&self, data: Bytes, duration: Duration) -> Result<(), ClientError> {
+        let sample = Sample {
+            data,
+            duration,
+            ..Sample::new(Instant::now())
+        };
+        self.track
+            .sample_writer(self.ssrc, self.pt)
+            .write_sample(&sample)
+            .await
+            .map_err(rtc_err("write sample"))
+    }
+}
+
+/// The uplink: a publication's connection and its tracks.
+pub struct Uplink {
+    pub peer: Peer,
+    pub audio: Option<LocalTrack>,
+    pub video: Option<LocalTrack>,
+}
+
+impl Uplink {
+    /// Build the uplink and its offer; [`Uplink::finish`] takes the answer.
+    pub async fn offer(
+        net: &NetConfig,
+        audio: bool,
+        video: bool,
+    ) -> Result<(Uplink, String), ClientError> {
+        let mut peer = Peer::new(net).await?;
+        let mut tracks = Vec::new();
+        for (on, kind, codec) in [
+            (audio, RtpCodecKind::Audio, opus()),
+            (video, RtpCodecKind::Video, h264()),
+        ] {
+            if !on {
+                continue;
+            }
+            let ssrc = rand::random::<u32>();
+            let label = format!("callbox-{kind}");
+            let track = Arc::new(
+                TrackLocalStaticSample::new(
+                    Instant::now(),
+                    MediaStreamTrack::new(
+                        "callbox".to_owned(),
+                        label.clone(),
+                        label,
+                        kind,
+                        vec![RTCRtpEncodingParameters {
+                            rtp_coding_parameters: RTCRtpCodingParameters {
+                                ssrc: Some(ssrc),
+                                ..Default::default()
+                            },
+                            codec,
+                            ..Default::default()
+                        }],
+                    ),
+                )
+                .map_err(rtc_err("create track"))?,
+            );
+            peer.pc
+                .add_transceiver_from_track(
+                    Arc::clone(&track) as Arc<dyn TrackLocal>,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(rtc_err("add track"))?;
+            tracks.push((kind, track, ssrc));
+        }
+        let sdp = peer.offer().await?;
+        let mut up = Uplink {
+            peer,
+            audio: None,
+            video: None,
+        };
+        for (kind, track, ssrc) in tracks {
+            // The payload type is known once the answer is in (finish).
+            let lt = LocalTrack { track, ssrc, pt: 0 };
+            match kind {
+                RtpCodecKind::Audio => up.audio = Some(lt),
+                _ => up.video = Some(lt),
+            }
+        }
+        Ok((up, sdp))
+    }
+
+    /// Apply the room's answer, wait for the connection, learn the payload types.
+    pub async fn finish(&mut self, answer: String) -> Result<(), ClientError> {
+        self.peer.accept_answer(answer).await?;
+        self.peer.connected().await?;
+        // Write with the negotiated payload type: the answerer's numbering wins.
+        for sender in self.peer.pc.get_senders().await {
+            let params = sender
+                .get_parameters()
+                .await
+                .map_err(rtc_err("sender parameters"))?;
+            let Some(codec) = params.rtp_parameters.codecs.first() else {
+                continue;
+            };
+            let is_audio = codec
+                .rtp_codec
+                .mime_type
+                .eq_ignore_ascii_case(MIME_TYPE_OPUS);
+            let slot = if is_audio {
+                &mut self.audio
+            } else {
+                &mut self.video
+            };
+            if let Some(t) = slot {
+                t.pt = codec.payload_type;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One received RTP packet, with which track it came on.
+#[derive(Debug, Clone)]
+pub struct RemotePacket {
+    pub kind: MediaKind,
+    pub packet: rtc::rtp::Packet,
+}
+
+/// The downlink of one subscribed stream.
+pub struct Downlink {
+    pub peer: Peer,
+}
+
+impl Downlink {
+    pub async fn offer(net: &NetConfig) -> Result<(Downlink, String), ClientError> {
+        let mut peer = Peer::new(net).await?;
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            peer.pc
+                .add_transceiver_from_kind(
+                    kind,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(rtc_err("add transceiver"))?;
+        }
+        let sdp = peer.offer().await?;
+        Ok((Downlink { peer }, sdp))
+    }
+
+    /// Apply the answer; received packets of every track go to the returned channel.
+    pub async fn finish(
+        &mut self,
+        answer: String,
+    ) -> Result<mpsc::UnboundedReceiver<RemotePacket>, ClientError> {
+        self.peer.accept_answer(answer).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut tracks = self
+            .peer
+            .tracks
+            .take()
+            .ok_or_else(|| ClientError::Internal("downlink finished twice".into()))?;
+        tokio::spawn(async move {
+            while let Some(track) = tracks.recv().await {
+                let kind = match track.kind().await {
+                    RtpCodecKind::Audio => MediaKind::Audio,
+                    _ => MediaKind::Video,
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while let Some(ev) = track.poll().await {
+                        if let TrackRemoteEvent::OnRtpPacket(packet) = ev {
+                            if tx.send(RemotePacket { kind, packet }).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        self.peer.connected().await?;
+        Ok(rx)
+    }
+}

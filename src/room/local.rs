@@ -1,0 +1,154 @@
+//! A room service started inside this process on ephemeral loopback ports:
+//! what `callbox demo`, the integration tests and the benchmarks run.
+
+use crate::config::Secret;
+use crate::room::config::{
+    AdminConfig, AppConfig, DevConfig, MediaConfig, RoomConfig, ServerConfig,
+};
+use crate::room::server::{serve, ServeError};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const DEMO_SDK_APP_ID: u64 = 1_400_000_000;
+pub const DEMO_SECRET_KEY: &str =
+    "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+pub const DEMO_ADMIN_KEY: &str = "local-admin-key-0123456789";
+
+/// A running in-process room service; stopped on drop.
+pub struct LocalRoom {
+    pub http: SocketAddr,
+    pub media: SocketAddr,
+    pub admin_key: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+/// A loopback config with the demo app, for tests and demos.
+pub fn loopback_config(web_root: Option<PathBuf>, dev_usersig: bool) -> RoomConfig {
+    RoomConfig {
+        server: ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+            tls_cert: None,
+            tls_key: None,
+            web_root,
+        },
+        media: MediaConfig {
+            udp_listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+            advertise: None,
+        },
+        admin: AdminConfig {
+            key: Secret::new(DEMO_ADMIN_KEY),
+        },
+        apps: vec![AppConfig {
+            sdk_app_id: DEMO_SDK_APP_ID,
+            secret_key: Secret::new(DEMO_SECRET_KEY),
+        }],
+        dev: DevConfig {
+            usersig_endpoint: dev_usersig,
+        },
+    }
+}
+
+impl LocalRoom {
+    /// Bind the config's listen and media addresses (port 0: any free port)
+    /// and serve in a task of the current runtime.
+    pub async fn start(config: RoomConfig) -> std::io::Result<LocalRoom> {
+        let listener = std::net::TcpListener::bind(config.server.listen)?;
+        let udp = std::net::UdpSocket::bind(config.media.udp_listen)?;
+        let http = listener.local_addr()?;
+        let media = udp.local_addr()?;
+        let admin_key = config.admin.key.expose().to_owned();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(config, listener, udp, async {
+            let _ = stopped.await;
+        }));
+        Ok(LocalRoom {
+            http,
+            media,
+            admin_key,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    /// Call the admin API; returns the HTTP status and the JSON body.
+    pub async fn admin(
+        &self,
+        action: &str,
+        body: &serde_json::Value,
+        key: Option<&str>,
+    ) -> std::io::Result<(u16, serde_json::Value)> {
+        let key = key.unwrap_or(&self.admin_key);
+        http_post(
+            self.http,
+            &format!("/api/admin/{action}"),
+            Some(key),
+            &body.to_string(),
+        )
+        .await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for LocalRoom {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Minimal HTTP/1.1 request (GET when `body` is empty and no key is needed is
+/// not supported: callers use POST); enough for admin calls from tests and tools.
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    http_request(addr, "POST", path, bearer, body).await
+}
+
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let auth = bearer
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await?;
+    let text = String::from_utf8_lossy(&resp);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP status line"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()));
+    Ok((status, json))
+}

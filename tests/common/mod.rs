@@ -1,0 +1,176 @@
+//! Helpers shared by the integration tests: a room on loopback, clients
+//! with valid userSigs, media of known content and its checks.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use callbox::client::peer::{NetConfig, RemotePacket};
+use callbox::client::{Client, ClientConfig, JoinRoom, LocalTrack};
+use callbox::protocol::{MediaKind, ServerMessage};
+use callbox::room::local::{loopback_config, LocalRoom, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
+use callbox::usersig;
+use rtc::rtp::codec::h264::H264Packet;
+use rtc::rtp::packetizer::Depacketizer;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub async fn room() -> LocalRoom {
+    let _ = env_logger::builder().is_test(true).try_init();
+    LocalRoom::start(loopback_config(None, false))
+        .await
+        .expect("room service starts")
+}
+
+pub fn sig(user: &str) -> String {
+    usersig::generate(
+        DEMO_SDK_APP_ID,
+        DEMO_SECRET_KEY,
+        user,
+        3600,
+        usersig::unix_now(),
+        None,
+    )
+}
+
+pub fn config(room: &LocalRoom, user: &str) -> ClientConfig {
+    ClientConfig {
+        url: room.ws_url(),
+        sdk_app_id: DEMO_SDK_APP_ID,
+        user_id: user.to_owned(),
+        user_sig: sig(user),
+        net: NetConfig {
+            bind: "127.0.0.1".parse().unwrap(),
+            ice_servers: vec![],
+        },
+    }
+}
+
+pub async fn joined(room: &LocalRoom, user: &str, room_id: u32) -> Client {
+    let mut c = Client::connect(config(room, user)).await.expect("connect");
+    c.join(JoinRoom::Num(room_id)).await.expect("join");
+    c
+}
+
+/// Wait for an event matching `pred`, skipping others; panics after `secs`.
+pub async fn expect_event(
+    c: &mut Client,
+    secs: u64,
+    what: &str,
+    pred: impl Fn(&ServerMessage) -> bool,
+) -> ServerMessage {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, c.next_event()).await {
+            Ok(Some(ev)) if pred(&ev) => return ev,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("{what}: signaling closed"),
+            Err(_) => panic!("{what}: not seen within {secs}s"),
+        }
+    }
+}
+
+/// Byte `j` of frame `i`: never 0, so no start code can appear inside a NAL.
+fn pattern(i: u32, j: usize) -> u8 {
+    ((i as usize * 7 + j * 13) % 255 + 1) as u8
+}
+
+/// Frame `i` of the known video: one Annex-B NAL (IDR every 30th), with
+/// the frame number in its first bytes, large enough to need FU-A fragments.
+pub fn video_frame(i: u32) -> Bytes {
+    let nal_header = if i % 30 == 0 { 0x65 } else { 0x41 };
+    let len = 1500 + (i as usize % 5) * 700;
+    let mut f = vec![0, 0, 0, 1, nal_header];
+    f.extend(i.to_be_bytes().map(|b| b | 0x80)); // index, made non-zero
+    f.extend((0..len).map(|j| pattern(i, j)));
+    Bytes::from(f)
+}
+
+pub fn video_frame_index(frame: &[u8]) -> Option<u32> {
+    let b = frame.get(5..9)?;
+    Some(u32::from_be_bytes([
+        b[0] & 0x7f,
+        b[1] & 0x7f,
+        b[2] & 0x7f,
+        b[3] & 0x7f,
+    ]))
+}
+
+/// Packet `i` of the known audio: an Opus-sized payload carrying its index.
+pub fn audio_packet(i: u32) -> Bytes {
+    let mut p = vec![0xfc];
+    p.extend(i.to_be_bytes());
+    p.extend((0..80).map(|j| pattern(i, j)));
+    Bytes::from(p)
+}
+
+/// Send `frames` video frames and audio packets at 30 fps / 50 pps.
+pub async fn send_known_media(video: Option<LocalTrack>, audio: Option<LocalTrack>, frames: u32) {
+    let v = async {
+        if let Some(v) = video {
+            let mut tick = tokio::time::interval(Duration::from_millis(33));
+            for i in 0..frames {
+                tick.tick().await;
+                if v.write(video_frame(i), Duration::from_millis(33))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    };
+    let a = async {
+        if let Some(a) = audio {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for i in 0..frames * 5 / 3 {
+                tick.tick().await;
+                if a.write(audio_packet(i), Duration::from_millis(20))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::join!(v, a);
+}
+
+/// What a subscriber got: complete video frames (depacketized) and audio payloads.
+#[derive(Default, Debug)]
+pub struct Received {
+    pub video_frames: Vec<Bytes>,
+    pub audio_payloads: Vec<Bytes>,
+    pub depacketize_errors: usize,
+}
+
+/// Collect until `idle` passes without a packet or `total` has elapsed.
+pub async fn receive(
+    packets: &mut mpsc::UnboundedReceiver<RemotePacket>,
+    idle: Duration,
+    total: Duration,
+) -> Received {
+    let mut r = Received::default();
+    let mut h264 = H264Packet::default();
+    let mut frame = Vec::new();
+    let deadline = tokio::time::Instant::now() + total;
+    loop {
+        let wait = tokio::time::timeout(idle, packets.recv());
+        let p = match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(Some(p))) => p,
+            _ => break,
+        };
+        match p.kind {
+            MediaKind::Audio => r.audio_payloads.push(p.packet.payload.clone()),
+            MediaKind::Video => {
+                match h264.depacketize(&p.packet.payload) {
+                    Ok(b) => frame.extend_from_slice(&b),
+                    Err(_) => r.depacketize_errors += 1,
+                }
+                if p.packet.header.marker {
+                    r.video_frames.push(Bytes::from(std::mem::take(&mut frame)));
+                }
+            }
+        }
+    }
+    r
+}

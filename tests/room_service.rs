@@ -1,0 +1,481 @@
+//! The room service end to end on loopback: Rust clients (webrtc crate) meet
+//! through the real server (str0m SFU), media content is checked on arrival,
+//! and the room rules (kick, RemoveUser, DismissRoom) act on real sessions.
+
+mod common;
+
+use callbox::client::{Client, JoinRoom};
+use callbox::protocol::{code, BanReason, ServerMessage};
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const ROOM: u32 = 8888;
+
+fn is_banned(reason: BanReason) -> impl Fn(&ServerMessage) -> bool {
+    move |m| matches!(m, ServerMessage::ClientBanned { reason: r, .. } if *r == reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_media_arrives_intact_at_a_subscriber() {
+    let room = room().await;
+    let mut alice = joined(&room, "alice", ROOM).await;
+    let mut bob = joined(&room, "bob", ROOM).await;
+    expect_event(
+        &mut alice,
+        5,
+        "peer-join",
+        |m| matches!(m, ServerMessage::PeerJoin { user_id } if user_id == "bob"),
+    )
+    .await;
+
+    let local = alice.publish(true, true).await.expect("publish");
+    let (video, audio) = (local.video().cloned(), local.audio().cloned());
+    let added = expect_event(&mut bob, 5, "stream-added", |m| {
+        matches!(m, ServerMessage::StreamAdded { .. })
+    })
+    .await;
+    let ServerMessage::StreamAdded { stream } = added else {
+        unreachable!()
+    };
+    assert_eq!(
+        (stream.user_id.as_str(), stream.audio, stream.video),
+        ("alice", true, true)
+    );
+    let mut remote = bob.subscribe(&stream).await.expect("subscribe");
+
+    const FRAMES: u32 = 90;
+    let sender = tokio::spawn(send_known_media(video, audio, FRAMES));
+    let got = receive(
+        &mut remote.packets,
+        Duration::from_secs(2),
+        Duration::from_secs(15),
+    )
+    .await;
+    sender.await.unwrap();
+
+    // Every frame that arrived is exactly the frame sent with that number, in order.
+    let indices: Vec<u32> = got
+        .video_frames
+        .iter()
+        .map(|f| video_frame_index(f).expect("index"))
+        .collect();
+    for (f, i) in got.video_frames.iter().zip(&indices) {
+        assert_eq!(f, &video_frame(*i), "frame {i} differs from what was sent");
+    }
+    assert!(
+        indices.windows(2).all(|w| w[1] == w[0] + 1),
+        "frames in order without gaps: {indices:?}"
+    );
+    assert!(
+        got.video_frames.len() as u32 >= FRAMES * 9 / 10,
+        "got {} of {FRAMES} frames",
+        got.video_frames.len()
+    );
+    assert_eq!(got.depacketize_errors, 0);
+
+    let audio_sent = FRAMES * 5 / 3;
+    let mut audio_ok = 0;
+    for p in &got.audio_payloads {
+        let i = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
+        assert_eq!(p, &audio_packet(i), "audio packet {i} differs");
+        audio_ok += 1;
+    }
+    assert!(
+        audio_ok >= audio_sent * 9 / 10,
+        "got {audio_ok} of {audio_sent} audio packets"
+    );
+    room.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_user_bans_the_publisher_and_stops_its_media() {
+    let room = room().await;
+    let mut alice = joined(&room, "alice", ROOM).await;
+    let mut bob = joined(&room, "bob", ROOM).await;
+    let local = alice.publish(true, true).await.expect("publish");
+    let (video, audio) = (local.video().cloned(), local.audio().cloned());
+    let stream = alice.local_stream().unwrap().stream_id.clone();
+    let ServerMessage::StreamAdded { stream: info } =
+        expect_event(&mut bob, 5, "stream-added", |m| {
+            matches!(m, ServerMessage::StreamAdded { .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    let mut remote = bob.subscribe(&info).await.expect("subscribe");
+    // Alice keeps sending the whole time; only the room can stop it reaching Bob.
+    let sender = tokio::spawn(send_known_media(video, audio, 300));
+    let before = receive(
+        &mut remote.packets,
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(before.video_frames.len() > 10, "media flows before the ban");
+
+    let (status, body) = room
+        .admin(
+            "RemoveUser",
+            &json!({"SdkAppId": 1400000000u64, "RoomId": ROOM, "UserIds": ["alice"]}),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["Response"]["Affected"], 1);
+
+    let removed = expect_event(&mut bob, 5, "stream-removed", |m| {
+        matches!(m, ServerMessage::StreamRemoved { .. })
+    })
+    .await;
+    assert_eq!(
+        removed,
+        ServerMessage::StreamRemoved {
+            stream_id: stream,
+            user_id: "alice".into()
+        }
+    );
+    expect_event(
+        &mut bob,
+        5,
+        "peer-leave",
+        |m| matches!(m, ServerMessage::PeerLeave { user_id } if user_id == "alice"),
+    )
+    .await;
+    // Drain what was in flight, then nothing more arrives although alice still sends.
+    let _ = receive(
+        &mut remote.packets,
+        Duration::from_millis(300),
+        Duration::from_secs(2),
+    )
+    .await;
+    let after = receive(
+        &mut remote.packets,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        after.video_frames.is_empty() && after.audio_payloads.is_empty(),
+        "media still forwarded after RemoveUser: {} frames",
+        after.video_frames.len()
+    );
+    assert!(!sender.is_finished(), "the publisher was still sending");
+    expect_event(
+        &mut alice,
+        5,
+        "client-banned banned",
+        is_banned(BanReason::Banned),
+    )
+    .await;
+    sender.abort();
+    room.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dismiss_room_disbands_everyone_in_it_and_no_one_else() {
+    let room = room().await;
+    let mut alice = joined(&room, "alice", ROOM).await;
+    let mut bob = joined(&room, "bob", ROOM).await;
+    let mut carol = joined(&room, "carol", ROOM + 1).await;
+    let local = alice.publish(true, true).await.expect("publish");
+    let (video, audio) = (local.video().cloned(), local.audio().cloned());
+    let ServerMessage::StreamAdded { stream: info } =
+        expect_event(&mut bob, 5, "stream-added", |m| {
+            matches!(m, ServerMessage::StreamAdded { .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    let mut remote = bob.subscribe(&info).await.expect("subscribe");
+    let sender = tokio::spawn(send_known_media(video, audio, 300));
+    assert!(!receive(
+        &mut remote.packets,
+        Duration::from_secs(2),
+        Duration::from_secs(1)
+    )
+    .await
+    .video_frames
+    .is_empty());
+
+    let (status, body) = room
+        .admin(
+            "DismissRoom",
+            &json!({"SdkAppId": 1400000000u64, "RoomId": ROOM}),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["Response"]["Affected"].as_u64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    expect_event(
+        &mut bob,
+        5,
+        "bob room-disband",
+        is_banned(BanReason::RoomDisband),
+    )
+    .await;
+    let _ = receive(
+        &mut remote.packets,
+        Duration::from_millis(300),
+        Duration::from_secs(2),
+    )
+    .await;
+    let after = receive(
+        &mut remote.packets,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        after.video_frames.is_empty(),
+        "media stopped after DismissRoom"
+    );
+    expect_event(
+        &mut alice,
+        5,
+        "alice room-disband",
+        is_banned(BanReason::RoomDisband),
+    )
+    .await;
+    sender.abort();
+
+    // Carol, in another room, saw nothing and is still in hers.
+    let stray = tokio::time::timeout(Duration::from_millis(300), carol.next_event()).await;
+    assert!(stray.is_err(), "carol got {stray:?}");
+    carol
+        .publish(true, false)
+        .await
+        .expect("carol is still in her room");
+    // A string room dismissed by its own action.
+    let mut dave = Client::connect(config(&room, "dave")).await.unwrap();
+    dave.join(JoinRoom::Str("lobby".into())).await.unwrap();
+    let (status, _) = room
+        .admin(
+            "DismissRoomByStrRoomId",
+            &json!({"SdkAppId": 1400000000u64, "RoomId": "lobby"}),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    expect_event(
+        &mut dave,
+        5,
+        "dave room-disband",
+        is_banned(BanReason::RoomDisband),
+    )
+    .await;
+    room.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_join_with_the_same_user_id_kicks_the_first() {
+    let room = room().await;
+    let mut first = joined(&room, "device", ROOM).await;
+    let mut viewer = joined(&room, "viewer", ROOM).await;
+    first.publish(true, true).await.expect("publish");
+    expect_event(&mut viewer, 5, "stream-added", |m| {
+        matches!(m, ServerMessage::StreamAdded { .. })
+    })
+    .await;
+
+    let mut second = Client::connect(config(&room, "device")).await.unwrap();
+    let streams = second
+        .join(JoinRoom::Num(ROOM))
+        .await
+        .expect("second join succeeds");
+    assert!(
+        streams.is_empty(),
+        "the kicked client's publication is gone"
+    );
+    let ServerMessage::ClientBanned { reason, message } =
+        expect_event(&mut first, 5, "kick", |m| {
+            matches!(m, ServerMessage::ClientBanned { .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(reason, BanReason::Kick);
+    assert!(message.contains("userId"), "{message}");
+    expect_event(
+        &mut viewer,
+        5,
+        "stream-removed",
+        |m| matches!(m, ServerMessage::StreamRemoved { user_id, .. } if user_id == "device"),
+    )
+    .await;
+    expect_event(
+        &mut viewer,
+        5,
+        "peer-join again",
+        |m| matches!(m, ServerMessage::PeerJoin { user_id } if user_id == "device"),
+    )
+    .await;
+    // The kicked client is out: publishing is refused until it joins again.
+    let e = first.publish(true, false).await.err().expect("refused");
+    assert_eq!(e.code(), code::INVALID_OPERATION, "{e}");
+    room.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
+    let room = room().await;
+    let mut c = Client::connect(config(&room, "mallory")).await.unwrap();
+    let raw = |c: &Client, s: &str| c.signaling().send_text(s.to_owned()).unwrap();
+
+    let err = |m: &ServerMessage| matches!(m, ServerMessage::Error { .. });
+    raw(&c, "{not json");
+    let e = expect_event(&mut c, 5, "malformed", err).await;
+    assert!(
+        matches!(&e, ServerMessage::Error { code: 0x1000, reason, id: None, .. } if reason == "malformed-json"),
+        "{e:?}"
+    );
+    raw(&c, r#"{"type":"teleport","id":7}"#);
+    let e = expect_event(&mut c, 5, "unknown type", err).await;
+    assert!(
+        matches!(&e, ServerMessage::Error { reason, id: Some(7), .. } if reason == "unknown-type"),
+        "{e:?}"
+    );
+    raw(
+        &c,
+        &format!(
+            r#"{{"type":"ping","id":8,"pad":"{}"}}"#,
+            "x".repeat(100_000)
+        ),
+    );
+    let e = expect_event(&mut c, 5, "oversized", err).await;
+    assert!(
+        matches!(&e, ServerMessage::Error { reason, .. } if reason == "message-too-large"),
+        "{e:?}"
+    );
+    raw(&c, r#"{"type":"join","id":9}"#);
+    let e = expect_event(&mut c, 5, "missing fields", err).await;
+    assert!(
+        matches!(&e, ServerMessage::Error { reason, id: Some(9), .. } if reason == "invalid-fields"),
+        "{e:?}"
+    );
+
+    // userSig problems: each refused with JOIN_ROOM_FAILED and its reason.
+    let now = callbox::usersig::unix_now();
+    let key = callbox::room::local::DEMO_SECRET_KEY;
+    let cases = [
+        (
+            "forged",
+            callbox::usersig::generate(1400000000, "not-the-key", "mallory", 3600, now, None),
+            1400000000u64,
+            "usersig-bad-signature",
+        ),
+        (
+            "expired",
+            callbox::usersig::generate(1400000000, key, "mallory", 60, now - 3600, None),
+            1400000000,
+            "usersig-expired",
+        ),
+        (
+            "other user",
+            callbox::usersig::generate(1400000000, key, "alice", 3600, now, None),
+            1400000000,
+            "usersig-wrong-user",
+        ),
+        (
+            "unknown app",
+            sig("mallory"),
+            1400000001,
+            "unknown-sdk-app-id",
+        ),
+        (
+            "garbage",
+            "AAAA".to_owned(),
+            1400000000,
+            "usersig-bad-encoding",
+        ),
+    ];
+    for (what, user_sig, app, reason) in cases {
+        let mut cfg = config(&room, "mallory");
+        cfg.user_sig = user_sig;
+        cfg.sdk_app_id = app;
+        let mut bad = Client::connect(cfg).await.unwrap();
+        match bad.join(JoinRoom::Num(ROOM)).await {
+            Err(callbox::client::ClientError::Refused {
+                code, reason: r, ..
+            }) => {
+                assert_eq!(
+                    (code, r.as_str()),
+                    (code::JOIN_ROOM_FAILED, reason),
+                    "{what}"
+                )
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // Room ids out of range.
+    raw(
+        &c,
+        &format!(
+            r#"{{"type":"join","id":10,"version":1,"sdkAppId":1400000000,"userId":"mallory","userSig":"{}","roomId":0}}"#,
+            sig("mallory")
+        ),
+    );
+    let e = expect_event(&mut c, 5, "roomId 0", err).await;
+    assert!(
+        matches!(&e, ServerMessage::Error { code: 0x4004, reason, .. } if reason == "invalid-room-id"),
+        "{e:?}"
+    );
+
+    // Bad SDP on publish: refused, connection still usable.
+    c.join(JoinRoom::Num(ROOM))
+        .await
+        .expect("join after all that");
+    raw(
+        &c,
+        r#"{"type":"publish","id":11,"sdp":"v=0 this is not sdp","audio":true,"video":true}"#,
+    );
+    let e = expect_event(&mut c, 5, "bad sdp", err).await;
+    assert!(
+        matches!(&e, ServerMessage::Error { code: 0x1000, reason, id: Some(11), .. } if reason == "bad-sdp"),
+        "{e:?}"
+    );
+    c.publish(true, true)
+        .await
+        .expect("a good offer after a bad one");
+
+    // Admin without key / with a wrong key: 401 and nothing changes.
+    let body = json!({"SdkAppId": 1400000000u64, "RoomId": ROOM});
+    for key in ["", "wrong-key-wrong-key-wrong"] {
+        let (status, resp) = room.admin("DismissRoom", &body, Some(key)).await.unwrap();
+        assert_eq!(status, 401, "{resp}");
+        assert_eq!(resp["Response"]["Error"]["Code"], "AuthFailure");
+    }
+    let (status, resp) = room
+        .admin(
+            "RemoveUser",
+            &json!({"SdkAppId": 1400000000u64, "RoomId": ROOM, "UserIds": []}),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, resp["Response"]["Error"]["Code"].as_str()),
+        (400, Some("InvalidParameter.UserIds"))
+    );
+    let (status, _) = room.admin("Explode", &body, None).await.unwrap();
+    assert_eq!(status, 404);
+
+    // Still in the room, still serving others.
+    let mut other = Client::connect(config(&room, "olivia")).await.unwrap();
+    let streams = other
+        .join(JoinRoom::Num(ROOM))
+        .await
+        .expect("others can still join");
+    assert_eq!(streams.len(), 1, "mallory's publication is listed");
+    assert_eq!(streams[0].user_id, "mallory");
+    room.stop().await;
+}
