@@ -24,6 +24,13 @@ enum Command {
         #[arg(long, default_value = "config/room.toml")]
         config: PathBuf,
     },
+    /// Room service on loopback with a demo app, ready for a call.
+    #[cfg(feature = "room")]
+    Demo {
+        /// HTTP port of the room service on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// Issue or check a userSig (TLSSigAPIv2-compatible).
     Usersig {
         #[command(subcommand)]
@@ -106,6 +113,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             init_logging();
             room(config)?;
         }
+        #[cfg(feature = "room")]
+        Command::Demo { port } => {
+            init_logging();
+            demo(port)?;
+        }
         Command::Usersig { action } => match action {
             UserSigAction::Gen {
                 sdkappid,
@@ -180,4 +192,31 @@ fn room(config: PathBuf) -> anyhow::Result<()> {
         },
     ))?;
     Ok(())
+}
+
+#[cfg(feature = "room")]
+fn demo(port: u16) -> anyhow::Result<()> {
+    use callbox::room::local::{loopback_config, LocalRoom, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
+    let mut config = loopback_config(None, true);
+    config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let room = LocalRoom::start(config)
+            .await
+            .with_context(|| format!("E_DEMO_LISTEN: cannot start the room service on 127.0.0.1:{port} (try --port)"))?;
+        let sig = usersig::generate(DEMO_SDK_APP_ID, DEMO_SECRET_KEY, "demo-user", 86400, usersig::unix_now(), None);
+        println!("callbox demo: room service running");
+        println!("  health:     http://{}/health", room.http);
+        println!("  signaling:  {}", room.ws_url());
+        println!("  media:      udp {}", room.media);
+        println!("  sdkAppId:   {DEMO_SDK_APP_ID}");
+        println!("  userSig for userId demo-user: {sig}");
+        println!("  dev userSigs: POST http://{}/api/dev/usersig {{\"sdkAppId\":{DEMO_SDK_APP_ID},\"userId\":\"...\"}}", room.http);
+        println!("  admin key:  {DEMO_ADMIN_KEY}");
+        println!("The synthetic-camera device and the browser call page are not built yet (open issues 3 and 4);");
+        println!("this demo serves the room service they will meet in. Ctrl-C stops it.");
+        let _ = tokio::signal::ctrl_c().await;
+        room.stop().await;
+        anyhow::Ok(())
+    })
 }

@@ -1,0 +1,288 @@
+//! SFU load generator: one publisher sends a 640x480@30-sized H.264 stream
+//! (about 1.1 Mbit/s, keyframe every 2 s) plus Opus at 50 packets/s through
+//! the room service on loopback to N subscribers (Rust webrtc clients).
+//! Prints the SFU thread's CPU per forwarded subscriber stream and the
+//! forwarding delay (datagram arrival -> last forwarded copy sent, p50/p99),
+//! beside a baseline measured in the same run: a plain UDP fan-out thread
+//! (recv + N sendto, no ICE/DTLS/SRTP) with the same traffic.
+//!
+//! `cargo bench --bench sfu` runs the sweep; under `cargo test` (no
+//! `--bench` argument) it runs one small case as a smoke test.
+
+use bytes::Bytes;
+use callbox::client::peer::NetConfig;
+use callbox::client::{Client, ClientConfig, JoinRoom};
+use callbox::room::local::{loopback_config, LocalRoom, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Linux reports thread CPU in clock ticks of 1/100 s on every common build.
+const CLK_TCK: f64 = 100.0;
+
+struct Outcome {
+    n: usize,
+    cpu_cores: f64,
+    forwarded_per_s: f64,
+    delay_p50_us: u32,
+    delay_p99_us: u32,
+    delivered_ratio: f64,
+}
+
+impl Outcome {
+    fn streams_per_core(&self) -> f64 {
+        self.n as f64 / self.cpu_cores.max(1e-9)
+    }
+}
+
+fn thread_cpu_ticks(tid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The newest thread of this process with the given name.
+fn thread_named(name: &str) -> Option<u64> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .max()
+}
+
+fn percentile(v: &mut [u32], q: f64) -> u32 {
+    v.sort_unstable();
+    v.get(((v.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(0)
+}
+
+/// The traffic of one 640x480@30 camera call: (payload size, is_video) per tick of 1 ms.
+fn frame_size(i: u64) -> usize {
+    if i % 60 == 0 {
+        25_000
+    } else {
+        4_000
+    }
+}
+
+fn video_frame(i: u64) -> Bytes {
+    let len = frame_size(i);
+    let mut f = vec![0, 0, 0, 1, if i % 60 == 0 { 0x65 } else { 0x41 }];
+    f.extend((0..len).map(|j| (j % 251 + 1) as u8));
+    Bytes::from(f)
+}
+
+fn cfg(room: &LocalRoom, user: &str) -> ClientConfig {
+    ClientConfig {
+        url: room.ws_url(),
+        sdk_app_id: DEMO_SDK_APP_ID,
+        user_id: user.to_owned(),
+        user_sig: callbox::usersig::generate(
+            DEMO_SDK_APP_ID,
+            DEMO_SECRET_KEY,
+            user,
+            3600,
+            callbox::usersig::unix_now(),
+            None,
+        ),
+        net: NetConfig {
+            bind: "127.0.0.1".parse().expect("ip"),
+            ice_servers: vec![],
+        },
+    }
+}
+
+async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
+    let room = LocalRoom::start(loopback_config(None, false)).await.expect("room");
+    let mut publisher = Client::connect(cfg(&room, "pub")).await.expect("connect");
+    publisher.join(JoinRoom::Num(1)).await.expect("join");
+    let local = publisher.publish(true, true).await.expect("publish");
+    let (video, audio) = (local.video().cloned().expect("v"), local.audio().cloned().expect("a"));
+    let stream_id = local.stream_id.clone();
+
+    let received = Arc::new(AtomicU64::new(0));
+    let mut subscribers = Vec::new();
+    for s in 0..n {
+        let mut c = Client::connect(cfg(&room, &format!("sub{s}"))).await.expect("connect");
+        let streams = c.join(JoinRoom::Num(1)).await.expect("join");
+        let info = streams.into_iter().find(|x| x.stream_id == stream_id).expect("stream listed");
+        let mut remote = c.subscribe(&info).await.expect("subscribe");
+        let r = Arc::clone(&received);
+        tokio::spawn(async move {
+            while remote.packets.recv().await.is_some() {
+                r.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        subscribers.push(c);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let s1 = Arc::clone(&stop);
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut i = 0u64;
+        while !s1.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let _ = audio.write(Bytes::from(vec![0xfc; 100]), Duration::from_millis(20)).await;
+            // Video on every other-ish tick: 30 fps from a 50 Hz clock.
+            if i * 30 / 50 != (i + 1) * 30 / 50 {
+                let _ = video.write(video_frame(i * 30 / 50), Duration::from_millis(33)).await;
+            }
+            i += 1;
+        }
+    });
+
+    tokio::time::sleep(warmup).await;
+    let tid = thread_named("callbox-sfu").expect("SFU thread");
+    let sfu = room_stats(&room).await;
+    let (t0, c0, r0) = (Instant::now(), thread_cpu_ticks(tid).unwrap_or(0), received.load(Ordering::Relaxed));
+    tokio::time::sleep(measure).await;
+    let (t1, c1, r1) = (Instant::now(), thread_cpu_ticks(tid).unwrap_or(0), received.load(Ordering::Relaxed));
+    let sfu_end = room_stats(&room).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.await;
+    let wall = (t1 - t0).as_secs_f64();
+    let forwarded = (sfu_end["rtp_forwarded"].as_u64().unwrap_or(0) - sfu["rtp_forwarded"].as_u64().unwrap_or(0)) as f64;
+    for mut c in subscribers {
+        c.close_media().await;
+    }
+    publisher.close_media().await;
+    room.stop().await;
+    Outcome {
+        n,
+        cpu_cores: (c1 - c0) as f64 / CLK_TCK / wall,
+        forwarded_per_s: forwarded / wall,
+        delay_p50_us: sfu_end["forward_delay_us_p50"].as_u64().unwrap_or(0) as u32,
+        delay_p99_us: sfu_end["forward_delay_us_p99"].as_u64().unwrap_or(0) as u32,
+        delivered_ratio: (r1 - r0) as f64 / forwarded.max(1.0),
+    }
+}
+
+async fn room_stats(room: &LocalRoom) -> serde_json::Value {
+    callbox::room::local::http_request(room.http, "GET", "/api/stats", Some(&room.admin_key), "")
+        .await
+        .expect("stats")
+        .1
+}
+
+/// Plain UDP fan-out with the same packet sizes and rates: the kernel's cost
+/// of the sends, the floor under any SFU.
+fn run_baseline(n: usize, measure: Duration) -> Outcome {
+    let relay = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    relay.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    let relay_addr = relay.local_addr().expect("addr");
+    let sinks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind")).collect();
+    let targets: Vec<_> = sinks.iter().map(|s| s.local_addr().expect("addr")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let mut drains = Vec::new();
+    for s in sinks {
+        s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
+        drains.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if s.recv(&mut buf).is_ok() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let s2 = Arc::clone(&stop);
+    let relay_thread = std::thread::spawn(move || {
+        let start_ticks = thread_cpu_ticks(thread_self()).unwrap_or(0);
+        let start = Instant::now();
+        let (mut buf, mut delays, mut forwarded) = ([0u8; 2048], Vec::new(), 0u64);
+        while !s2.load(Ordering::Relaxed) {
+            let Ok(len) = relay.recv(&mut buf) else { continue };
+            let arrived = Instant::now();
+            for t in &targets {
+                let _ = relay.send_to(&buf[..len], t);
+                forwarded += 1;
+            }
+            delays.push(arrived.elapsed().as_micros() as u32);
+        }
+        let ticks = thread_cpu_ticks(thread_self()).unwrap_or(0) - start_ticks;
+        (ticks, start.elapsed(), delays, forwarded)
+    });
+    // Publisher: RTP-sized packets (1200-byte video fragments, 100-byte audio).
+    let src = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    while t0.elapsed() < measure {
+        let tick = t0 + Duration::from_millis(20 * (i + 1));
+        let _ = src.send_to(&[0u8; 112], relay_addr);
+        if i * 30 / 50 != (i + 1) * 30 / 50 {
+            let mut left = frame_size(i * 30 / 50);
+            while left > 0 {
+                let chunk = left.min(1188);
+                let _ = src.send_to(&vec![0u8; chunk + 12], relay_addr);
+                left -= chunk;
+            }
+        }
+        i += 1;
+        std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ticks, wall, mut delays, forwarded) = relay_thread.join().expect("relay");
+    drains.into_iter().for_each(|d| {
+        let _ = d.join();
+    });
+    let wall = wall.as_secs_f64();
+    Outcome {
+        n,
+        cpu_cores: ticks as f64 / CLK_TCK / wall,
+        forwarded_per_s: forwarded as f64 / wall,
+        delay_p50_us: percentile(&mut delays, 0.5),
+        delay_p99_us: percentile(&mut delays, 0.99),
+        delivered_ratio: received.load(Ordering::Relaxed) as f64 / forwarded.max(1) as f64,
+    }
+}
+
+fn thread_self() -> u64 {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (sizes, warmup, measure): (&[usize], _, _) = if full {
+        (&[10, 50, 100], Duration::from_secs(3), Duration::from_secs(10))
+    } else {
+        (&[2], Duration::from_secs(1), Duration::from_secs(2))
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    println!("SFU forwarding benchmark (one 640x480@30 H.264 + Opus publisher -> N subscribers, loopback)");
+    println!(
+        "{:<10} {:>5} {:>10} {:>12} {:>16} {:>14} {:>14} {:>10}",
+        "what", "N", "cpu cores", "pkts fwd/s", "streams per core", "delay p50 us", "delay p99 us", "delivered"
+    );
+    let mut worst_ratio: f64 = 0.0;
+    for &n in sizes {
+        let base = run_baseline(n, measure);
+        let sfu = rt.block_on(run_sfu(n, warmup, measure));
+        for (what, o) in [("udp-relay", &base), ("sfu", &sfu)] {
+            println!(
+                "{:<10} {:>5} {:>10.3} {:>12.0} {:>16.0} {:>14} {:>14} {:>9.1}%",
+                what,
+                o.n,
+                o.cpu_cores,
+                o.forwarded_per_s,
+                o.streams_per_core(),
+                o.delay_p50_us,
+                o.delay_p99_us,
+                o.delivered_ratio * 100.0
+            );
+        }
+        worst_ratio = worst_ratio.max(sfu.cpu_cores / base.cpu_cores.max(1e-9));
+        assert!(sfu.forwarded_per_s > 0.0, "the SFU forwarded nothing");
+        assert!(sfu.delivered_ratio > 0.9, "subscribers lost {:.1}% of forwarded packets", (1.0 - sfu.delivered_ratio) * 100.0);
+    }
+    println!("SFU CPU / plain UDP relay CPU (worst case): {worst_ratio:.1}x");
+}
