@@ -50,14 +50,17 @@ fn thread_named(name: &str) -> Option<u64> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
         .filter(|tid| {
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).is_ok_and(|c| c.trim() == name)
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == name)
         })
         .max()
 }
 
 fn percentile(v: &mut [u32], q: f64) -> u32 {
     v.sort_unstable();
-    v.get(((v.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(0)
+    v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// The traffic of one 640x480@30 camera call: (payload size, is_video) per tick of 1 ms.
@@ -93,23 +96,34 @@ fn cfg(room: &LocalRoom, user: &str) -> ClientConfig {
             bind: "127.0.0.1".parse().expect("ip"),
             ice_servers: vec![],
         },
+        tls_ca_pem: None,
     }
 }
 
 async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
-    let room = LocalRoom::start(loopback_config(None, false)).await.expect("room");
+    let room = LocalRoom::start(loopback_config(None, false))
+        .await
+        .expect("room");
     let mut publisher = Client::connect(cfg(&room, "pub")).await.expect("connect");
     publisher.join(JoinRoom::Num(1)).await.expect("join");
     let local = publisher.publish(true, true).await.expect("publish");
-    let (video, audio) = (local.video().cloned().expect("v"), local.audio().cloned().expect("a"));
+    let (video, audio) = (
+        local.video().cloned().expect("v"),
+        local.audio().cloned().expect("a"),
+    );
     let stream_id = local.stream_id.clone();
 
     let received = Arc::new(AtomicU64::new(0));
     let mut subscribers = Vec::new();
     for s in 0..n {
-        let mut c = Client::connect(cfg(&room, &format!("sub{s}"))).await.expect("connect");
+        let mut c = Client::connect(cfg(&room, &format!("sub{s}")))
+            .await
+            .expect("connect");
         let streams = c.join(JoinRoom::Num(1)).await.expect("join");
-        let info = streams.into_iter().find(|x| x.stream_id == stream_id).expect("stream listed");
+        let info = streams
+            .into_iter()
+            .find(|x| x.stream_id == stream_id)
+            .expect("stream listed");
         let mut remote = c.subscribe(&info).await.expect("subscribe");
         let r = Arc::clone(&received);
         tokio::spawn(async move {
@@ -127,10 +141,14 @@ async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
         let mut i = 0u64;
         while !s1.load(Ordering::Relaxed) {
             tick.tick().await;
-            let _ = audio.write(Bytes::from(vec![0xfc; 100]), Duration::from_millis(20)).await;
+            let _ = audio
+                .write(Bytes::from(vec![0xfc; 100]), Duration::from_millis(20))
+                .await;
             // Video on every other-ish tick: 30 fps from a 50 Hz clock.
             if i * 30 / 50 != (i + 1) * 30 / 50 {
-                let _ = video.write(video_frame(i * 30 / 50), Duration::from_millis(33)).await;
+                let _ = video
+                    .write(video_frame(i * 30 / 50), Duration::from_millis(33))
+                    .await;
             }
             i += 1;
         }
@@ -139,14 +157,23 @@ async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
     tokio::time::sleep(warmup).await;
     let tid = thread_named("callbox-sfu").expect("SFU thread");
     let sfu = room_stats(&room).await;
-    let (t0, c0, r0) = (Instant::now(), thread_cpu_ticks(tid).unwrap_or(0), received.load(Ordering::Relaxed));
+    let (t0, c0, r0) = (
+        Instant::now(),
+        thread_cpu_ticks(tid).unwrap_or(0),
+        received.load(Ordering::Relaxed),
+    );
     tokio::time::sleep(measure).await;
-    let (t1, c1, r1) = (Instant::now(), thread_cpu_ticks(tid).unwrap_or(0), received.load(Ordering::Relaxed));
+    let (t1, c1, r1) = (
+        Instant::now(),
+        thread_cpu_ticks(tid).unwrap_or(0),
+        received.load(Ordering::Relaxed),
+    );
     let sfu_end = room_stats(&room).await;
     stop.store(true, Ordering::Relaxed);
     let _ = sender.await;
     let wall = (t1 - t0).as_secs_f64();
-    let forwarded = (sfu_end["rtp_forwarded"].as_u64().unwrap_or(0) - sfu["rtp_forwarded"].as_u64().unwrap_or(0)) as f64;
+    let forwarded = (sfu_end["rtp_forwarded"].as_u64().unwrap_or(0)
+        - sfu["rtp_forwarded"].as_u64().unwrap_or(0)) as f64;
     for mut c in subscribers {
         c.close_media().await;
     }
@@ -173,15 +200,23 @@ async fn room_stats(room: &LocalRoom) -> serde_json::Value {
 /// of the sends, the floor under any SFU.
 fn run_baseline(n: usize, measure: Duration) -> Outcome {
     let relay = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    relay.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    relay
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
     let relay_addr = relay.local_addr().expect("addr");
-    let sinks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind")).collect();
-    let targets: Vec<_> = sinks.iter().map(|s| s.local_addr().expect("addr")).collect();
+    let sinks: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let targets: Vec<_> = sinks
+        .iter()
+        .map(|s| s.local_addr().expect("addr"))
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let mut drains = Vec::new();
     for s in sinks {
-        s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
         let (stop, received) = (Arc::clone(&stop), Arc::clone(&received));
         drains.push(std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
@@ -198,7 +233,9 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
         let start = Instant::now();
         let (mut buf, mut delays, mut forwarded) = ([0u8; 2048], Vec::new(), 0u64);
         while !s2.load(Ordering::Relaxed) {
-            let Ok(len) = relay.recv(&mut buf) else { continue };
+            let Ok(len) = relay.recv(&mut buf) else {
+                continue;
+            };
             let arrived = Instant::now();
             for t in &targets {
                 let _ = relay.send_to(&buf[..len], t);
@@ -253,15 +290,29 @@ fn thread_self() -> u64 {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (sizes, warmup, measure): (&[usize], _, _) = if full {
-        (&[10, 50, 100], Duration::from_secs(3), Duration::from_secs(10))
+        (
+            &[10, 50, 100],
+            Duration::from_secs(3),
+            Duration::from_secs(10),
+        )
     } else {
         (&[2], Duration::from_secs(1), Duration::from_secs(2))
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     println!("SFU forwarding benchmark (one 640x480@30 H.264 + Opus publisher -> N subscribers, loopback)");
     println!(
         "{:<10} {:>5} {:>10} {:>12} {:>16} {:>14} {:>14} {:>10}",
-        "what", "N", "cpu cores", "pkts fwd/s", "streams per core", "delay p50 us", "delay p99 us", "delivered"
+        "what",
+        "N",
+        "cpu cores",
+        "pkts fwd/s",
+        "streams per core",
+        "delay p50 us",
+        "delay p99 us",
+        "delivered"
     );
     let mut worst_ratio: f64 = 0.0;
     for &n in sizes {
@@ -282,7 +333,11 @@ fn main() {
         }
         worst_ratio = worst_ratio.max(sfu.cpu_cores / base.cpu_cores.max(1e-9));
         assert!(sfu.forwarded_per_s > 0.0, "the SFU forwarded nothing");
-        assert!(sfu.delivered_ratio > 0.9, "subscribers lost {:.1}% of forwarded packets", (1.0 - sfu.delivered_ratio) * 100.0);
+        assert!(
+            sfu.delivered_ratio > 0.9,
+            "subscribers lost {:.1}% of forwarded packets",
+            (1.0 - sfu.delivered_ratio) * 100.0
+        );
     }
     println!("SFU CPU / plain UDP relay CPU (worst case): {worst_ratio:.1}x");
 }

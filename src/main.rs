@@ -196,7 +196,9 @@ fn room(config: PathBuf) -> anyhow::Result<()> {
 
 #[cfg(feature = "room")]
 fn demo(port: u16) -> anyhow::Result<()> {
-    use callbox::room::local::{loopback_config, LocalRoom, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
+    use callbox::room::local::{
+        loopback_config, LocalRoom, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID, DEMO_SECRET_KEY,
+    };
     let mut config = loopback_config(None, true);
     config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let rt = tokio::runtime::Runtime::new()?;

@@ -479,3 +479,39 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(streams[0].user_id, "mallory");
     room.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_signaling_with_a_configured_certificate() {
+    let dir = std::env::temp_dir().join(format!("callbox-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    std::fs::write(dir.join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &key_pem).unwrap();
+    let mut cfg = callbox::room::local::loopback_config(None, false);
+    cfg.server.tls_cert = Some(dir.join("cert.pem"));
+    cfg.server.tls_key = Some(dir.join("key.pem"));
+    let room = callbox::room::local::LocalRoom::start(cfg).await.unwrap();
+    assert!(room.ws_url().starts_with("wss://"));
+
+    // Trusting the certificate: join over WSS, publish, and see the other side.
+    let mut a = config(&room, "alice");
+    a.tls_ca_pem = Some(cert_pem.clone().into_bytes());
+    let mut alice = Client::connect(a).await.expect("wss connect");
+    alice
+        .join(JoinRoom::Num(ROOM))
+        .await
+        .expect("join over TLS");
+    alice
+        .publish(true, true)
+        .await
+        .expect("publish after TLS signaling");
+
+    // Not trusting it: a clear setup error (TRTC 0x4001), not a hang.
+    let e = Client::connect(config(&room, "bob"))
+        .await
+        .err()
+        .expect("untrusted certificate refused");
+    assert_eq!(e.code(), code::SIGNAL_CHANNEL_SETUP_FAILED, "{e}");
+    room.stop().await;
+}

@@ -62,6 +62,8 @@ pub struct ClientConfig {
     pub user_id: String,
     pub user_sig: String,
     pub net: NetConfig,
+    /// Extra CA certificates (PEM) trusted for `wss://`, besides the system's.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -118,7 +120,8 @@ pub struct Client {
 impl Client {
     /// Open the signaling channel (TRTC's `createClient` + the connection `join` uses).
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
-        let (signaling, events) = Signaling::connect(&config.url).await?;
+        let (signaling, events) =
+            Signaling::connect(&config.url, config.tls_ca_pem.as_deref()).await?;
         Ok(Client {
             config,
             signaling,

@@ -124,12 +124,10 @@ impl Peer {
         let audio = RTCRtpCodecParameters {
             rtp_codec: opus(),
             payload_type: 111,
-            ..Default::default()
         };
         let video = RTCRtpCodecParameters {
             rtp_codec: h264(),
             payload_type: 102,
-            ..Default::default()
         };
         media
             .register_codec(audio, RtpCodecKind::Audio)

@@ -16,6 +16,33 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
 
+/// TLS for `wss://`: system roots plus the given PEM CAs, aws-lc-rs crypto
+/// chosen explicitly (several providers are linked in).
+fn tls_connector(extra_ca_pem: Option<&[u8]>) -> Result<tokio_tungstenite::Connector, ClientError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(pem) = extra_ca_pem {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert =
+                cert.map_err(|e| ClientError::SignalSetup(format!("CA certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::SignalSetup(format!("CA certificate: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::SignalSetup(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+}
+
 /// A connected signaling channel. Dropping it closes the WebSocket.
 pub struct Signaling {
     out: mpsc::UnboundedSender<Message>,
@@ -27,10 +54,20 @@ impl Signaling {
     /// Connect to `url` (`ws://host:port/ws` or `wss://...`). Events (server
     /// messages that are not replies) arrive on the returned receiver, which
     /// ends when the connection does.
+    ///
+    /// `wss://` trusts the system's CA store plus `extra_ca_pem` (PEM
+    /// certificates, e.g. a private CA the room service's certificate is
+    /// signed with).
     pub async fn connect(
         url: &str,
+        extra_ca_pem: Option<&[u8]>,
     ) -> Result<(Signaling, mpsc::UnboundedReceiver<ServerMessage>), ClientError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let connector = if url.starts_with("wss:") {
+            Some(tls_connector(extra_ca_pem)?)
+        } else {
+            None
+        };
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
             .await
             .map_err(|e| ClientError::SignalSetup(format!("{url}: {e}")))?;
         let (mut ws_tx, mut ws_rx) = ws.split();

@@ -61,17 +61,31 @@ fn request_id() -> String {
     format!("callbox-{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let message = message.into();
-    log::warn!(
-        "E_ADMIN_{}: {message}",
-        code.to_uppercase().replace('.', "_")
-    );
-    (
+/// A refused admin call: HTTP status, TRTC error code, message.
+pub struct AdminError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> AdminError {
+    AdminError {
         status,
-        Json(json!({"Response": {"Error": {"Code": code, "Message": message}, "RequestId": request_id()}})),
-    )
-        .into_response()
+        code,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        log::warn!(
+            "E_ADMIN_{}: {}",
+            self.code.to_uppercase().replace('.', "_"),
+            self.message
+        );
+        let body = json!({"Response": {"Error": {"Code": self.code, "Message": self.message}, "RequestId": request_id()}});
+        (self.status, Json(body)).into_response()
+    }
 }
 
 pub fn unauthorized() -> Response {
@@ -80,10 +94,11 @@ pub fn unauthorized() -> Response {
         "AuthFailure",
         "missing or wrong admin key",
     )
+    .into_response()
 }
 
 /// RoomId is a number for the plain actions and a string for the *ByStrRoomId ones.
-fn room(action: &str, sdk_app_id: u64, room_id: &Value) -> Result<RoomKey, Response> {
+fn room(action: &str, sdk_app_id: u64, room_id: &Value) -> Result<RoomKey, AdminError> {
     let by_str = action.ends_with("ByStrRoomId");
     let room = match (by_str, room_id) {
         (false, Value::Number(n)) => RoomId::from_fields(n.as_i64().or(Some(-1)), None),
@@ -106,7 +121,7 @@ fn room(action: &str, sdk_app_id: u64, room_id: &Value) -> Result<RoomKey, Respo
     })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
     serde_json::from_slice(body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "InvalidParameter", e.to_string()))
 }
@@ -126,11 +141,11 @@ pub async fn handle(
             Json(json!({"Response": {"RequestId": request_id(), "Affected": affected}}))
                 .into_response()
         }
-        Err(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 
-fn run(s: &AppState, action: &str, body: &[u8]) -> Result<usize, Response> {
+fn run(s: &AppState, action: &str, body: &[u8]) -> Result<usize, AdminError> {
     match action {
         "RemoveUser" | "RemoveUserByStrRoomId" => {
             let b: RemoveUserBody = parse(body)?;

@@ -22,6 +22,7 @@ pub struct LocalRoom {
     pub http: SocketAddr,
     pub media: SocketAddr,
     pub admin_key: String,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -61,6 +62,7 @@ impl LocalRoom {
         let http = listener.local_addr()?;
         let media = udp.local_addr()?;
         let admin_key = config.admin.key.expose().to_owned();
+        let tls = config.server.tls_cert.is_some();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(config, listener, udp, async {
             let _ = stopped.await;
@@ -69,13 +71,20 @@ impl LocalRoom {
             http,
             media,
             admin_key,
+            tls,
             stop: Some(stop),
             task: Some(task),
         })
     }
 
+    /// The signaling URL; with TLS it names `localhost`, which a test
+    /// certificate is issued for.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.http)
+        if self.tls {
+            format!("wss://localhost:{}/ws", self.http.port())
+        } else {
+            format!("ws://{}/ws", self.http)
+        }
     }
 
     /// Call the admin API; returns the HTTP status and the JSON body.

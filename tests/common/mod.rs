@@ -41,6 +41,7 @@ pub fn config(room: &LocalRoom, user: &str) -> ClientConfig {
             bind: "127.0.0.1".parse().unwrap(),
             ice_servers: vec![],
         },
+        tls_ca_pem: None,
     }
 }
 

@@ -1,0 +1,218 @@
+//! The `callbox` binary as a user runs it: userSig tools, and the room
+//! service started from a config file (health answered, bad configs refused
+//! with file, key and reason).
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_callbox");
+const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().expect("run callbox");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn usersig_gen_then_verify_and_each_refusal() {
+    let (code, sig, err) = run(&[
+        "usersig",
+        "gen",
+        "--sdkappid",
+        "1400000000",
+        "--key",
+        KEY,
+        "--userid",
+        "dev-1",
+        "--expire",
+        "600",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let sig = sig.trim();
+    assert!(!sig.is_empty() && !sig.contains(['+', '/', '=']));
+
+    let (code, out, _) = run(&[
+        "usersig",
+        "verify",
+        "--sdkappid",
+        "1400000000",
+        "--key",
+        KEY,
+        "--userid",
+        "dev-1",
+        sig,
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("valid: userId dev-1"), "{out}");
+
+    let dir = std::env::temp_dir().join(format!("callbox-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let kf = key_file.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "--sdkappid",
+                "1400000000",
+                "--key",
+                "other",
+                "--userid",
+                "dev-1",
+                sig,
+            ],
+            "invalid: bad signature",
+        ),
+        (
+            &[
+                "--sdkappid",
+                "1400000001",
+                "--key-file",
+                kf,
+                "--userid",
+                "dev-1",
+                sig,
+            ],
+            "invalid: wrong app",
+        ),
+        (
+            &[
+                "--sdkappid",
+                "1400000000",
+                "--key-file",
+                kf,
+                "--userid",
+                "dev-2",
+                sig,
+            ],
+            "invalid: wrong user",
+        ),
+        (
+            &[
+                "--sdkappid",
+                "1400000000",
+                "--key-file",
+                kf,
+                "--userid",
+                "dev-1",
+                "%%%",
+            ],
+            "invalid: bad encoding",
+        ),
+    ];
+    for (args, reason) in cases {
+        let mut a = vec!["usersig", "verify"];
+        a.extend_from_slice(args);
+        let (code, _, err) = run(&a);
+        assert_eq!(code, 1, "{reason}");
+        assert!(
+            err.starts_with(reason) && err.lines().count() == 1,
+            "{reason}: {err}"
+        );
+        assert!(!err.contains(KEY), "the key is never printed");
+    }
+    let (code, old, _) = run(&[
+        "usersig",
+        "gen",
+        "--sdkappid",
+        "1400000000",
+        "--key",
+        KEY,
+        "--userid",
+        "dev-1",
+        "--expire",
+        "0",
+    ]);
+    assert_eq!(code, 0);
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, _, err) = run(&[
+        "usersig",
+        "verify",
+        "--sdkappid",
+        "1400000000",
+        "--key",
+        KEY,
+        "--userid",
+        "dev-1",
+        old.trim(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("invalid: expired"), "{err}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn room_serves_health_from_its_config_and_refuses_bad_configs() {
+    let dir = std::env::temp_dir().join(format!("callbox-room-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (http, udp) = (free_port(), free_port());
+    let good = std::fs::read_to_string("config/room.toml")
+        .unwrap()
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}"))
+        .replace("127.0.0.1:50000", &format!("127.0.0.1:{udp}"));
+    let file = dir.join("room.toml");
+    std::fs::write(&file, &good).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["room", "--config", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) {
+            use std::io::Write;
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut r = String::new();
+            s.read_to_string(&mut r).unwrap();
+            break r;
+        }
+        assert!(Instant::now() < deadline, "room service did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        log.push_str(&line);
+    }
+    assert!(!log.contains(KEY), "secrets stay out of the log");
+
+    let bad = good.replace("udp_listen", "udp_lisen");
+    std::fs::write(&file, bad).unwrap();
+    let (code, _, err) = run(&["room", "--config", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("room.toml: media.udp_lisen (line") && err.contains("unknown field"),
+        "{err}"
+    );
+    let bad = good.replace("change-me-please-0123456789", "short");
+    std::fs::write(&file, bad).unwrap();
+    let (code, _, err) = run(&["room", "--config", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("room.toml: admin.key: must be at least 16 characters"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["room", "--config", "/nonexistent/room.toml"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/room.toml: cannot read"), "{err}");
+}
