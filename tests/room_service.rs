@@ -515,3 +515,51 @@ async fn tls_signaling_with_a_configured_certificate() {
     assert_eq!(e.code(), code::SIGNAL_CHANNEL_SETUP_FAILED, "{e}");
     room.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframe_requests_reach_the_publisher() {
+    let room = room().await;
+    let mut alice = joined(&room, "alice", ROOM).await;
+    let mut bob = joined(&room, "bob", ROOM).await;
+    let local = alice.publish(true, true).await.expect("publish");
+    let video = local.video().cloned().unwrap();
+    let (tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
+    let v = video.clone();
+    tokio::spawn(async move {
+        while v.keyframe_requested().await.is_some() {
+            if tx.send(std::time::Instant::now()).is_err() {
+                break;
+            }
+        }
+    });
+    let sender = tokio::spawn(send_known_media(Some(video), None, 300));
+    let ServerMessage::StreamAdded { stream } = expect_event(&mut bob, 5, "stream-added", |m| {
+        matches!(m, ServerMessage::StreamAdded { .. })
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    let remote = bob.subscribe(&stream).await.expect("subscribe");
+    // A new subscriber needs a keyframe: the room asks the publisher for one.
+    let first = tokio::time::timeout(Duration::from_secs(3), requests.recv()).await;
+    assert!(
+        matches!(first, Ok(Some(_))),
+        "no keyframe request when a subscriber connected"
+    );
+    // The subscriber's own PLI is relayed too (past the room's 300 ms throttle).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    while requests.try_recv().is_ok() {}
+    let asked = std::time::Instant::now();
+    remote.request_keyframe();
+    let relayed = tokio::time::timeout(Duration::from_secs(2), requests.recv())
+        .await
+        .expect("subscriber PLI relayed to the publisher")
+        .unwrap();
+    println!(
+        "PLI round trip subscriber -> room -> publisher: {:?}",
+        relayed - asked
+    );
+    sender.abort();
+    room.stop().await;
+}

@@ -4,6 +4,7 @@
 //! Signaling follows `crate::protocol`; media goes over the `webrtc` crate.
 //! The device daemon and the tests build on it.
 
+pub mod keyframe;
 pub mod peer;
 pub mod signaling;
 
@@ -104,6 +105,14 @@ impl LocalStream {
 pub struct RemoteStream {
     pub info: StreamInfo,
     pub packets: mpsc::UnboundedReceiver<RemotePacket>,
+    keyframe: mpsc::UnboundedSender<()>,
+}
+
+impl RemoteStream {
+    /// Ask the publisher for a keyframe (PLI through the room).
+    pub fn request_keyframe(&self) {
+        let _ = self.keyframe.send(());
+    }
 }
 
 /// One participant. Events (`peer-join`, `stream-added`, `client-banned`, ...)
@@ -243,10 +252,12 @@ impl Client {
                 return Err(e);
             }
         };
+        let keyframe = downlink.keyframe_requester();
         self.downlinks.insert(info.stream_id.clone(), downlink);
         Ok(RemoteStream {
             info: info.clone(),
             packets,
+            keyframe,
         })
     }
 

@@ -4,10 +4,11 @@
 //! sent once ICE gathering has finished, so one signaling round trip
 //! negotiates a connection.
 
+use crate::client::keyframe::{is_keyframe_request, KeyframeRequestForwarder};
 use crate::client::ClientError;
 use crate::protocol::MediaKind;
 use bytes::Bytes;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Registry, Slot};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -18,6 +19,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceServer;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
-use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
@@ -136,7 +138,9 @@ impl Peer {
             .register_codec(video, RtpCodecKind::Video)
             .map_err(|e| ClientError::Media(format!("register H.264: {e}")))?;
         let registry = register_default_interceptors(Registry::new(), &mut media)
-            .map_err(|e| ClientError::Media(format!("interceptors: {e}")))?;
+            .map_err(|e| ClientError::Media(format!("interceptors: {e}")))?
+            // Last, so the interceptors that read RTCP have seen it all.
+            .with(Slot::from(14_000), KeyframeRequestForwarder::default());
         // mDNS needs a multicast route, which many boards and test namespaces lack.
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
@@ -261,6 +265,21 @@ impl LocalTrack {
             .await
             .map_err(rtc_err("write sample"))
     }
+
+    /// Wait for the next PLI/FIR from the room for this track; `None` once
+    /// the connection is gone. The encoder answers with a keyframe.
+    pub async fn keyframe_requested(&self) -> Option<()> {
+        loop {
+            match self.track.poll().await? {
+                TrackLocalEvent::OnRtcpPacket(packets) => {
+                    if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                        return Some(());
+                    }
+                }
+                _ => continue,
+            }
+        }
+    }
 }
 
 /// The uplink: a publication's connection and its tracks.
@@ -377,6 +396,8 @@ pub struct RemotePacket {
 /// The downlink of one subscribed stream.
 pub struct Downlink {
     pub peer: Peer,
+    keyframe_tx: mpsc::UnboundedSender<()>,
+    keyframe_rx: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 impl Downlink {
@@ -395,7 +416,20 @@ impl Downlink {
                 .map_err(rtc_err("add transceiver"))?;
         }
         let sdp = peer.offer().await?;
-        Ok((Downlink { peer }, sdp))
+        let (keyframe_tx, keyframe_rx) = mpsc::unbounded_channel();
+        Ok((
+            Downlink {
+                peer,
+                keyframe_tx,
+                keyframe_rx: Some(keyframe_rx),
+            },
+            sdp,
+        ))
+    }
+
+    /// Ask the publisher for a keyframe (sends PLI on the video track).
+    pub fn keyframe_requester(&self) -> mpsc::UnboundedSender<()> {
+        self.keyframe_tx.clone()
     }
 
     /// Apply the answer; received packets of every track go to the returned channel.
@@ -405,6 +439,10 @@ impl Downlink {
     ) -> Result<mpsc::UnboundedReceiver<RemotePacket>, ClientError> {
         self.peer.accept_answer(answer).await?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut keyframe_rx = self
+            .keyframe_rx
+            .take()
+            .ok_or_else(|| ClientError::Internal("downlink finished twice".into()))?;
         let mut tracks = self
             .peer
             .tracks
@@ -417,11 +455,36 @@ impl Downlink {
                     _ => MediaKind::Video,
                 };
                 let tx = tx.clone();
+                // The video track also carries this subscriber's keyframe requests.
+                let mut requests = match kind {
+                    MediaKind::Video => Some(std::mem::replace(
+                        &mut keyframe_rx,
+                        mpsc::unbounded_channel().1,
+                    )),
+                    MediaKind::Audio => None,
+                };
                 tokio::spawn(async move {
-                    while let Some(ev) = track.poll().await {
-                        if let TrackRemoteEvent::OnRtpPacket(packet) = ev {
-                            if tx.send(RemotePacket { kind, packet }).is_err() {
-                                break;
+                    loop {
+                        let request = async {
+                            match requests.as_mut() {
+                                Some(r) => r.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            ev = track.poll() => match ev {
+                                Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
+                                    if tx.send(RemotePacket { kind, packet }).is_err() {
+                                        break;
+                                    }
+                                }
+                                Some(_) => {}
+                                None => break,
+                            },
+                            Some(()) = request => {
+                                let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+                                let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
+                                let _ = track.write_rtcp(vec![Box::new(pli)]).await;
                             }
                         }
                     }
