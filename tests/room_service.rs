@@ -563,3 +563,58 @@ async fn keyframe_requests_reach_the_publisher() {
     sender.abort();
     room.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mute_and_unmute_reach_others_with_the_right_user() {
+    let room = room().await;
+    let mut alice = joined(&room, "alice", ROOM).await;
+    let mut bob = joined(&room, "bob", ROOM).await;
+    alice.publish(true, true).await.expect("publish");
+    expect_event(&mut bob, 5, "stream-added", |m| {
+        matches!(m, ServerMessage::StreamAdded { .. })
+    })
+    .await;
+    use callbox::protocol::MediaKind::{Audio, Video};
+    alice.mute(Video, true).await.unwrap();
+    alice.mute(Audio, true).await.unwrap();
+    alice.mute(Audio, false).await.unwrap();
+    let alice_id = || "alice".to_owned();
+    assert_eq!(
+        expect_event(&mut bob, 5, "mute-video", |_| true).await,
+        ServerMessage::MuteVideo {
+            user_id: alice_id()
+        }
+    );
+    let ServerMessage::StreamUpdated { stream } =
+        expect_event(&mut bob, 5, "stream-updated", |_| true).await
+    else {
+        panic!("stream-updated expected")
+    };
+    assert!(stream.video_muted && !stream.audio_muted && stream.user_id == "alice");
+    assert_eq!(
+        expect_event(&mut bob, 5, "mute-audio", |_| true).await,
+        ServerMessage::MuteAudio {
+            user_id: alice_id()
+        }
+    );
+    expect_event(&mut bob, 5, "stream-updated", |_| true).await;
+    assert_eq!(
+        expect_event(&mut bob, 5, "unmute-audio", |_| true).await,
+        ServerMessage::UnmuteAudio {
+            user_id: alice_id()
+        }
+    );
+    // Alice hears nothing about her own mutes (only bob's earlier peer-join).
+    while let Ok(Some(ev)) =
+        tokio::time::timeout(Duration::from_millis(200), alice.next_event()).await
+    {
+        assert!(
+            matches!(ev, ServerMessage::PeerJoin { .. }),
+            "alice got {ev:?}"
+        );
+    }
+    // Muting without publishing is refused.
+    let e = bob.mute(Audio, true).await.unwrap_err();
+    assert_eq!(e.code(), code::INVALID_OPERATION);
+    room.stop().await;
+}

@@ -383,6 +383,7 @@ impl Rooms {
             return Ok(());
         }
         *flag = muted;
+        let updated = p.clone();
         let user_id = m.user_id.clone();
         let room = m.room.clone();
         let msg = match (kind, muted) {
@@ -392,6 +393,11 @@ impl Rooms {
             (MediaKind::Video, false) => ServerMessage::UnmuteVideo { user_id },
         };
         self.broadcast(&room, conn, msg);
+        self.broadcast(
+            &room,
+            conn,
+            ServerMessage::StreamUpdated { stream: updated },
+        );
         Ok(())
     }
 
@@ -726,6 +732,14 @@ mod tests {
 
     #[test]
     fn mute_events_carry_the_user_and_skip_repeats() {
+        let info = |audio_muted| StreamInfo {
+            stream_id: "s1".into(),
+            user_id: "a".into(),
+            audio: true,
+            video: false,
+            audio_muted,
+            video_muted: false,
+        };
         let mut r = Rooms::new();
         r.join(1, APP, "a", RoomId::Num(8)).unwrap();
         r.join(2, APP, "b", RoomId::Num(8)).unwrap();
@@ -744,8 +758,12 @@ mod tests {
                 ServerMessage::MuteAudio {
                     user_id: "a".into()
                 },
+                ServerMessage::StreamUpdated { stream: info(true) },
                 ServerMessage::UnmuteAudio {
                     user_id: "a".into()
+                },
+                ServerMessage::StreamUpdated {
+                    stream: info(false)
                 },
             ]
         );
