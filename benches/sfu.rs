@@ -31,8 +31,14 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn streams_per_core(&self) -> f64 {
-        self.n as f64 / self.cpu_cores.max(1e-9)
+    /// Subscriber streams one core could forward; "-" when the run used less
+    /// CPU than one clock tick can show.
+    fn streams_per_core(&self) -> String {
+        if self.cpu_cores * 10.0 < 1.0 / CLK_TCK {
+            "-".to_owned()
+        } else {
+            format!("{:.0}", self.n as f64 / self.cpu_cores)
+        }
     }
 }
 
@@ -320,7 +326,7 @@ fn main() {
         let sfu = rt.block_on(run_sfu(n, warmup, measure));
         for (what, o) in [("udp-relay", &base), ("sfu", &sfu)] {
             println!(
-                "{:<10} {:>5} {:>10.3} {:>12.0} {:>16.0} {:>14} {:>14} {:>9.1}%",
+                "{:<10} {:>5} {:>10.3} {:>12.0} {:>16} {:>14} {:>14} {:>9.1}%",
                 what,
                 o.n,
                 o.cpu_cores,

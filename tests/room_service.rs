@@ -12,6 +12,69 @@ use std::time::Duration;
 
 const ROOM: u32 = 8888;
 
+/// Alice publishing and streaming known media, Bob subscribed and receiving it.
+struct Call {
+    alice: Client,
+    bob: Client,
+    remote: callbox::client::RemoteStream,
+    sender: tokio::task::JoinHandle<()>,
+}
+
+async fn call_in_progress(room: &callbox::room::local::LocalRoom) -> Call {
+    let mut alice = joined(room, "alice", ROOM).await;
+    let mut bob = joined(room, "bob", ROOM).await;
+    let local = alice.publish(true, true).await.expect("publish");
+    let (video, audio) = (local.video().cloned(), local.audio().cloned());
+    let ServerMessage::StreamAdded { stream } = expect_event(&mut bob, 5, "stream-added", |m| {
+        matches!(m, ServerMessage::StreamAdded { .. })
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    let mut remote = bob.subscribe(&stream).await.expect("subscribe");
+    let sender = tokio::spawn(send_known_media(video, audio, 300));
+    let before = receive(
+        &mut remote.packets,
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        before.video_frames.len() > 10,
+        "media flows: {} frames",
+        before.video_frames.len()
+    );
+    Call {
+        alice,
+        bob,
+        remote,
+        sender,
+    }
+}
+
+/// After what was in flight, nothing more arrives (though the sender still sends).
+async fn assert_media_stopped(remote: &mut callbox::client::RemoteStream) {
+    let _ = receive(
+        &mut remote.packets,
+        Duration::from_millis(300),
+        Duration::from_secs(2),
+    )
+    .await;
+    let after = receive(
+        &mut remote.packets,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        after.video_frames.is_empty() && after.audio_payloads.is_empty(),
+        "media still forwarded: {} frames, {} audio packets",
+        after.video_frames.len(),
+        after.audio_payloads.len()
+    );
+}
+
 fn is_banned(reason: BanReason) -> impl Fn(&ServerMessage) -> bool {
     move |m| matches!(m, ServerMessage::ClientBanned { reason: r, .. } if *r == reason)
 }
@@ -91,29 +154,14 @@ async fn published_media_arrives_intact_at_a_subscriber() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_user_bans_the_publisher_and_stops_its_media() {
     let room = room().await;
-    let mut alice = joined(&room, "alice", ROOM).await;
-    let mut bob = joined(&room, "bob", ROOM).await;
-    let local = alice.publish(true, true).await.expect("publish");
-    let (video, audio) = (local.video().cloned(), local.audio().cloned());
-    let stream = alice.local_stream().unwrap().stream_id.clone();
-    let ServerMessage::StreamAdded { stream: info } =
-        expect_event(&mut bob, 5, "stream-added", |m| {
-            matches!(m, ServerMessage::StreamAdded { .. })
-        })
-        .await
-    else {
-        unreachable!()
-    };
-    let mut remote = bob.subscribe(&info).await.expect("subscribe");
     // Alice keeps sending the whole time; only the room can stop it reaching Bob.
-    let sender = tokio::spawn(send_known_media(video, audio, 300));
-    let before = receive(
-        &mut remote.packets,
-        Duration::from_secs(2),
-        Duration::from_secs(1),
-    )
-    .await;
-    assert!(before.video_frames.len() > 10, "media flows before the ban");
+    let Call {
+        mut alice,
+        mut bob,
+        mut remote,
+        sender,
+    } = call_in_progress(&room).await;
+    let stream = remote.info.stream_id.clone();
 
     let (status, body) = room
         .admin(
@@ -144,24 +192,7 @@ async fn remove_user_bans_the_publisher_and_stops_its_media() {
         |m| matches!(m, ServerMessage::PeerLeave { user_id } if user_id == "alice"),
     )
     .await;
-    // Drain what was in flight, then nothing more arrives although alice still sends.
-    let _ = receive(
-        &mut remote.packets,
-        Duration::from_millis(300),
-        Duration::from_secs(2),
-    )
-    .await;
-    let after = receive(
-        &mut remote.packets,
-        Duration::from_secs(1),
-        Duration::from_secs(1),
-    )
-    .await;
-    assert!(
-        after.video_frames.is_empty() && after.audio_payloads.is_empty(),
-        "media still forwarded after RemoveUser: {} frames",
-        after.video_frames.len()
-    );
+    assert_media_stopped(&mut remote).await;
     assert!(!sender.is_finished(), "the publisher was still sending");
     expect_event(
         &mut alice,
@@ -177,29 +208,13 @@ async fn remove_user_bans_the_publisher_and_stops_its_media() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dismiss_room_disbands_everyone_in_it_and_no_one_else() {
     let room = room().await;
-    let mut alice = joined(&room, "alice", ROOM).await;
-    let mut bob = joined(&room, "bob", ROOM).await;
+    let Call {
+        mut alice,
+        mut bob,
+        mut remote,
+        sender,
+    } = call_in_progress(&room).await;
     let mut carol = joined(&room, "carol", ROOM + 1).await;
-    let local = alice.publish(true, true).await.expect("publish");
-    let (video, audio) = (local.video().cloned(), local.audio().cloned());
-    let ServerMessage::StreamAdded { stream: info } =
-        expect_event(&mut bob, 5, "stream-added", |m| {
-            matches!(m, ServerMessage::StreamAdded { .. })
-        })
-        .await
-    else {
-        unreachable!()
-    };
-    let mut remote = bob.subscribe(&info).await.expect("subscribe");
-    let sender = tokio::spawn(send_known_media(video, audio, 300));
-    assert!(!receive(
-        &mut remote.packets,
-        Duration::from_secs(2),
-        Duration::from_secs(1)
-    )
-    .await
-    .video_frames
-    .is_empty());
 
     let (status, body) = room
         .admin(
@@ -221,22 +236,7 @@ async fn dismiss_room_disbands_everyone_in_it_and_no_one_else() {
         is_banned(BanReason::RoomDisband),
     )
     .await;
-    let _ = receive(
-        &mut remote.packets,
-        Duration::from_millis(300),
-        Duration::from_secs(2),
-    )
-    .await;
-    let after = receive(
-        &mut remote.packets,
-        Duration::from_secs(1),
-        Duration::from_secs(1),
-    )
-    .await;
-    assert!(
-        after.video_frames.is_empty(),
-        "media stopped after DismissRoom"
-    );
+    assert_media_stopped(&mut remote).await;
     expect_event(
         &mut alice,
         5,

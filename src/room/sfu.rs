@@ -29,8 +29,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Keyframe requests to one publisher are relayed at most this often.
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
-/// Datagrams taken from the socket before queued RTP is sent.
-const MAX_BATCH: usize = 32;
 /// Forwarding delays kept for percentiles.
 const DELAY_SAMPLES: usize = 1 << 16;
 
@@ -179,8 +177,6 @@ struct Peer {
     /// Uplinks: when a keyframe was last requested.
     last_keyframe_request: Option<Instant>,
     connected: bool,
-    /// Downlinks: RTP written, not yet sent (see `Engine::flush`).
-    dirty: bool,
 }
 
 impl Peer {
@@ -213,10 +209,6 @@ struct Engine {
     delay_pos: usize,
     /// Propagations waiting to be carried out.
     work: VecDeque<Propagate>,
-    /// Downlinks with RTP written since the last flush.
-    dirty: Vec<PeerId>,
-    /// Arrival times of forwarded datagrams since the last flush.
-    arrivals: Vec<Instant>,
 }
 
 impl Engine {
@@ -233,8 +225,6 @@ impl Engine {
             delays: Vec::with_capacity(DELAY_SAMPLES),
             delay_pos: 0,
             work: VecDeque::new(),
-            dirty: Vec::new(),
-            arrivals: Vec::new(),
         }
     }
 
@@ -244,17 +234,7 @@ impl Engine {
             let sleep = tokio::time::sleep_until(self.earliest.into());
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, source)) => {
-                        self.on_datagram(&buf[..n], source);
-                        // Take what else is already queued, then send once per
-                        // downlink: a video frame arrives as a burst of packets.
-                        for _ in 0..MAX_BATCH {
-                            match self.socket.try_recv_from(&mut buf) {
-                                Ok((n, source)) => self.on_datagram(&buf[..n], source),
-                                Err(_) => break,
-                            }
-                        }
-                    }
+                    Ok((n, source)) => self.on_datagram(&buf[..n], source),
                     // ICMP port-unreachable from a vanished client surfaces here; not fatal.
                     Err(e) => log::debug!("media socket recv: {e}"),
                 },
@@ -268,7 +248,6 @@ impl Engine {
             if now >= self.earliest {
                 self.on_timeouts(now);
             }
-            self.flush();
         }
         log::info!("SFU stopped");
     }
@@ -391,7 +370,6 @@ impl Engine {
                 seq: HashMap::new(),
                 last_keyframe_request: None,
                 connected: false,
-                dirty: false,
             },
         );
         // Collect MediaAdded and the first timeout before anything arrives.
@@ -445,38 +423,9 @@ impl Engine {
             log::debug!("datagram from {source} matches no peer");
             return;
         };
-        if self.drive(id, Some(input), arrived) {
-            self.arrivals.push(arrived);
-        }
-    }
-
-    /// Send what forwarding queued on downlinks, and record each forwarded
-    /// datagram's delay up to this point.
-    fn flush(&mut self) {
-        if self.dirty.is_empty() && self.arrivals.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        for d in std::mem::take(&mut self.dirty) {
-            let Some(down) = self.peers.get_mut(&d) else {
-                continue;
-            };
-            down.dirty = false;
-            // Timeout drives str0m to move the queued packets out now.
-            if let Err(e) = down.rtc.handle_input(Input::Timeout(now)) {
-                log::warn!("peer {d}: {e}");
-                down.rtc.disconnect();
-            }
-            Self::poll(d, down, &self.socket, &mut self.work);
-            self.earliest = self.earliest.min(down.next_timeout);
-        }
-        self.process_work(now);
-        let sent = Instant::now();
-        for arrived in std::mem::take(&mut self.arrivals) {
-            let us = sent
-                .duration_since(arrived)
-                .as_micros()
-                .min(u32::MAX as u128) as u32;
+        let forwarded = self.drive(id, Some(input), arrived);
+        if forwarded {
+            let us = arrived.elapsed().as_micros().min(u32::MAX as u128) as u32;
             if self.delays.len() < DELAY_SAMPLES {
                 self.delays.push(us);
             } else {
@@ -529,15 +478,10 @@ impl Engine {
         if !peer.rtc.is_alive() {
             self.remove(id);
         }
-        self.process_work(now)
-    }
-
-    /// Carry out queued propagations. Returns whether RTP was forwarded.
-    fn process_work(&mut self, now: Instant) -> bool {
         let mut forwarded = false;
         while let Some(w) = self.work.pop_front() {
             match w {
-                Propagate::Rtp(from, pkt) => forwarded |= self.forward(from, pkt),
+                Propagate::Rtp(from, pkt) => forwarded |= self.forward(from, pkt, now),
                 Propagate::Keyframe(from, kind) => self.relay_keyframe_request(from, kind, now),
                 Propagate::DownlinkConnected(from) => {
                     self.relay_keyframe_request(from, KeyframeRequestKind::Pli, now)
@@ -586,7 +530,7 @@ impl Engine {
         }
     }
 
-    fn forward(&mut self, from: PeerId, pkt: RtpPacket) -> bool {
+    fn forward(&mut self, from: PeerId, pkt: RtpPacket, now: Instant) -> bool {
         self.stats.rtp_in += 1;
         let Some(up) = self.peers.get_mut(&from) else {
             return false;
@@ -652,10 +596,13 @@ impl Engine {
                 continue;
             };
             tx.write_rtp(write);
-            if !down.dirty {
-                down.dirty = true;
-                self.dirty.push(d);
+            // Timeout drives str0m to move the queued packet out now.
+            if let Err(e) = down.rtc.handle_input(Input::Timeout(now)) {
+                log::warn!("peer {d}: {e}");
+                down.rtc.disconnect();
             }
+            Self::poll(d, down, &self.socket, &mut self.work);
+            self.earliest = self.earliest.min(down.next_timeout);
             self.stats.rtp_forwarded += 1;
             forwarded = true;
         }
