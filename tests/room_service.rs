@@ -618,3 +618,39 @@ async fn mute_and_unmute_reach_others_with_the_right_user() {
     assert_eq!(e.code(), code::INVALID_OPERATION);
     room.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_usersig_endpoint_only_when_enabled() {
+    use callbox::room::local::{http_post, loopback_config, LocalRoom};
+    let body = r#"{"sdkAppId":1400000000,"userId":"browser-1"}"#;
+    let off = room().await;
+    let (status, _) = http_post(off.http, "/api/dev/usersig", None, body)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "off by default");
+    off.stop().await;
+
+    let on = LocalRoom::start(loopback_config(None, true)).await.unwrap();
+    let (status, resp) = http_post(on.http, "/api/dev/usersig", None, body)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["developmentOnly"], true);
+    let sig = resp["userSig"].as_str().unwrap().to_owned();
+    let mut cfg = config(&on, "browser-1");
+    cfg.user_sig = sig;
+    let mut c = Client::connect(cfg).await.unwrap();
+    c.join(JoinRoom::Num(ROOM))
+        .await
+        .expect("the issued userSig is accepted");
+    let (status, _) = http_post(
+        on.http,
+        "/api/dev/usersig",
+        None,
+        r#"{"sdkAppId":1400000000,"userId":"bad id"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    on.stop().await;
+}
