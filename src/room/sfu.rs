@@ -263,36 +263,11 @@ impl Engine {
             } => {
                 let _ = reply.send(self.open(conn, stream_id, role, &offer));
             }
-            Command::CloseConn(conn) => {
-                let ids: Vec<PeerId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.conn == conn)
-                    .map(|(id, _)| *id)
-                    .collect();
-                ids.into_iter().for_each(|id| self.remove(id));
-            }
-            Command::EndPublication(stream_id) => {
-                let ids: Vec<PeerId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.stream_id == stream_id)
-                    .map(|(id, _)| *id)
-                    .collect();
-                ids.into_iter().for_each(|id| self.remove(id));
-            }
-            Command::EndSubscription { conn, stream_id } => {
-                let id = self
-                    .peers
-                    .iter()
-                    .find(|(_, p)| {
-                        p.conn == conn && p.stream_id == stream_id && p.role == Role::Downlink
-                    })
-                    .map(|(id, _)| *id);
-                if let Some(id) = id {
-                    self.remove(id);
-                }
-            }
+            Command::CloseConn(conn) => self.remove_where(|p| p.conn == conn),
+            Command::EndPublication(stream_id) => self.remove_where(|p| p.stream_id == stream_id),
+            Command::EndSubscription { conn, stream_id } => self.remove_where(|p| {
+                p.conn == conn && p.stream_id == stream_id && p.role == Role::Downlink
+            }),
             Command::Stats(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -377,6 +352,16 @@ impl Engine {
         Ok(answer.to_sdp_string())
     }
 
+    fn remove_where(&mut self, pred: impl Fn(&Peer) -> bool) {
+        let ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| pred(p))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter().for_each(|id| self.remove(id));
+    }
+
     fn remove(&mut self, id: PeerId) {
         if let Some(mut p) = self.peers.remove(&id) {
             log::info!("peer {id}: closed ({:?} of conn {})", p.role, p.conn);
@@ -436,13 +421,7 @@ impl Engine {
     }
 
     fn on_timeouts(&mut self, now: Instant) {
-        let dead: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.rtc.is_alive())
-            .map(|(id, _)| *id)
-            .collect();
-        dead.into_iter().for_each(|id| self.remove(id));
+        self.remove_where(|p| !p.rtc.is_alive());
         let due: Vec<PeerId> = self
             .peers
             .iter()
