@@ -18,9 +18,9 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn usersig_gen_then_verify_and_each_refusal() {
-    let (code, sig, err) = run(&[
+/// `callbox usersig gen` for dev-1 of the test app with the given validity.
+fn gen_sig(expire: &str) -> (i32, String, String) {
+    run(&[
         "usersig",
         "gen",
         "--sdkappid",
@@ -30,8 +30,13 @@ fn usersig_gen_then_verify_and_each_refusal() {
         "--userid",
         "dev-1",
         "--expire",
-        "600",
-    ]);
+        expire,
+    ])
+}
+
+#[test]
+fn usersig_gen_then_verify_and_each_refusal() {
+    let (code, sig, err) = gen_sig("600");
     assert_eq!(code, 0, "{err}");
     let sig = sig.trim();
     assert!(!sig.is_empty() && !sig.contains(['+', '/', '=']));
@@ -116,18 +121,7 @@ fn usersig_gen_then_verify_and_each_refusal() {
         );
         assert!(!err.contains(KEY), "the key is never printed");
     }
-    let (code, old, _) = run(&[
-        "usersig",
-        "gen",
-        "--sdkappid",
-        "1400000000",
-        "--key",
-        KEY,
-        "--userid",
-        "dev-1",
-        "--expire",
-        "0",
-    ]);
+    let (code, old, _) = gen_sig("0");
     assert_eq!(code, 0);
     std::thread::sleep(Duration::from_millis(1100));
     let (code, _, err) = run(&[

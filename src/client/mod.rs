@@ -54,6 +54,10 @@ impl ClientError {
     }
 }
 
+fn unexpected(reply: ServerMessage) -> ClientError {
+    ClientError::Internal(format!("unexpected reply {reply:?}"))
+}
+
 /// Who the client is and where it joins.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -173,7 +177,7 @@ impl Client {
                 self.joined = true;
                 Ok(streams)
             }
-            other => Err(ClientError::Internal(format!("unexpected reply {other:?}"))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -183,30 +187,30 @@ impl Client {
             return Err(ClientError::InvalidOperation("already publishing"));
         }
         let (mut uplink, sdp) = Uplink::offer(&self.config.net, audio, video).await?;
-        let reply = self
-            .signaling
-            .request(|id| ClientMessage::Publish {
-                id,
-                sdp,
-                audio,
-                video,
-            })
-            .await;
-        let (stream_id, answer) = match reply {
-            Ok(ServerMessage::Published { stream_id, sdp, .. }) => (stream_id, sdp),
-            Ok(other) => {
-                uplink.peer.close().await;
-                return Err(ClientError::Internal(format!("unexpected reply {other:?}")));
-            }
+        let negotiated = async {
+            let reply = self
+                .signaling
+                .request(|id| ClientMessage::Publish {
+                    id,
+                    sdp,
+                    audio,
+                    video,
+                })
+                .await?;
+            let ServerMessage::Published { stream_id, sdp, .. } = reply else {
+                return Err(unexpected(reply));
+            };
+            uplink.finish(sdp).await?;
+            Ok(stream_id)
+        }
+        .await;
+        let stream_id = match negotiated {
+            Ok(s) => s,
             Err(e) => {
                 uplink.peer.close().await;
                 return Err(e);
             }
         };
-        if let Err(e) = uplink.finish(answer).await {
-            uplink.peer.close().await;
-            return Err(e);
-        }
         Ok(self.local.insert(LocalStream { uplink, stream_id }))
     }
 
@@ -230,22 +234,18 @@ impl Client {
     pub async fn subscribe(&mut self, info: &StreamInfo) -> Result<RemoteStream, ClientError> {
         let (mut downlink, sdp) = Downlink::offer(&self.config.net).await?;
         let stream_id = info.stream_id.clone();
-        let reply = self
-            .signaling
-            .request(|id| ClientMessage::Subscribe { id, stream_id, sdp })
-            .await;
-        let answer = match reply {
-            Ok(ServerMessage::Subscribed { sdp, .. }) => sdp,
-            Ok(other) => {
-                downlink.peer.close().await;
-                return Err(ClientError::Internal(format!("unexpected reply {other:?}")));
-            }
-            Err(e) => {
-                downlink.peer.close().await;
-                return Err(e);
-            }
-        };
-        let packets = match downlink.finish(answer).await {
+        let negotiated = async {
+            let reply = self
+                .signaling
+                .request(|id| ClientMessage::Subscribe { id, stream_id, sdp })
+                .await?;
+            let ServerMessage::Subscribed { sdp, .. } = reply else {
+                return Err(unexpected(reply));
+            };
+            downlink.finish(sdp).await
+        }
+        .await;
+        let packets = match negotiated {
             Ok(p) => p,
             Err(e) => {
                 downlink.peer.close().await;

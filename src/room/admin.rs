@@ -157,18 +157,13 @@ fn run(s: &AppState, action: &str, body: &[u8]) -> Result<usize, AdminError> {
                 ));
             }
             let key = room(action, b.sdk_app_id, &b.room_id)?;
-            let mut hub = s.hub.lock();
-            let n = hub.rooms.remove_users(&key, &b.user_ids);
-            hub.flush();
-            Ok(n)
+            Ok(s.hub
+                .update(|rooms, _| rooms.remove_users(&key, &b.user_ids)))
         }
         "DismissRoom" | "DismissRoomByStrRoomId" => {
             let b: DismissBody = parse(body)?;
             let key = room(action, b.sdk_app_id, &b.room_id)?;
-            let mut hub = s.hub.lock();
-            let n = hub.rooms.dismiss(&key);
-            hub.flush();
-            Ok(n)
+            Ok(s.hub.update(|rooms, _| rooms.dismiss(&key)))
         }
         other => Err(error(
             StatusCode::NOT_FOUND,

@@ -40,6 +40,15 @@ impl SharedHub {
     pub fn sfu(&self) -> Sfu {
         self.lock().sfu.clone()
     }
+
+    /// Change the room state and carry out the effects the change queued.
+    pub fn update<T>(&self, f: impl FnOnce(&mut Rooms, &Sfu) -> T) -> T {
+        let mut guard = self.lock();
+        let hub = &mut *guard;
+        let out = f(&mut hub.rooms, &hub.sfu);
+        hub.flush();
+        out
+    }
 }
 
 impl Hub {
