@@ -100,7 +100,7 @@ fn cfg(room: &LocalRoom, user: &str) -> ClientConfig {
         ),
         net: NetConfig {
             bind: "127.0.0.1".parse().expect("ip"),
-            ice_servers: vec![],
+            ..Default::default()
         },
         tls_ca_pem: None,
     }

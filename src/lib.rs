@@ -4,9 +4,11 @@
 //! - [`protocol`]: the signaling protocol shared by server, Rust client and browser SDK.
 //! - [`room`]: the room service (signaling, rooms, admin API, SFU).
 //! - [`client`]: the Rust TRTC-style client (signaling + WebRTC) the device builds on.
+//! - [`device`]: the device's media: capture, encode, publish, subscribe, play.
 
 pub mod client;
 pub mod config;
+pub mod device;
 pub mod protocol;
 #[cfg(feature = "room")]
 pub mod room;

@@ -31,6 +31,11 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Run the device: join the configured room, publish camera and microphone, play the room.
+    Device {
+        #[arg(long, default_value = "/etc/callbox/device.toml")]
+        config: PathBuf,
+    },
     /// Issue or check a userSig (TLSSigAPIv2-compatible).
     Usersig {
         #[command(subcommand)]
@@ -118,6 +123,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             init_logging();
             demo(port)?;
         }
+        Command::Device { config } => {
+            init_logging();
+            device(config)?;
+        }
         Command::Usersig { action } => match action {
             UserSigAction::Gen {
                 sdkappid,
@@ -157,6 +166,79 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         },
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Stop on Ctrl-C or SIGTERM (systemd's stop).
+async fn terminated() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn device(config: PathBuf) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let config = callbox::device::config::DeviceConfig::load(&config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run_device(config, started, terminated()))
+}
+
+/// Keep the device in its room until `stop`: rejoin after a lost
+/// connection (2 s apart), stay out after being pushed out.
+async fn run_device(
+    config: callbox::device::config::DeviceConfig,
+    started: std::time::Instant,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use callbox::device::daemon::{Device, DeviceError};
+    let mut device = Device::open(config, started)?;
+    tokio::pin!(stop);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    loop {
+        let mut rx = stop_rx.clone();
+        let call = device.call(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        });
+        tokio::pin!(call);
+        let result = tokio::select! {
+            r = &mut call => r,
+            _ = &mut stop => {
+                // Let the call leave the room before exiting.
+                let _ = stop_tx.send(true);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(3), call).await;
+                return Ok(());
+            }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e @ DeviceError::Banned(_)) => {
+                log::error!(
+                    "{e} (code {:#06x}); not rejoining until restarted",
+                    e.code()
+                );
+                (&mut stop).await;
+                return Ok(());
+            }
+            Err(e) => {
+                log::error!(
+                    "call failed (code {:#06x}): {e}; rejoining in 2 s",
+                    e.code()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                    _ = &mut stop => return Ok(()),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(feature = "room")]

@@ -9,7 +9,8 @@ pub mod peer;
 pub mod signaling;
 
 use crate::protocol::{ClientMessage, MediaKind, ServerMessage, StreamInfo, PROTOCOL_VERSION};
-use peer::{Downlink, NetConfig, RemotePacket, Uplink};
+pub use peer::{Congestion, NetConfig};
+use peer::{Downlink, RemotePacket, Uplink};
 use signaling::Signaling;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
@@ -102,6 +103,15 @@ impl LocalStream {
 
     pub fn video(&self) -> Option<&LocalTrack> {
         self.uplink.video.as_ref()
+    }
+
+    /// The congestion controller's current target (bit/s), when it is on.
+    pub fn target_bitrate(&self) -> Option<u64> {
+        self.uplink
+            .peer
+            .target_bitrate
+            .as_ref()
+            .map(|t| t.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

@@ -8,10 +8,12 @@ use crate::client::keyframe::{is_keyframe_request, KeyframeRequestForwarder};
 use crate::client::ClientError;
 use crate::protocol::MediaKind;
 use bytes::Bytes;
-use rtc::interceptor::{Registry, Slot};
+use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport, Registry, Slot};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_congestion_control, register_default_interceptors, CongestionFeedback,
+};
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS,
 };
@@ -26,6 +28,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{PayloadType, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -51,6 +54,55 @@ pub struct NetConfig {
     pub bind: IpAddr,
     /// `stun:` / `turn:` URLs.
     pub ice_servers: Vec<String>,
+    /// Send-side congestion control (TWCC feedback + GCC) on the uplink.
+    pub congestion: Option<Congestion>,
+}
+
+/// Bounds for the congestion controller's estimate, in bits per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Congestion {
+    pub min_bps: f64,
+    pub start_bps: f64,
+    pub max_bps: f64,
+}
+
+/// Wraps the estimator so the encoder can read its target: the chain owns
+/// the estimator, so the number is pushed out after each update (the
+/// pattern of the `webrtc` crate's bandwidth-estimation example).
+struct ReportingEstimator<E: BandwidthEstimator> {
+    inner: E,
+    target: Arc<AtomicU64>,
+}
+
+impl<E: BandwidthEstimator> ReportingEstimator<E> {
+    fn publish(&self) {
+        self.target
+            .store(self.inner.target_bitrate() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<E: BandwidthEstimator> BandwidthEstimator for ReportingEstimator<E> {
+    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+        self.inner.on_reports(now, reports);
+        self.publish();
+    }
+
+    fn target_bitrate(&self) -> f64 {
+        self.inner.target_bitrate()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.inner.handle_timeout(now);
+        self.publish();
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.inner.poll_timeout()
+    }
+
+    fn stats(&self) -> EstimatorStats {
+        self.inner.stats()
+    }
 }
 
 impl Default for NetConfig {
@@ -58,6 +110,7 @@ impl Default for NetConfig {
         NetConfig {
             bind: IpAddr::from([0, 0, 0, 0]),
             ice_servers: Vec::new(),
+            congestion: None,
         }
     }
 }
@@ -114,6 +167,8 @@ pub struct Peer {
     pub state: watch::Receiver<RTCPeerConnectionState>,
     gathered: watch::Receiver<bool>,
     tracks: Option<mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>>,
+    /// The congestion controller's target (bit/s), when it runs on this connection.
+    pub target_bitrate: Option<Arc<AtomicU64>>,
 }
 
 fn rtc_err(what: &str) -> impl Fn(webrtc::error::Error) -> ClientError + '_ {
@@ -121,7 +176,7 @@ fn rtc_err(what: &str) -> impl Fn(webrtc::error::Error) -> ClientError + '_ {
 }
 
 impl Peer {
-    async fn new(net: &NetConfig) -> Result<Peer, ClientError> {
+    async fn new(net: &NetConfig, congestion: Option<Congestion>) -> Result<Peer, ClientError> {
         let mut media = MediaEngine::default();
         let audio = RTCRtpCodecParameters {
             rtp_codec: opus(),
@@ -137,7 +192,24 @@ impl Peer {
         media
             .register_codec(video, RtpCodecKind::Video)
             .map_err(|e| ClientError::Media(format!("register H.264: {e}")))?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)
+        let mut registry = Registry::new();
+        let mut target_bitrate = None;
+        if let Some(c) = congestion {
+            let target = Arc::new(AtomicU64::new(c.start_bps as u64));
+            let estimator = ReportingEstimator {
+                inner: Gcc::new(c.start_bps, c.min_bps, c.max_bps),
+                target: Arc::clone(&target),
+            };
+            registry = configure_congestion_control(
+                registry,
+                estimator,
+                CongestionFeedback::Twcc,
+                &mut media,
+            )
+            .map_err(|e| ClientError::Media(format!("congestion control: {e}")))?;
+            target_bitrate = Some(target);
+        }
+        let registry = register_default_interceptors(registry, &mut media)
             .map_err(|e| ClientError::Media(format!("interceptors: {e}")))?
             // Last, so the interceptors that read RTCP have seen it all.
             .with(Slot::from(14_000), KeyframeRequestForwarder::default());
@@ -182,6 +254,7 @@ impl Peer {
             state,
             gathered,
             tracks: Some(tracks),
+            target_bitrate,
         })
     }
 
@@ -296,7 +369,7 @@ impl Uplink {
         audio: bool,
         video: bool,
     ) -> Result<(Uplink, String), ClientError> {
-        let mut peer = Peer::new(net).await?;
+        let mut peer = Peer::new(net, net.congestion).await?;
         let mut tracks = Vec::new();
         for (on, kind, codec) in [
             (audio, RtpCodecKind::Audio, opus()),
@@ -402,7 +475,7 @@ pub struct Downlink {
 
 impl Downlink {
     pub async fn offer(net: &NetConfig) -> Result<(Downlink, String), ClientError> {
-        let mut peer = Peer::new(net).await?;
+        let mut peer = Peer::new(net, None).await?;
         for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
             peer.pc
                 .add_transceiver_from_kind(

@@ -39,7 +39,7 @@ pub fn config(room: &LocalRoom, user: &str) -> ClientConfig {
         user_sig: sig(user),
         net: NetConfig {
             bind: "127.0.0.1".parse().unwrap(),
-            ice_servers: vec![],
+            ..Default::default()
         },
         tls_ca_pem: None,
     }

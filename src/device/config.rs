@@ -1,0 +1,380 @@
+//! The device's config file (`callbox device --config device.toml`): where
+//! to join, and which camera, microphone and speaker to use. Unknown keys
+//! and bad values are refused before anything starts, each with its key.
+
+use crate::config::{self, ConfigError, Problems, Secret};
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub room: RoomSection,
+    #[serde(default)]
+    pub network: NetworkSection,
+    #[serde(default)]
+    pub video: VideoSection,
+    #[serde(default)]
+    pub audio: AudioSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomSection {
+    /// Signaling URL of the room service, `ws://` or `wss://.../ws`.
+    pub url: String,
+    pub sdk_app_id: u64,
+    pub user_id: String,
+    /// The userSig itself, or `user_sig_file` holding it.
+    pub user_sig: Option<Secret>,
+    pub user_sig_file: Option<PathBuf>,
+    pub room_id: Option<u32>,
+    pub str_room_id: Option<String>,
+    /// Extra CA (PEM) to trust for `wss://`.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Local address for media (ICE host candidates).
+    #[serde(default = "any_addr")]
+    pub bind: IpAddr,
+    /// `stun:` / `turn:` URLs for devices behind NAT.
+    #[serde(default)]
+    pub ice_servers: Vec<String>,
+    /// TWCC + GCC congestion control setting the video bitrate (opt-in).
+    #[serde(default)]
+    pub congestion_control: bool,
+}
+
+fn any_addr() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        NetworkSection {
+            bind: any_addr(),
+            ice_servers: Vec::new(),
+            congestion_control: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoSourceKind {
+    V4l2,
+    Synthetic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderKind {
+    Openh264,
+    V4l2m2m,
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VideoSection {
+    pub enabled: bool,
+    pub source: VideoSourceKind,
+    pub device: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// V4L2 fourccs in order of preference.
+    pub formats: Vec<String>,
+    pub encoder: EncoderKind,
+    /// Cisco's libopenh264.so, loaded at run time instead of the built-in encoder.
+    pub openh264_library: Option<PathBuf>,
+    pub bitrate_min_kbps: u32,
+    pub bitrate_start_kbps: u32,
+    pub bitrate_max_kbps: u32,
+    pub keyframe_interval_s: u32,
+}
+
+impl Default for VideoSection {
+    fn default() -> Self {
+        VideoSection {
+            enabled: true,
+            source: VideoSourceKind::V4l2,
+            device: "/dev/video0".into(),
+            width: 640,
+            height: 480,
+            fps: 30,
+            formats: crate::device::v4l2::SUPPORTED
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            encoder: EncoderKind::Openh264,
+            openh264_library: None,
+            bitrate_min_kbps: 150,
+            bitrate_start_kbps: 800,
+            bitrate_max_kbps: 1500,
+            keyframe_interval_s: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureKind {
+    Alsa,
+    Synthetic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaybackKind {
+    Alsa,
+    Wav,
+    Null,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioSection {
+    pub enabled: bool,
+    pub capture: CaptureKind,
+    pub capture_device: String,
+    pub playback: PlaybackKind,
+    pub playback_device: String,
+    /// Where the `wav` sink writes.
+    pub wav_path: Option<PathBuf>,
+    /// The synthetic microphone's tone.
+    pub tone_hz: f64,
+    pub bitrate_kbps: u32,
+    pub sample_rate: u32,
+}
+
+impl Default for AudioSection {
+    fn default() -> Self {
+        AudioSection {
+            enabled: true,
+            capture: CaptureKind::Alsa,
+            capture_device: "default".into(),
+            playback: PlaybackKind::Alsa,
+            playback_device: "default".into(),
+            wav_path: None,
+            tone_hz: 440.0,
+            bitrate_kbps: 32,
+            sample_rate: 48_000,
+        }
+    }
+}
+
+impl DeviceConfig {
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let c: DeviceConfig = config::load(file)?;
+        c.validate(file)?;
+        Ok(c)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let c: DeviceConfig = config::parse(file, text)?;
+        c.validate(file)?;
+        Ok(c)
+    }
+
+    /// The userSig, from the file when `user_sig_file` is set.
+    pub fn user_sig(&self) -> Result<String, String> {
+        match (&self.room.user_sig, &self.room.user_sig_file) {
+            (Some(s), _) => Ok(s.expose().to_owned()),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| format!("{}: {e}", f.display())),
+            (None, None) => Err("no user_sig or user_sig_file".into()),
+        }
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let mut p = Problems::default();
+        let r = &self.room;
+        p.check(
+            r.url.starts_with("ws://") || r.url.starts_with("wss://"),
+            "room.url",
+            "must start with ws:// or wss://",
+        );
+        match (&r.user_sig, &r.user_sig_file) {
+            (Some(_), Some(_)) => p.add("room.user_sig", "set user_sig or user_sig_file, not both"),
+            (None, None) => p.add("room.user_sig", "set user_sig or user_sig_file"),
+            (None, Some(f)) => p.check(
+                f.is_file(),
+                "room.user_sig_file",
+                format!("{} is not a readable file", f.display()),
+            ),
+            _ => {}
+        }
+        if let Err(e) = crate::protocol::validate_user_id(&r.user_id) {
+            p.add("room.user_id", e.to_string());
+        }
+        if let Err(e) =
+            crate::protocol::RoomId::from_fields(r.room_id.map(i64::from), r.str_room_id.as_deref())
+        {
+            p.add("room.room_id", e.to_string());
+        }
+        if let Some(ca) = &r.ca_file {
+            p.check(
+                ca.is_file(),
+                "room.ca_file",
+                format!("{} is not a readable file", ca.display()),
+            );
+        }
+        let v = &self.video;
+        if v.enabled {
+            p.check(
+                v.width >= 16
+                    && v.height >= 16
+                    && v.width % 2 == 0
+                    && v.height % 2 == 0
+                    && v.width <= 4096
+                    && v.height <= 4096,
+                "video.width",
+                format!(
+                    "{}x{}: even sizes from 16x16 to 4096x4096",
+                    v.width, v.height
+                ),
+            );
+            p.check((1..=60).contains(&v.fps), "video.fps", "1 to 60");
+            p.check(
+                !v.formats.is_empty(),
+                "video.formats",
+                "at least one format",
+            );
+            for f in &v.formats {
+                p.check(
+                    crate::device::v4l2::SUPPORTED.contains(&f.as_str()),
+                    "video.formats",
+                    format!(
+                        "{f} is not one of {}",
+                        crate::device::v4l2::SUPPORTED.join(", ")
+                    ),
+                );
+            }
+            p.check(
+                v.bitrate_min_kbps >= 30
+                    && v.bitrate_min_kbps <= v.bitrate_start_kbps
+                    && v.bitrate_start_kbps <= v.bitrate_max_kbps,
+                "video.bitrate_start_kbps",
+                "need 30 <= bitrate_min_kbps <= bitrate_start_kbps <= bitrate_max_kbps",
+            );
+            p.check(
+                (1..=60).contains(&v.keyframe_interval_s),
+                "video.keyframe_interval_s",
+                "1 to 60",
+            );
+            p.check(
+                v.encoder != EncoderKind::V4l2m2m,
+                "video.encoder",
+                "v4l2m2m (the hardware encoder) is not implemented yet; use openh264",
+            );
+            p.check(
+                !(v.source == VideoSourceKind::Synthetic && v.encoder == EncoderKind::Passthrough),
+                "video.encoder",
+                "passthrough needs an H.264 camera; the synthetic source is raw",
+            );
+            if let Some(lib) = &v.openh264_library {
+                p.check(
+                    lib.is_file(),
+                    "video.openh264_library",
+                    format!("{} is not a readable file", lib.display()),
+                );
+            }
+        }
+        let a = &self.audio;
+        if a.enabled {
+            p.check(
+                a.sample_rate == 48_000,
+                "audio.sample_rate",
+                "only 48000 is supported",
+            );
+            p.check(
+                (6..=510).contains(&a.bitrate_kbps),
+                "audio.bitrate_kbps",
+                "6 to 510",
+            );
+            p.check(
+                (20.0..=20_000.0).contains(&a.tone_hz),
+                "audio.tone_hz",
+                "20 to 20000",
+            );
+            p.check(
+                a.playback != PlaybackKind::Wav || a.wav_path.is_some(),
+                "audio.wav_path",
+                "the wav playback sink needs wav_path",
+            );
+        }
+        p.into_result(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[room]
+url = "ws://127.0.0.1:8080/ws"
+sdk_app_id = 1400000000
+user_id = "device-1"
+user_sig = "sig"
+room_id = 1234
+
+[video]
+source = "synthetic"
+
+[audio]
+capture = "synthetic"
+playback = "null"
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = DeviceConfig::parse(Path::new("d.toml"), GOOD).unwrap();
+        assert_eq!((c.video.width, c.video.height, c.video.fps), (640, 480, 30));
+        assert_eq!(c.audio.sample_rate, 48_000);
+        assert_eq!(c.user_sig().unwrap(), "sig");
+        assert!(!format!("{c:?}").contains("\"sig\""));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let bad = GOOD
+            .replace("room_id = 1234", "room_id = 1234\nstr_room_id = \"x\"")
+            .replace(
+                "source = \"synthetic\"",
+                "source = \"synthetic\"\nwidth = 641\nencoder = \"v4l2m2m\"\nformats = [\"RGB3\"]",
+            )
+            .replace(
+                "playback = \"null\"",
+                "playback = \"wav\"\nsample_rate = 44100",
+            );
+        let e = DeviceConfig::parse(Path::new("/etc/callbox/device.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "room.room_id",
+            "video.width",
+            "video.encoder",
+            "video.formats",
+            "audio.sample_rate",
+            "audio.wav_path",
+        ] {
+            assert!(
+                e.contains(&format!("/etc/callbox/device.toml: {key}: ")),
+                "{key} missing in:\n{e}"
+            );
+        }
+        let e = DeviceConfig::parse(
+            Path::new("d.toml"),
+            &GOOD.replace("[video]", "[video]\ncolour = 1"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("video.colour (line"), "{e}");
+    }
+}

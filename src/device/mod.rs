@@ -1,0 +1,26 @@
+//! The device: camera, microphone and speaker to and from a room.
+//!
+//! - [`config`]: the device's TOML config.
+//! - [`frame`], [`convert`], [`pattern`]: raw frames, buffer pool, pixel
+//!   format conversion, the synthetic test pattern.
+//! - [`video_source`], [`v4l2`]: where frames come from.
+//! - [`h264`]: encoder trait, OpenH264, pass-through, decoder.
+//! - [`audio`], [`alsa_io`], [`tone`], [`jitter`]: audio sources and
+//!   sinks, Opus, mixing, the jitter buffer, tones.
+//! - [`stats`]: media counters.
+//! - [`pipeline`]: the media threads; [`daemon`]: the device in a call.
+
+pub mod alsa_io;
+pub mod audio;
+pub mod config;
+pub mod convert;
+pub mod daemon;
+pub mod frame;
+pub mod h264;
+pub mod jitter;
+pub mod pattern;
+pub mod pipeline;
+pub mod stats;
+pub mod tone;
+pub mod v4l2;
+pub mod video_source;

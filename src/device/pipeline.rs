@@ -1,0 +1,341 @@
+//! The device's media threads, which run for as long as the device does,
+//! in or out of a call:
+//! - video: capture -> encoder -> channel of encoded access units. It
+//!   reads the keyframe flag (set on PLI/FIR) and the target bitrate
+//!   (set by congestion control) before each frame, and reopens the
+//!   camera when it disappears (audio goes on meanwhile);
+//! - audio: capture -> processing stage -> Opus -> channel of packets;
+//! - playout: every 20 ms, each remote stream's jitter buffer -> Opus
+//!   decoder (concealment/FEC on loss) -> mix -> speaker.
+//!
+//! Capture and encode are blocking work, so they get threads of their own
+//! rather than async tasks.
+
+use crate::device::audio::{
+    mix_into, AudioError, AudioProcessor, AudioSink, AudioSource, OpusDecoder, OpusEncoder,
+    FRAME_SAMPLES,
+};
+use crate::device::h264::VideoEncoder;
+use crate::device::jitter::{JitterBuffer, Playout};
+use crate::device::stats::{add, MediaStats};
+use crate::device::video_source::{VideoError, VideoSource};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// One encoded access unit, ready for the video track.
+#[derive(Debug, Clone)]
+pub struct EncodedVideo {
+    pub data: Bytes,
+    pub duration: Duration,
+    pub capture_us: u64,
+    pub keyframe: bool,
+}
+
+/// Opens (or reopens) the camera.
+pub type OpenCamera = Box<dyn FnMut() -> Result<Box<dyn VideoSource>, VideoError> + Send>;
+
+/// Jitter buffer target: 3 frames (60 ms) before playout starts.
+const JITTER_TARGET: usize = 3;
+const JITTER_CAPACITY: usize = 50;
+
+struct RemoteAudio {
+    jitter: JitterBuffer<Bytes>,
+    decoder: OpusDecoder,
+}
+
+/// Remote audio streams being played, by stream id.
+#[derive(Clone, Default)]
+pub struct Playback(Arc<Mutex<HashMap<String, RemoteAudio>>>);
+
+impl Playback {
+    pub fn add_stream(&self, stream_id: &str) -> Result<(), AudioError> {
+        let decoder = OpusDecoder::new()?;
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(
+                stream_id.to_owned(),
+                RemoteAudio {
+                    jitter: JitterBuffer::new(JITTER_TARGET, JITTER_CAPACITY),
+                    decoder,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub fn remove_stream(&self, stream_id: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(stream_id);
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.0.lock() {
+            m.clear();
+        }
+    }
+
+    pub fn push(&self, stream_id: &str, seq: u16, payload: Bytes) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(r) = m.get_mut(stream_id) {
+                r.jitter.push(seq, payload);
+            }
+        }
+    }
+
+    /// Mix one 20 ms frame of every stream into `mix` (zeroed first).
+    fn mix(&self, mix: &mut [i16], scratch: &mut [i16], stats: &MediaStats) {
+        mix.fill(0);
+        let Ok(mut m) = self.0.lock() else { return };
+        for (id, r) in m.iter_mut() {
+            let decoded = match r.jitter.pop() {
+                Playout::Silence => continue,
+                Playout::Packet(p) => r.decoder.decode(&p, scratch),
+                Playout::Lost { next } => {
+                    add(&stats.audio_packets_lost, 1);
+                    r.decoder.conceal(next.as_deref(), scratch)
+                }
+            };
+            match decoded {
+                Ok(n) => mix_into(mix, &scratch[..n.min(scratch.len())]),
+                Err(e) => log::warn!("stream {id}: undecodable audio: {e}"),
+            }
+        }
+    }
+}
+
+/// The running media threads. Dropping it stops them.
+pub struct Pipeline {
+    running: Arc<AtomicBool>,
+    pub keyframe: Arc<AtomicBool>,
+    /// Target video bitrate (bit/s) for the encoder; 0 leaves it alone.
+    pub bitrate: Arc<AtomicU64>,
+    pub playback: Playback,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.running.store(false, Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The camera as opened, how to reopen it, and its encoder.
+pub type CameraParts = (Box<dyn VideoSource>, OpenCamera, Box<dyn VideoEncoder>);
+/// The microphone, its processing stage and its encoder.
+pub type MicrophoneParts = (Box<dyn AudioSource>, Box<dyn AudioProcessor>, OpusEncoder);
+
+pub struct Parts {
+    pub camera: Option<CameraParts>,
+    pub microphone: Option<MicrophoneParts>,
+    pub speaker: Option<Box<dyn AudioSink>>,
+}
+
+/// Channels the pipeline delivers encoded media on.
+pub struct Outputs {
+    pub video: mpsc::Receiver<EncodedVideo>,
+    pub audio: mpsc::Receiver<Bytes>,
+}
+
+impl Pipeline {
+    pub fn start(parts: Parts, stats: Arc<MediaStats>) -> std::io::Result<(Pipeline, Outputs)> {
+        let running = Arc::new(AtomicBool::new(true));
+        let keyframe = Arc::new(AtomicBool::new(false));
+        let bitrate = Arc::new(AtomicU64::new(0));
+        let playback = Playback::default();
+        let (video_tx, video) = mpsc::channel(8);
+        let (audio_tx, audio) = mpsc::channel(16);
+        let mut threads = Vec::new();
+        if let Some((camera, reopen, encoder)) = parts.camera {
+            let ctx = (
+                Arc::clone(&running),
+                Arc::clone(&keyframe),
+                Arc::clone(&bitrate),
+                Arc::clone(&stats),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("callbox-video".into())
+                    .spawn(move || video_loop(camera, reopen, encoder, video_tx, ctx))?,
+            );
+        }
+        if let Some((source, processor, encoder)) = parts.microphone {
+            let (r, s) = (Arc::clone(&running), Arc::clone(&stats));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("callbox-mic".into())
+                    .spawn(move || audio_loop(source, processor, encoder, audio_tx, r, s))?,
+            );
+        }
+        if let Some(sink) = parts.speaker {
+            let (r, s, p) = (Arc::clone(&running), Arc::clone(&stats), playback.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("callbox-speaker".into())
+                    .spawn(move || playout_loop(sink, p, r, s))?,
+            );
+        }
+        Ok((
+            Pipeline {
+                running,
+                keyframe,
+                bitrate,
+                playback,
+                threads,
+            },
+            Outputs { video, audio },
+        ))
+    }
+}
+
+type VideoCtx = (
+    Arc<AtomicBool>,
+    Arc<AtomicBool>,
+    Arc<AtomicU64>,
+    Arc<MediaStats>,
+);
+
+fn video_loop(
+    camera: Box<dyn VideoSource>,
+    mut reopen: OpenCamera,
+    mut encoder: Box<dyn VideoEncoder>,
+    tx: mpsc::Sender<EncodedVideo>,
+    (running, keyframe, bitrate, stats): VideoCtx,
+) {
+    let mut camera = Some(camera);
+    let mut out = Vec::new();
+    let mut next_keyframe = true;
+    while running.load(Relaxed) {
+        let Some(cam) = camera.as_mut() else {
+            std::thread::sleep(Duration::from_secs(1));
+            match reopen() {
+                Ok(c) => {
+                    log::info!("camera back: {}", c.describe());
+                    camera = Some(c);
+                    next_keyframe = true;
+                }
+                Err(e) => log::debug!("camera still unavailable: {e}"),
+            }
+            continue;
+        };
+        let duration = Duration::from_secs(1) / cam.fps().max(1);
+        let frame = match cam.next_frame() {
+            Ok(f) => f,
+            Err(e) => {
+                add(&stats.video_errors, 1);
+                log::error!("video capture failed (code {:#06x}): {e}; audio continues, retrying the camera every second", crate::protocol::code::DEVICE_NOT_FOUND);
+                camera = None;
+                continue;
+            }
+        };
+        add(&stats.video_frames_captured, 1);
+        add(&stats.frame_copies, frame.copies as u64);
+        let target = bitrate.load(Relaxed);
+        if target > 0 {
+            encoder.set_bitrate(target as u32);
+        }
+        let key = next_keyframe || keyframe.swap(false, Relaxed);
+        next_keyframe = false;
+        let started = Instant::now();
+        let encoded = encoder.encode(&frame, key, &mut out);
+        stats.record_encode(started.elapsed().as_micros() as u32);
+        match encoded {
+            Ok(Some(is_key)) => {
+                add(&stats.video_frames_encoded, 1);
+                add(&stats.video_bytes, out.len() as u64);
+                if is_key {
+                    add(&stats.keyframes, 1);
+                }
+                let unit = EncodedVideo {
+                    // The encoder's buffer is reused next frame, so this is
+                    // the one copy of the compressed bytes; RTP packetization
+                    // slices this `Bytes` from here on.
+                    data: Bytes::copy_from_slice(&out),
+                    duration,
+                    capture_us: frame.capture_us,
+                    keyframe: is_key,
+                };
+                if tx.blocking_send(unit).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                add(&stats.video_errors, 1);
+                log::error!("video encode failed: {e}");
+                next_keyframe = true;
+            }
+        }
+    }
+}
+
+fn audio_loop(
+    mut source: Box<dyn AudioSource>,
+    mut processor: Box<dyn AudioProcessor>,
+    mut encoder: OpusEncoder,
+    tx: mpsc::Sender<Bytes>,
+    running: Arc<AtomicBool>,
+    stats: Arc<MediaStats>,
+) {
+    let mut frame = vec![0i16; FRAME_SAMPLES];
+    let mut failures = 0u32;
+    while running.load(Relaxed) {
+        if let Err(e) = source.read(&mut frame) {
+            failures += 1;
+            if failures == 1 || failures % 50 == 0 {
+                log::error!("microphone {}: {e}", source.describe());
+            }
+            std::thread::sleep(crate::device::audio::FRAME);
+            continue;
+        }
+        failures = 0;
+        add(&stats.audio_frames_captured, 1);
+        processor.process(&mut frame);
+        match encoder.encode(&frame) {
+            Ok(packet) => {
+                // A full channel (no call, or a stalled uplink) drops audio
+                // rather than building latency.
+                if let Err(mpsc::error::TrySendError::Closed(_)) =
+                    tx.try_send(Bytes::copy_from_slice(packet))
+                {
+                    return;
+                }
+            }
+            Err(e) => log::error!("Opus encode: {e}"),
+        }
+    }
+}
+
+fn playout_loop(
+    mut sink: Box<dyn AudioSink>,
+    playback: Playback,
+    running: Arc<AtomicBool>,
+    stats: Arc<MediaStats>,
+) {
+    let mut mix = vec![0i16; FRAME_SAMPLES];
+    // Room for the largest Opus frame (120 ms).
+    let mut scratch = vec![0i16; FRAME_SAMPLES * 6];
+    let mut failures = 0u32;
+    while running.load(Relaxed) {
+        playback.mix(&mut mix, &mut scratch, &stats);
+        match sink.write(&mix) {
+            Ok(()) => {
+                failures = 0;
+                add(&stats.playback_frames, 1);
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 50 == 0 {
+                    log::error!("speaker {}: {e}", sink.describe());
+                }
+                std::thread::sleep(crate::device::audio::FRAME);
+            }
+        }
+    }
+}

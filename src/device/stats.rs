@@ -1,0 +1,109 @@
+//! The device's media counters, shared between the capture, encode and
+//! playout threads (atomics, no locks on the hot path) and read as one JSON
+//! snapshot by the daemon's status and the benchmark.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    pub video_frames_captured: AtomicU64,
+    pub video_frames_encoded: AtomicU64,
+    /// Full-frame copies of pixel data between capture and encoder (format
+    /// conversions count as one). 0 per frame is the zero-copy path.
+    pub frame_copies: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+    pub video_bytes: AtomicU64,
+    pub video_errors: AtomicU64,
+    pub target_bitrate_bps: AtomicU64,
+    pub audio_frames_captured: AtomicU64,
+    pub audio_packets_sent: AtomicU64,
+    pub capture_xruns: AtomicU64,
+    pub audio_packets_received: AtomicU64,
+    pub audio_packets_lost: AtomicU64,
+    pub playback_underruns: AtomicU64,
+    pub playback_frames: AtomicU64,
+    /// Microseconds from daemon start to the first RTP packet handed to WebRTC.
+    pub first_rtp_us: AtomicU64,
+    encode_us: Mutex<Vec<u32>>,
+}
+
+/// The last this many encode times are kept for percentiles.
+const ENCODE_WINDOW: usize = 1024;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsSnapshot {
+    pub video_frames_captured: u64,
+    pub video_frames_encoded: u64,
+    pub frame_copies: u64,
+    pub keyframes: u64,
+    pub keyframe_requests: u64,
+    pub video_bytes: u64,
+    pub video_errors: u64,
+    pub target_bitrate_bps: u64,
+    pub audio_frames_captured: u64,
+    pub audio_packets_sent: u64,
+    pub capture_xruns: u64,
+    pub audio_packets_received: u64,
+    pub audio_packets_lost: u64,
+    pub playback_underruns: u64,
+    pub playback_frames: u64,
+    pub first_rtp_ms: Option<f64>,
+    pub encode_ms_p50: Option<f64>,
+    pub encode_ms_p99: Option<f64>,
+}
+
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Relaxed);
+}
+
+impl MediaStats {
+    pub fn record_encode(&self, micros: u32) {
+        if let Ok(mut v) = self.encode_us.lock() {
+            if v.len() == ENCODE_WINDOW {
+                v.remove(0);
+            }
+            v.push(micros);
+        }
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        let (p50, p99) = self
+            .encode_us
+            .lock()
+            .map(|v| {
+                let mut s = v.clone();
+                s.sort_unstable();
+                let pct = |p: f64| {
+                    s.get(((s.len() as f64 - 1.0) * p).round() as usize)
+                        .map(|&u| u as f64 / 1000.0)
+                };
+                (pct(0.5), pct(0.99))
+            })
+            .unwrap_or((None, None));
+        let first = g(&self.first_rtp_us);
+        StatsSnapshot {
+            video_frames_captured: g(&self.video_frames_captured),
+            video_frames_encoded: g(&self.video_frames_encoded),
+            frame_copies: g(&self.frame_copies),
+            keyframes: g(&self.keyframes),
+            keyframe_requests: g(&self.keyframe_requests),
+            video_bytes: g(&self.video_bytes),
+            video_errors: g(&self.video_errors),
+            target_bitrate_bps: g(&self.target_bitrate_bps),
+            audio_frames_captured: g(&self.audio_frames_captured),
+            audio_packets_sent: g(&self.audio_packets_sent),
+            capture_xruns: g(&self.capture_xruns),
+            audio_packets_received: g(&self.audio_packets_received),
+            audio_packets_lost: g(&self.audio_packets_lost),
+            playback_underruns: g(&self.playback_underruns),
+            playback_frames: g(&self.playback_frames),
+            first_rtp_ms: (first > 0).then(|| first as f64 / 1000.0),
+            encode_ms_p50: p50,
+            encode_ms_p99: p99,
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! V4L2 cameras through the `v4l` crate: format, size and rate negotiation
+//! (pure, in [`negotiate`]), mmap streaming, kernel timestamps. YU12 frames
+//! go to the encoder straight from the driver's buffer; NV12 and YUYV take
+//! one conversion pass into a pooled buffer; MJPEG is decoded; H.264 is
+//! passed through untouched.
+
+use crate::device::convert::{self, MjpegDecoder};
+use crate::device::frame::{i420_len, BufferPool, PooledBuffer, I420};
+use crate::device::pattern::now_us;
+use crate::device::video_source::{Frame, Pixels, VideoError, VideoSource};
+use v4l::buffer::Type;
+use v4l::framesize::FrameSizeEnum;
+use v4l::io::traits::CaptureStream;
+use v4l::video::Capture;
+use v4l::{Device, FourCC};
+
+/// Pixel formats callbox can take from a camera, by V4L2 fourcc.
+pub const SUPPORTED: [&str; 5] = ["YU12", "NV12", "YUYV", "MJPG", "H264"];
+
+/// Sizes a camera offers for one format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sizes {
+    Discrete(Vec<(u32, u32)>),
+    /// Any size in the range, in steps.
+    Range {
+        min: (u32, u32),
+        max: (u32, u32),
+        step: (u32, u32),
+    },
+}
+
+/// What the negotiation picked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub fourcc: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Pick the first preferred format the camera offers, at the size nearest
+/// the wanted one (exact if offered). `Err` names what the camera has.
+pub fn negotiate(
+    offered: &[(String, Sizes)],
+    preferred: &[String],
+    want: (u32, u32),
+) -> Result<Choice, String> {
+    for fmt in preferred {
+        let Some((_, sizes)) = offered.iter().find(|(f, _)| f == fmt) else {
+            continue;
+        };
+        let (width, height) = match sizes {
+            Sizes::Discrete(list) => {
+                let dist = |&(w, h): &(u32, u32)| w.abs_diff(want.0) + h.abs_diff(want.1);
+                match list.iter().min_by_key(|s| dist(s)) {
+                    Some(&s) => s,
+                    None => continue,
+                }
+            }
+            Sizes::Range { min, max, step } => {
+                let snap = |v: u32, lo: u32, hi: u32, st: u32| {
+                    let v = v.clamp(lo, hi);
+                    lo + (v - lo) / st.max(1) * st.max(1)
+                };
+                (
+                    snap(want.0, min.0, max.0, step.0),
+                    snap(want.1, min.1, max.1, step.1),
+                )
+            }
+        };
+        return Ok(Choice {
+            fourcc: fmt.clone(),
+            width,
+            height,
+        });
+    }
+    let have: Vec<&str> = offered.iter().map(|(f, _)| f.as_str()).collect();
+    Err(format!(
+        "offers {}; none of the configured formats {}",
+        if have.is_empty() {
+            "no formats".to_owned()
+        } else {
+            have.join(", ")
+        },
+        preferred.join(", ")
+    ))
+}
+
+enum Layout {
+    I420,
+    Nv12,
+    Yuyv,
+    Mjpeg(MjpegDecoder),
+    H264,
+}
+
+pub struct V4l2Camera {
+    path: String,
+    // Field order matters: the stream (and its mmap buffers) goes before the device.
+    stream: v4l::io::mmap::Stream<'static>,
+    _dev: Device,
+    layout: Layout,
+    fourcc: String,
+    width: usize,
+    height: usize,
+    stride: usize,
+    fps: u32,
+    pool: BufferPool,
+    converted: Option<PooledBuffer>,
+}
+
+fn fourcc_str(f: FourCC) -> String {
+    f.str()
+        .map(str::to_owned)
+        .unwrap_or_else(|_| format!("{:?}", f.repr))
+}
+
+/// Age of a kernel CLOCK_MONOTONIC timestamp, to turn it into wall time.
+// time_t is 32-bit on armv7: the conversions are not useless there.
+#[allow(clippy::useless_conversion)]
+fn monotonic_age_us(ts: &v4l::Timestamp) -> Option<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return None;
+    }
+    let now_us = i64::from(now.tv_sec) * 1_000_000 + i64::from(now.tv_nsec) / 1000;
+    let then = i64::from(ts.sec) * 1_000_000 + i64::from(ts.usec);
+    (then > 0 && now_us >= then).then(|| (now_us - then) as u64)
+}
+
+impl V4l2Camera {
+    /// Open the camera and start streaming in the best format it offers for the request.
+    pub fn open(
+        path: &str,
+        preferred: &[String],
+        width: u32,
+        height: u32,
+        fps: u32,
+    ) -> Result<Self, VideoError> {
+        let fail = |reason: String| VideoError::Camera {
+            device: path.to_owned(),
+            reason,
+        };
+        let dev = Device::with_path(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let caps = dev
+            .query_caps()
+            .map_err(|e| fail(format!("not a V4L2 device: {e}")))?;
+        let formats = dev
+            .enum_formats()
+            .map_err(|e| fail(format!("cannot list formats ({}): {e}", caps.card)))?;
+        let mut offered = Vec::new();
+        for f in formats {
+            let name = fourcc_str(f.fourcc);
+            let sizes = match dev.enum_framesizes(f.fourcc) {
+                Ok(list) => {
+                    let mut discrete = Vec::new();
+                    let mut range = None;
+                    for s in list {
+                        match s.size {
+                            FrameSizeEnum::Discrete(d) => discrete.push((d.width, d.height)),
+                            FrameSizeEnum::Stepwise(s) => {
+                                range = Some(Sizes::Range {
+                                    min: (s.min_width, s.min_height),
+                                    max: (s.max_width, s.max_height),
+                                    step: (s.step_width, s.step_height),
+                                })
+                            }
+                        }
+                    }
+                    range.unwrap_or(Sizes::Discrete(discrete))
+                }
+                // Some drivers do not enumerate sizes; ask for ours and see.
+                Err(_) => Sizes::Discrete(vec![(width, height)]),
+            };
+            offered.push((name, sizes));
+        }
+        let choice = negotiate(&offered, preferred, (width, height)).map_err(fail)?;
+        let want = v4l::Format::new(
+            choice.width,
+            choice.height,
+            FourCC::new(
+                choice
+                    .fourcc
+                    .as_bytes()
+                    .try_into()
+                    .map_err(|_| fail(format!("bad fourcc {}", choice.fourcc)))?,
+            ),
+        );
+        let got = dev.set_format(&want).map_err(|e| {
+            fail(format!(
+                "cannot set {} {}x{}: {e}",
+                choice.fourcc, choice.width, choice.height
+            ))
+        })?;
+        let fourcc = fourcc_str(got.fourcc);
+        if fourcc != choice.fourcc {
+            return Err(fail(format!(
+                "asked for {}, driver gave {fourcc}",
+                choice.fourcc
+            )));
+        }
+        let got_fps = match dev.set_params(&v4l::video::capture::Parameters::with_fps(fps)) {
+            Ok(p) if p.interval.numerator > 0 => p.interval.denominator / p.interval.numerator,
+            _ => fps,
+        };
+        let (w, h) = (got.width as usize, got.height as usize);
+        if w % 2 != 0 || h % 2 != 0 {
+            return Err(fail(format!("{w}x{h}: odd sizes are not supported")));
+        }
+        let layout = match fourcc.as_str() {
+            "YU12" => Layout::I420,
+            "NV12" => Layout::Nv12,
+            "YUYV" => Layout::Yuyv,
+            "MJPG" => Layout::Mjpeg(MjpegDecoder::new()),
+            "H264" => Layout::H264,
+            other => return Err(fail(format!("format {other} is not supported"))),
+        };
+        let stream = v4l::io::mmap::Stream::with_buffers(&dev, Type::VideoCapture, 4)
+            .map_err(|e| fail(format!("cannot map buffers: {e}")))?;
+        log::info!(
+            "camera {path} ({}): {fourcc} {w}x{h} @{got_fps} fps (asked {width}x{height} @{fps}, formats {})",
+            caps.card,
+            preferred.join(",")
+        );
+        Ok(V4l2Camera {
+            path: path.to_owned(),
+            stream,
+            _dev: dev,
+            layout,
+            fourcc,
+            width: w,
+            height: h,
+            stride: got.stride as usize,
+            fps: got_fps,
+            pool: BufferPool::new(i420_len(w, h)),
+            converted: None,
+        })
+    }
+}
+
+impl VideoSource for V4l2Camera {
+    fn next_frame(&mut self) -> Result<Frame<'_>, VideoError> {
+        let (data, meta) = self.stream.next().map_err(|source| VideoError::Gone {
+            device: self.path.clone(),
+            source,
+        })?;
+        let capture_us = monotonic_age_us(&meta.timestamp)
+            .map(|age| now_us().saturating_sub(age))
+            .unwrap_or_else(now_us);
+        let used = (meta.bytesused as usize).min(data.len());
+        let (w, h, stride) = (self.width, self.height, self.stride);
+        let conv = |source| VideoError::Convert {
+            device: self.path.clone(),
+            source,
+        };
+        // Give the previous conversion buffer back before taking one.
+        self.converted = None;
+        let (pixels, copies) = match &mut self.layout {
+            Layout::H264 => (Pixels::H264(&data[..used]), 0),
+            Layout::I420 => {
+                let view = I420::with_stride(data, w, h, stride.max(w)).ok_or_else(|| {
+                    VideoError::Camera {
+                        device: self.path.clone(),
+                        reason: format!("YU12 buffer of {} bytes is short for {w}x{h}", data.len()),
+                    }
+                })?;
+                (Pixels::I420(view), 0)
+            }
+            layout => {
+                let mut out = self.pool.take();
+                match layout {
+                    Layout::Nv12 => convert::nv12_to_i420(data, stride.max(w), w, h, &mut out),
+                    Layout::Yuyv => convert::yuyv_to_i420(data, stride.max(2 * w), w, h, &mut out),
+                    Layout::Mjpeg(dec) => dec.decode(&data[..used], w, h, &mut out),
+                    _ => unreachable!("handled above"),
+                }
+                .map_err(conv)?;
+                let buf = self.converted.insert(out);
+                let view = I420::packed(buf, w, h)
+                    .ok_or_else(|| VideoError::Encoder("pool buffer too small".into()))?;
+                (Pixels::I420(view), 1)
+            }
+        };
+        Ok(Frame {
+            pixels,
+            capture_us,
+            copies,
+        })
+    }
+
+    fn size(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
+    fn fps(&self) -> u32 {
+        self.fps
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "V4L2 {} {} {}x{} @{} fps",
+            self.path, self.fourcc, self.width, self.height, self.fps
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefs(p: &[&str]) -> Vec<String> {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn negotiation_prefers_config_order_and_nearest_size() {
+        let offered = vec![
+            (
+                "MJPG".to_owned(),
+                Sizes::Discrete(vec![(1280, 720), (640, 480)]),
+            ),
+            (
+                "YUYV".to_owned(),
+                Sizes::Discrete(vec![(640, 360), (320, 240)]),
+            ),
+        ];
+        let c = negotiate(&offered, &prefs(&["YU12", "YUYV", "MJPG"]), (640, 480)).unwrap();
+        assert_eq!(
+            c,
+            Choice {
+                fourcc: "YUYV".into(),
+                width: 640,
+                height: 360
+            }
+        );
+        let c = negotiate(&offered, &prefs(&["MJPG"]), (640, 480)).unwrap();
+        assert_eq!((c.width, c.height), (640, 480));
+        let range = vec![(
+            "YU12".to_owned(),
+            Sizes::Range {
+                min: (48, 32),
+                max: (1920, 1080),
+                step: (16, 8),
+            },
+        )];
+        let c = negotiate(&range, &prefs(&["YU12"]), (650, 4000)).unwrap();
+        assert_eq!((c.width, c.height), (640, 1080));
+        let e = negotiate(&offered, &prefs(&["NV12"]), (640, 480)).unwrap_err();
+        assert_eq!(e, "offers MJPG, YUYV; none of the configured formats NV12");
+    }
+
+    #[test]
+    fn a_missing_camera_is_a_clear_error_naming_it() {
+        let e = V4l2Camera::open("/dev/video-callbox-none", &prefs(&["YUYV"]), 640, 480, 30)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("camera /dev/video-callbox-none: cannot open"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! The device on synthetic sources, in a room on loopback, against the Rust
+//! client as the other participant: what it publishes decodes to the test
+//! pattern and the tone; what it is sent comes out of its speaker (a WAV file).
+
+mod common;
+
+use bytes::Bytes;
+use callbox::device::audio::{OpusDecoder, OpusEncoder, FRAME, FRAME_SAMPLES, SAMPLE_RATE};
+use callbox::device::config::DeviceConfig;
+use callbox::device::daemon::Device;
+use callbox::device::h264::H264Decoder;
+use callbox::device::{pattern, tone};
+use callbox::protocol::ServerMessage;
+use callbox::room::local::{LocalRoom, DEMO_SDK_APP_ID};
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+const ROOM: u32 = 3300;
+
+fn device_config(room: &LocalRoom, user: &str, extra_audio: &str) -> DeviceConfig {
+    let text = format!(
+        r#"
+[room]
+url = "{url}"
+sdk_app_id = {DEMO_SDK_APP_ID}
+user_id = "{user}"
+user_sig = "{sig}"
+room_id = {ROOM}
+
+[network]
+bind = "127.0.0.1"
+
+[video]
+source = "synthetic"
+width = 640
+height = 480
+fps = 30
+
+[audio]
+capture = "synthetic"
+tone_hz = 440
+{extra_audio}
+"#,
+        url = room.ws_url(),
+        sig = sig(user),
+    );
+    DeviceConfig::parse(Path::new("test-device.toml"), &text).expect("config")
+}
+
+/// Run the device's call in the background until the returned sender fires.
+fn start_device(config: DeviceConfig) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Device>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut device = Device::open(config, Instant::now()).expect("device opens");
+    let task = tokio::spawn(async move {
+        let r = device
+            .call(async {
+                let _ = stopped.await;
+            })
+            .await;
+        assert!(r.is_ok(), "call ended with {r:?}");
+        device
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_publishes_pattern_and_tone_that_decode() {
+    let room = room().await;
+    let (stop, task) = start_device(device_config(&room, "device-1", "playback = \"null\""));
+    let mut viewer = joined(&room, "viewer", ROOM).await;
+    let ev = expect_event(
+        &mut viewer,
+        15,
+        "device's stream-added",
+        |e| matches!(e, ServerMessage::StreamAdded { stream } if stream.user_id == "device-1"),
+    )
+    .await;
+    let ServerMessage::StreamAdded { stream } = ev else {
+        unreachable!()
+    };
+    assert!(stream.audio && stream.video);
+    let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
+    let got = receive(
+        &mut remote.packets,
+        Duration::from_secs(3),
+        Duration::from_secs(4),
+    )
+    .await;
+
+    // Video: every decoded frame is the pattern at 640x480, counters rising.
+    let mut dec = H264Decoder::new().unwrap();
+    let mut stamps = Vec::new();
+    for au in &got.video_frames {
+        if let Ok(Some(read)) = dec.decode(au, |f| ((f.width, f.height), pattern::read(f))) {
+            assert_eq!(read.0, (640, 480));
+            stamps.push(read.1.expect("decoded frame carries the pattern's stamp"));
+        }
+    }
+    assert!(stamps.len() >= 60, "decoded {} frames in 4 s", stamps.len());
+    assert!(
+        stamps.windows(2).all(|w| w[1].counter > w[0].counter),
+        "counters rise"
+    );
+    let span_s = (stamps.last().unwrap().capture_us - stamps[0].capture_us) as f64 / 1e6;
+    let fps = (stamps.len() - 1) as f64 / span_s;
+    let counter_fps = (stamps.last().unwrap().counter - stamps[0].counter) as f64 / span_s;
+    println!(
+        "decoded {} frames, {fps:.1} fps received, {counter_fps:.1} fps captured",
+        stamps.len()
+    );
+    assert!(
+        (counter_fps - 30.0).abs() < 3.0,
+        "captured at {counter_fps:.1} fps"
+    );
+    assert!(fps > 25.0, "received {fps:.1} fps");
+
+    // Audio: the tone.
+    let mut adec = OpusDecoder::new().unwrap();
+    let mut pcm = Vec::new();
+    let mut buf = vec![0i16; FRAME_SAMPLES * 6];
+    for p in &got.audio_payloads {
+        let n = adec.decode(p, &mut buf).expect("Opus decodes");
+        pcm.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        pcm.len() >= SAMPLE_RATE as usize * 2,
+        "{} samples",
+        pcm.len()
+    );
+    let f = tone::frequency(&pcm[SAMPLE_RATE as usize / 2..], SAMPLE_RATE).expect("a tone");
+    println!("device tone decoded at {f:.2} Hz");
+    assert!((f - 440.0).abs() <= 5.0, "{f}");
+
+    // A keyframe request (PLI through the room) gets a keyframe.
+    let before = task_stats_keyframes(&got);
+    remote.request_keyframe();
+    let more = receive(
+        &mut remote.packets,
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        task_stats_keyframes(&more) >= 1,
+        "no keyframe after PLI (had {before} before)"
+    );
+
+    let _ = stop.send(());
+    let device = task.await.expect("device task");
+    let s = device.stats().snapshot();
+    println!("{}", serde_json::to_string(&s).unwrap());
+    assert_eq!(s.frame_copies, 0, "the pattern is encoded in place");
+    assert!(s.keyframe_requests >= 1);
+    expect_event(
+        &mut viewer,
+        5,
+        "device's peer-leave",
+        |e| matches!(e, ServerMessage::PeerLeave { user_id } if user_id == "device-1"),
+    )
+    .await;
+    room.stop().await;
+}
+
+fn task_stats_keyframes(r: &Received) -> usize {
+    r.video_frames
+        .iter()
+        .filter(|au| callbox::device::h264::nal_types(au).any(|t| t == 5))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_plays_what_it_receives() {
+    let room = room().await;
+    let dir = std::env::temp_dir().join(format!("callbox-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("speaker.wav");
+    let extra = format!("playback = \"wav\"\nwav_path = \"{}\"", wav.display());
+    let (stop, task) = start_device(device_config(&room, "device-2", &extra));
+
+    // A Rust publisher sends a 660 Hz tone as Opus, in real time.
+    let mut caller = joined(&room, "caller", ROOM).await;
+    let local = caller.publish(true, false).await.expect("publish");
+    let track = local.audio().cloned().unwrap();
+    let mut enc = OpusEncoder::new(32_000).unwrap();
+    let mut t = tone::Tone::new(660.0, SAMPLE_RATE, 0.3);
+    let mut frame = vec![0i16; FRAME_SAMPLES];
+    let mut tick = tokio::time::interval(FRAME);
+    for _ in 0..150 {
+        tick.tick().await;
+        t.fill(&mut frame);
+        let packet = Bytes::copy_from_slice(enc.encode(&frame).unwrap());
+        track.write(packet, FRAME).await.expect("write");
+    }
+    let _ = stop.send(());
+    let device = task.await.expect("device task");
+    let s = device.stats().snapshot();
+    drop(device); // stops the media threads, finishing the WAV file
+    println!("{}", serde_json::to_string(&s).unwrap());
+
+    let samples: Vec<i16> = hound::WavReader::open(&wav)
+        .expect("wav")
+        .samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect();
+    // The tone's stretch: samples above a tenth of its level.
+    let loud: Vec<usize> = samples
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.unsigned_abs() > 3000)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !loud.is_empty(),
+        "speaker stayed silent ({} samples, stats {s:?})",
+        samples.len()
+    );
+    let (a, b) = (loud[0] + 4800, *loud.last().unwrap() - 4800);
+    assert!(
+        b > a + SAMPLE_RATE as usize,
+        "only {} samples of tone",
+        loud.len()
+    );
+    let f = tone::frequency(&samples[a..b], SAMPLE_RATE).expect("a tone");
+    println!(
+        "speaker played {f:.2} Hz over {:.2} s",
+        (b - a) as f64 / SAMPLE_RATE as f64
+    );
+    assert!((f - 660.0).abs() <= 5.0, "{f}");
+    let _ = std::fs::remove_dir_all(&dir);
+    room.stop().await;
+}
+
+#[test]
+fn missing_devices_are_startup_errors_naming_them() {
+    let cfg = |video: &str, audio: &str| {
+        DeviceConfig::parse(
+            Path::new("d.toml"),
+            &format!(
+                "[room]\nurl = \"ws://127.0.0.1:1/ws\"\nsdk_app_id = 1\nuser_id = \"d\"\nuser_sig = \"s\"\nroom_id = 1\n[video]\n{video}\n[audio]\n{audio}\n"
+            ),
+        )
+        .unwrap()
+    };
+    let err = |c| {
+        Device::open(c, Instant::now())
+            .err()
+            .expect("fails")
+            .to_string()
+    };
+    let e = err(cfg(
+        "source = \"v4l2\"\ndevice = \"/dev/video-none\"",
+        "capture = \"synthetic\"\nplayback = \"null\"",
+    ));
+    assert!(e.contains("camera /dev/video-none: cannot open"), "{e}");
+    let e = err(cfg(
+        "enabled = false",
+        "capture = \"alsa\"\ncapture_device = \"hw:CARD=Nope\"\nplayback = \"null\"",
+    ));
+    assert!(e.contains("ALSA device hw:CARD=Nope: cannot open"), "{e}");
+    let e = err(cfg(
+        "enabled = false",
+        "capture = \"synthetic\"\nplayback = \"alsa\"\nplayback_device = \"hw:CARD=Gone\"",
+    ));
+    assert!(e.contains("ALSA device hw:CARD=Gone"), "{e}");
+}
