@@ -24,12 +24,22 @@ enum Command {
         #[arg(long, default_value = "config/room.toml")]
         config: PathBuf,
     },
-    /// Room service on loopback with a demo app, ready for a call.
+    /// Room service on loopback plus a device on a synthetic camera and
+    /// microphone, in a room; open the printed URL to call the device.
     #[cfg(feature = "room")]
     Demo {
         /// HTTP port of the room service on 127.0.0.1.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Room the device waits in.
+        #[arg(long, default_value_t = 1234)]
+        room_id: u32,
+        /// Write what the device hears (the browser's audio) to this WAV file.
+        #[arg(long)]
+        wav: Option<PathBuf>,
+        /// Room service only, no device.
+        #[arg(long)]
+        no_device: bool,
     },
     /// Run the device: join the configured room, publish camera and microphone, play the room.
     Device {
@@ -119,9 +129,14 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             room(config)?;
         }
         #[cfg(feature = "room")]
-        Command::Demo { port } => {
+        Command::Demo {
+            port,
+            room_id,
+            wav,
+            no_device,
+        } => {
             init_logging();
-            demo(port)?;
+            demo(port, room_id, wav, no_device)?;
         }
         Command::Device { config } => {
             init_logging();
@@ -277,30 +292,48 @@ fn room(config: PathBuf) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "room")]
-fn demo(port: u16) -> anyhow::Result<()> {
+fn demo(port: u16, room_id: u32, wav: Option<PathBuf>, no_device: bool) -> anyhow::Result<()> {
     use callbox::room::local::{
         loopback_config, LocalRoom, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID, DEMO_SECRET_KEY,
     };
+    let started = std::time::Instant::now();
     let mut config = loopback_config(None, true);
     config.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let room = LocalRoom::start(config)
-            .await
-            .with_context(|| format!("E_DEMO_LISTEN: cannot start the room service on 127.0.0.1:{port} (try --port)"))?;
-        let sig = usersig::generate(DEMO_SDK_APP_ID, DEMO_SECRET_KEY, "demo-user", 86400, usersig::unix_now(), None);
-        println!("callbox demo: room service running");
-        println!("  health:     http://{}/health", room.http);
-        println!("  signaling:  {}", room.ws_url());
-        println!("  media:      udp {}", room.media);
-        println!("  sdkAppId:   {DEMO_SDK_APP_ID}");
-        println!("  userSig for userId demo-user: {sig}");
-        println!("  dev userSigs: POST http://{}/api/dev/usersig {{\"sdkAppId\":{DEMO_SDK_APP_ID},\"userId\":\"...\"}}", room.http);
-        println!("  admin key:  {DEMO_ADMIN_KEY}");
-        println!("The synthetic-camera device and the browser call page are not built yet (open issues 3 and 4);");
-        println!("this demo serves the room service they will meet in. Ctrl-C stops it.");
-        let _ = tokio::signal::ctrl_c().await;
+        let room = LocalRoom::start(config).await.with_context(|| {
+            format!("E_DEMO_LISTEN: cannot start the room service on 127.0.0.1:{port} (try --port)")
+        })?;
+        println!("callbox demo");
+        println!("  room service: http://{} (signaling {}, media udp {})", room.http, room.ws_url(), room.media);
+        println!("  sdkAppId {DEMO_SDK_APP_ID}; userSigs from the development endpoint POST /api/dev/usersig");
+        println!("  admin key:    {DEMO_ADMIN_KEY}");
+        println!("  seed page:    http://{}/seed.html", room.http);
+        let device_user = "callbox-device";
+        if no_device {
+            println!("Open http://{}/?roomId={room_id} to join room {room_id}. Ctrl-C stops.", room.http);
+            terminated().await;
+            room.stop().await;
+            return anyhow::Ok(());
+        }
+        let speaker = match &wav {
+            Some(p) => format!("playback = \"wav\"\nwav_path = {:?}", p.display().to_string()),
+            None => "playback = \"null\"".to_owned(),
+        };
+        let sig = usersig::generate(DEMO_SDK_APP_ID, DEMO_SECRET_KEY, device_user, 86400, usersig::unix_now(), None);
+        let text = format!(
+            "[room]\nurl = \"{}\"\nsdk_app_id = {DEMO_SDK_APP_ID}\nuser_id = \"{device_user}\"\nuser_sig = \"{sig}\"\nroom_id = {room_id}\n\
+             [network]\nbind = \"127.0.0.1\"\n\
+             [video]\nsource = \"synthetic\"\nwidth = 640\nheight = 480\nfps = 30\n\
+             [audio]\ncapture = \"synthetic\"\ntone_hz = 440\n{speaker}\n",
+            room.ws_url()
+        );
+        let device_config = callbox::device::config::DeviceConfig::parse(std::path::Path::new("(demo device)"), &text)?;
+        println!("  device:       userId {device_user} in room {room_id}: synthetic test pattern 640x480@30 + 440 Hz tone");
+        println!();
+        println!("Open http://{}/?roomId={room_id} in a browser and press Start call. Ctrl-C stops.", room.http);
+        let result = run_device(device_config, started, terminated()).await;
         room.stop().await;
-        anyhow::Ok(())
+        result
     })
 }

@@ -103,8 +103,9 @@ fn open_encoder(
 pub struct Device {
     config: DeviceConfig,
     stats: Arc<MediaStats>,
-    pipeline: Pipeline,
+    // Dropped before the pipeline: closing the channels unblocks its threads so they can be joined.
     outputs: Outputs,
+    pipeline: Pipeline,
     started: Instant,
 }
 

@@ -57,7 +57,20 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ws", get(ws_upgrade))
         .route("/api/stats", get(stats))
-        .route("/api/admin/{action}", post(admin::handle));
+        .route("/api/admin/{action}", post(admin::handle))
+        .route(
+            "/trtc.js",
+            get(|| web(JS, include_str!("../../web/trtc.js"))),
+        )
+        .route(
+            "/trtc.mjs",
+            get(|| web(JS, include_str!("../../web/trtc.mjs"))),
+        )
+        .route(
+            "/seed.html",
+            get(|| web(HTML, include_str!("../../web/seed.html"))),
+        )
+        .route("/", get(|| web(HTML, include_str!("../../web/index.html"))));
     if state.config.dev.usersig_endpoint {
         app = app.route("/api/dev/usersig", post(dev_usersig));
     }
@@ -65,6 +78,22 @@ pub fn router(state: AppState) -> Router {
         app = app.fallback_service(tower_http::services::ServeDir::new(root));
     }
     app.with_state(state)
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+
+/// The browser SDK and its pages are built into the binary, so an
+/// installed room service serves them without a web root.
+async fn web(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Run the room service until `shutdown` resolves.

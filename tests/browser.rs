@@ -1,0 +1,56 @@
+//! Browser end-to-end tests: Debian's Chromium, headless, driven by
+//! playwright-core (tests/browser/*.mjs), against `callbox demo`, all
+//! inside a fresh network namespace that has only `lo`, so every ICE
+//! candidate is 127.0.0.1 and no traffic leaves the machine.
+//! Prerequisites come from `scripts/deps.sh` (chromium, npm packages).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn run_script(script: &str) {
+    let dir = browser_dir();
+    let chromium =
+        std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/lib/chromium/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: run scripts/deps.sh (installs Debian's chromium)"
+    );
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/deps.sh (npm ci in tests/browser)"
+    );
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    // Root (CI) can make a network namespace directly; others need a user namespace too.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = Command::new("unshare");
+    if !root {
+        cmd.args(["--user", "--map-root-user"]);
+    }
+    let status = cmd
+        .args([
+            "--net",
+            "sh",
+            "-c",
+            &format!("ip link set lo up && exec node {script}"),
+        ])
+        .current_dir(&dir)
+        .env("CALLBOX_BIN", env!("CARGO_BIN_EXE_callbox"))
+        .env("ARTIFACTS", &artifacts)
+        .env("CHROMIUM", &chromium)
+        .status()
+        .expect("unshare runs (util-linux)");
+    assert!(
+        status.success(),
+        "{script} failed; artifacts in {}",
+        artifacts.display()
+    );
+}
+
+#[test]
+fn device_and_chromium_call_each_other() {
+    run_script("device_call.mjs");
+}

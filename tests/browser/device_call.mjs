@@ -1,0 +1,54 @@
+// Device <-> Chromium: the seed page calls a callbox device (synthetic
+// camera and tone). The browser must play the device's video at the
+// configured size and its audio; the device must hear the browser's fake
+// microphone (energy in its WAV sink).
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { launch, remoteMedia, scenario, seedCall, startDemo, waitUntil, wavLevels, sleep } from './lib.mjs';
+
+const out = process.env.ARTIFACTS || 'target/browser-artifacts';
+mkdirSync(out, { recursive: true });
+const wav = join(out, 'device-speaker.wav');
+const roomId = 4321;
+const demo = await startDemo({ port: 18080, roomId, wav });
+const browser = await launch();
+let ok = true;
+try {
+  const page = await seedCall(browser, demo.base, { roomId, userId: 'browser-1' });
+  ok &= await scenario('browser plays the device video at 640x480 and its audio', async () => {
+    const first = await waitUntil('device video playing', async () => {
+      const m = await remoteMedia(page);
+      const v = m.video['callbox-device'];
+      return { ok: m.videoWidth === 640 && v && v.framesDecoded > 10, ...m };
+    });
+    await sleep(2000);
+    const later = await remoteMedia(page);
+    const f0 = first.video['callbox-device'].framesDecoded;
+    const f1 = later.video['callbox-device'].framesDecoded;
+    const a0 = first.audio['callbox-device'];
+    const a1 = later.audio['callbox-device'];
+    console.log(`framesDecoded ${f0} -> ${f1} in 2 s; video ${later.videoWidth}x${later.videoHeight}; audio bytes ${a0.bytesReceived} -> ${a1.bytesReceived}, level ${a1.audioLevel}; ICE ${later.transport.localCandidate} <-> ${later.transport.remoteCandidate}`);
+    if (f1 - f0 < 30) throw new Error(`only ${f1 - f0} frames decoded in 2 s`);
+    if (later.videoHeight !== 480) throw new Error(`videoHeight ${later.videoHeight}`);
+    if (!(a1.bytesReceived > a0.bytesReceived)) throw new Error('no audio arriving');
+    if (!(a1.audioLevel > 0.01)) throw new Error(`audio level ${a1.audioLevel}: the tone is not heard`);
+    if (!/^127\.0\.0\.1:/.test(later.transport.remoteCandidate || '')) throw new Error(`ICE not on loopback: ${later.transport.remoteCandidate}`);
+  });
+  await page.screenshot({ path: join(out, 'device-call.png') });
+  await sleep(1500);
+} finally {
+  await browser.close();
+  const code = await demo.stop();
+  if (code !== 0) {
+    console.log(`callbox demo exited with ${code}`);
+    ok = false;
+  }
+}
+ok &= await scenario('device hears the browser microphone', async () => {
+  const l = wavLevels(wav);
+  console.log(`device speaker WAV: ${(l.samples / 48000).toFixed(1)} s, rms ${l.rms.toFixed(4)}, peak ${l.peak}`);
+  if (l.samples < 48000) throw new Error('less than a second recorded');
+  if (l.peak < 1000) throw new Error('silence: the browser audio did not reach the device speaker');
+});
+if (!ok) console.log(demo.log.join('').split('\n').slice(-60).join('\n'));
+process.exit(ok ? 0 : 1);
