@@ -1,0 +1,327 @@
+//! Device benchmark: the real `callbox device` process on synthetic sources
+//! (640x480@30 pattern + tone) publishing through a room service on
+//! loopback. Prints
+//! - encode ms/frame (p50/p99), OpenH264 on the pattern, in this process;
+//! - the device process's CPU (% of one core) and RSS (from /proc);
+//! - start -> first RTP packet (the device's own log line);
+//! - glass-to-glass latency, capture stamp -> decoded at a subscriber
+//!   (p50/p99): device -> Rust subscriber (OpenH264 decode), device ->
+//!   Chromium, and the baseline Chromium -> Chromium through the same room
+//!   service, the publishing page drawing the same pattern on a canvas.
+//!
+//! Everything runs in a fresh network namespace with only `lo` (the bench
+//! re-executes itself under `unshare --net`), so Chromium's candidates are
+//! loopback ones. `cargo bench --bench device` measures 10 s windows; under
+//! `cargo test` it runs a 2 s smoke pass without the browser part.
+
+use callbox::client::{Client, ClientConfig, JoinRoom, NetConfig};
+use callbox::device::frame::{i420_len, I420};
+use callbox::device::h264::{EncoderSettings, H264Decoder, OpenH264Encoder, VideoEncoder};
+use callbox::device::pattern::{self, Stamp};
+use callbox::device::video_source::{Frame, Pixels};
+use callbox::protocol::{MediaKind, ServerMessage};
+use callbox::room::local::{loopback_config, LocalRoom, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
+use callbox::usersig;
+use rtc::rtp::codec::h264::H264Packet;
+use rtc::rtp::packetizer::Depacketizer;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CLK_TCK: f64 = 100.0;
+const ROOM: u32 = 5150;
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn encode_bench(frames: u32) -> (f64, f64) {
+    let (w, h) = (640, 480);
+    let mut enc = OpenH264Encoder::new(EncoderSettings {
+        width: w,
+        height: h,
+        fps: 30,
+        bitrate_bps: 800_000,
+        keyframe_interval_frames: 60,
+        library: None,
+    })
+    .expect("encoder");
+    let mut buf = vec![0; i420_len(w, h)];
+    let mut out = Vec::new();
+    let mut times = Vec::new();
+    for counter in 1..=frames {
+        pattern::draw(
+            &mut buf,
+            w,
+            h,
+            Stamp {
+                counter,
+                capture_us: pattern::now_us(),
+            },
+        );
+        let frame = Frame {
+            pixels: Pixels::I420(I420::packed(&buf, w, h).expect("buffer")),
+            capture_us: 0,
+            copies: 0,
+        };
+        let t = Instant::now();
+        enc.encode(&frame, false, &mut out).expect("encode");
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    (pct(&mut times, 0.5), pct(&mut times, 0.99))
+}
+
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn proc_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn client_config(room: &LocalRoom, user: &str) -> ClientConfig {
+    ClientConfig {
+        url: room.ws_url(),
+        sdk_app_id: DEMO_SDK_APP_ID,
+        user_id: user.to_owned(),
+        user_sig: usersig::generate(
+            DEMO_SDK_APP_ID,
+            DEMO_SECRET_KEY,
+            user,
+            3600,
+            usersig::unix_now(),
+            None,
+        ),
+        net: NetConfig {
+            bind: "127.0.0.1".parse().expect("ip"),
+            ..Default::default()
+        },
+        tls_ca_pem: None,
+    }
+}
+
+/// Subscribe to the device and measure capture -> decoded for `window`.
+async fn rust_glass(room: &LocalRoom, warmup: Duration, window: Duration) -> (usize, f64, f64) {
+    let mut c = Client::connect(client_config(room, "bench-viewer"))
+        .await
+        .expect("connect");
+    let existing = c.join(JoinRoom::Num(ROOM)).await.expect("join");
+    let stream = match existing.into_iter().find(|s| s.user_id == "bench-device") {
+        Some(s) => s,
+        None => loop {
+            match tokio::time::timeout(Duration::from_secs(15), c.next_event()).await {
+                Ok(Some(ServerMessage::StreamAdded { stream }))
+                    if stream.user_id == "bench-device" =>
+                {
+                    break stream
+                }
+                Ok(Some(_)) => continue,
+                other => panic!("device never published: {other:?}"),
+            }
+        },
+    };
+    let mut remote = c.subscribe(&stream).await.expect("subscribe");
+    let mut dec = H264Decoder::new().expect("decoder");
+    let mut depack = H264Packet::default();
+    let mut au = Vec::new();
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < warmup + window {
+        let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(2), remote.packets.recv()).await
+        else {
+            break;
+        };
+        if p.kind != MediaKind::Video {
+            continue;
+        }
+        if let Ok(b) = depack.depacketize(&p.packet.payload) {
+            au.extend_from_slice(&b);
+        }
+        if p.packet.header.marker {
+            let stamp = dec.decode(&au, pattern::read).ok().flatten().flatten();
+            au.clear();
+            if let (Some(s), true) = (stamp, start.elapsed() > warmup) {
+                lat.push((pattern::now_us().saturating_sub(s.capture_us)) as f64 / 1000.0);
+            }
+        }
+    }
+    let n = lat.len();
+    let _ = c.leave().await;
+    (n, pct(&mut lat, 0.5), pct(&mut lat, 0.99))
+}
+
+fn browser_glass(base: &str, mode: &str, seconds: u64) -> Option<serde_json::Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !dir.join("node_modules/playwright-core").is_dir() {
+        println!("  (browser part skipped: run scripts/deps.sh)");
+        return None;
+    }
+    let out = Command::new("node")
+        .args([
+            "glass.mjs",
+            mode,
+            base,
+            &ROOM.to_string(),
+            &seconds.to_string(),
+        ])
+        .current_dir(&dir)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.starts_with('{'))?;
+    serde_json::from_str(line).ok()
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    // Re-run inside a loopback-only network namespace (Chromium then gathers 127.0.0.1).
+    if full && std::env::var_os("CALLBOX_BENCH_NS").is_none() {
+        let me = std::env::current_exe().expect("exe");
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut cmd = Command::new("unshare");
+        if !root {
+            cmd.args(["--user", "--map-root-user"]);
+        }
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let status = cmd
+            .args([
+                "--net",
+                "sh",
+                "-c",
+                "ip link set lo up && exec \"$0\" \"$@\"",
+            ])
+            .arg(&me)
+            .args(&args)
+            .env("CALLBOX_BENCH_NS", "1")
+            .status()
+            .expect("unshare");
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let (warmup, window) = if full {
+        (Duration::from_secs(3), Duration::from_secs(10))
+    } else {
+        (Duration::from_secs(1), Duration::from_secs(2))
+    };
+
+    let (e50, e99) = encode_bench(if full { 600 } else { 60 });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let room = rt
+        .block_on(LocalRoom::start(loopback_config(None, true)))
+        .expect("room");
+    let dir = std::env::temp_dir().join(format!("callbox-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let cfg = dir.join("device.toml");
+    let sig = usersig::generate(
+        DEMO_SDK_APP_ID,
+        DEMO_SECRET_KEY,
+        "bench-device",
+        3600,
+        usersig::unix_now(),
+        None,
+    );
+    std::fs::write(
+        &cfg,
+        format!(
+            "[room]\nurl = \"{}\"\nsdk_app_id = {DEMO_SDK_APP_ID}\nuser_id = \"bench-device\"\nuser_sig = \"{sig}\"\nroom_id = {ROOM}\n\
+             [network]\nbind = \"127.0.0.1\"\n[video]\nsource = \"synthetic\"\nwidth = 640\nheight = 480\nfps = 30\n\
+             [audio]\ncapture = \"synthetic\"\nplayback = \"null\"\n",
+            room.ws_url()
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callbox"))
+        .args(["device", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info,webrtc=warn,rtc=warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("callbox device starts");
+    let pid = child.id();
+    // The device logs how long it took from start to its first RTP packet.
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(ms) = line
+                .split("first RTP packet ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+            {
+                let _ = first_tx.send(ms.to_owned());
+            }
+            if line.contains("ERROR") {
+                eprintln!("device: {line}");
+            }
+        }
+    });
+
+    let cpu_start = (Instant::now(), proc_cpu_ticks(pid));
+    let (n, g50, g99) = rt.block_on(rust_glass(&room, warmup, window));
+    let cpu_end = (Instant::now(), proc_cpu_ticks(pid));
+    let cpu_pct = match (cpu_start.1, cpu_end.1) {
+        (Some(a), Some(b)) => {
+            (b - a) as f64 / CLK_TCK / (cpu_end.0 - cpu_start.0).as_secs_f64() * 100.0
+        }
+        _ => f64::NAN,
+    };
+    let rss_kb = proc_kb(pid, "VmRSS:").unwrap_or(0);
+    let hwm_kb = proc_kb(pid, "VmHWM:").unwrap_or(0);
+    let first = first_rx
+        .recv_timeout(Duration::from_secs(1))
+        .unwrap_or_else(|_| "?".into());
+
+    let (dev_chrome, chrome_chrome) = if full {
+        let base = format!("http://{}", room.http);
+        let d = browser_glass(&base, "device", window.as_secs());
+        let _ = child.kill();
+        let _ = child.wait();
+        let c = browser_glass(&base, "browser", window.as_secs());
+        (d, c)
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+        (None, None)
+    };
+    rt.block_on(room.stop());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "callbox device benchmark: synthetic 640x480@30 + 440 Hz tone, room service on loopback"
+    );
+    println!("  encode (OpenH264, pattern)       p50 {e50:.2} ms  p99 {e99:.2} ms per frame");
+    println!("  device process CPU               {cpu_pct:.1} % of one core (target <= 15)");
+    println!(
+        "  device process RSS               {:.1} MB (peak {:.1} MB; target <= 25)",
+        rss_kb as f64 / 1024.0,
+        hwm_kb as f64 / 1024.0
+    );
+    println!("  start -> first RTP packet        {first} ms (target <= 500)");
+    println!("  glass-to-glass, capture stamp -> decoded at the subscriber:");
+    println!("    device   -> Rust subscriber    p50 {g50:.1} ms  p99 {g99:.1} ms  ({n} frames)");
+    let show = |what: &str, v: &Option<serde_json::Value>| match v {
+        Some(v) => println!(
+            "    {what} p50 {:.1} ms  p99 {:.1} ms  ({} frames, {:.1} fps)",
+            v["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            v["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            v["frames"],
+            v["fps"].as_f64().unwrap_or(0.0)
+        ),
+        None if full => println!("    {what} (no result)"),
+        None => {}
+    };
+    show("device   -> Chromium        ", &dev_chrome);
+    show("Chromium -> Chromium (base) ", &chrome_chrome);
+    assert!(n > 0, "the subscriber decoded no pattern frames");
+}

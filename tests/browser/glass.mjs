@@ -1,0 +1,90 @@
+// Glass-to-glass latency in the browser: a page reads the test pattern's
+// stamp from each decoded frame of a remote stream (requestVideoFrameCallback)
+// and reports now - capture time. Used two ways by `benches/device.rs`:
+//   node glass.mjs device <base> <roomId> <seconds>   Chromium subscribes to the device
+//   node glass.mjs browser <base> <roomId> <seconds>  Chromium -> Chromium, the
+//       publisher drawing the same pattern on a canvas (captureStream, 640x480@30)
+//       and sending a tone, as the device does (so both are lip-synced)
+// Prints one JSON line: {frames, p50_ms, p99_ms, fps}.
+import { readFileSync } from 'node:fs';
+import { launch, userSig, sleep } from './lib.mjs';
+
+const [mode, base, roomId, seconds] = process.argv.slice(2);
+const patternJs = readFileSync(new URL('./pattern.js', import.meta.url), 'utf8');
+const browser = await launch();
+
+async function page(userId) {
+  const p = await browser.newPage();
+  p.on('pageerror', (e) => console.error(`[${userId}] ${e.message}`));
+  await p.goto(`${base}/seed.html`);
+  await p.addScriptTag({ content: patternJs });
+  return p;
+}
+
+async function join(p, userId, publishCanvas) {
+  const sig = await userSig(base, userId);
+  await p.evaluate(async ({ userId, sig, roomId, publishCanvas }) => {
+    window.__lat = [];
+    const c = TRTC.createClient({ mode: 'rtc', sdkAppId: 1400000000, userId, userSig: sig });
+    window.c = c;
+    c.on('stream-added', (e) => c.subscribe(e.stream));
+    c.on('stream-subscribed', (e) => {
+      e.stream.play('remoteStreamContainer');
+      const measure = () => {
+        const v = e.stream.getVideoElement();
+        if (!v || !v.requestVideoFrameCallback) return setTimeout(measure, 50);
+        const canvas = document.createElement('canvas');
+        const ctx = canvas.getContext('2d', { willReadFrequently: true });
+        const onFrame = () => {
+          const now = Date.now() * 1000;
+          if (v.videoWidth) {
+            const w = v.videoWidth, h = Math.ceil(40 * w / 640);
+            canvas.width = w; canvas.height = h;
+            ctx.drawImage(v, 0, 0, w, h, 0, 0, w, h);
+            const s = CallboxPattern.read(ctx.getImageData(0, 0, w, h).data, w, w / 640);
+            if (s) window.__lat.push({ counter: s.counter, ms: (now - s.captureUs) / 1000, t: now });
+          }
+          v.requestVideoFrameCallback(onFrame);
+        };
+        v.requestVideoFrameCallback(onFrame);
+      };
+      measure();
+    });
+    await c.join({ roomId: Number(roomId) });
+    if (publishCanvas) {
+      const canvas = document.createElement('canvas');
+      canvas.width = 640; canvas.height = 480;
+      const ctx = canvas.getContext('2d');
+      let n = 0;
+      setInterval(() => CallboxPattern.draw(ctx, 640, 480, ++n, Date.now() * 1000), 1000 / 30);
+      const track = canvas.captureStream(30).getVideoTracks()[0];
+      // Audio too, as the device sends: the receiver then synchronises video
+      // to audio playout in both cases, so the two numbers compare.
+      const ac = new AudioContext();
+      const osc = ac.createOscillator();
+      const dest = ac.createMediaStreamDestination();
+      osc.frequency.value = 440;
+      osc.connect(dest);
+      osc.start();
+      const s = TRTC.createStream({ userId, audio: false, video: false, videoSource: track, audioSource: dest.stream.getAudioTracks()[0] });
+      await s.initialize();
+      await c.publish(s);
+    }
+  }, { userId, sig, roomId, publishCanvas });
+}
+
+const viewer = await page('g2g-viewer');
+if (mode === 'browser') {
+  const pub = await page('g2g-publisher');
+  await join(pub, 'g2g-publisher', true);
+}
+await join(viewer, 'g2g-viewer', false);
+await sleep(3000); // warm-up: keyframe, bitrate ramp
+await viewer.evaluate(() => { window.__lat = []; });
+await sleep(Number(seconds) * 1000);
+const lat = await viewer.evaluate(() => window.__lat);
+await browser.close();
+const ms = lat.map((l) => l.ms).sort((a, b) => a - b);
+const pct = (p) => (ms.length ? ms[Math.min(ms.length - 1, Math.round((ms.length - 1) * p))] : null);
+const span = lat.length > 1 ? (lat[lat.length - 1].t - lat[0].t) / 1e6 : 0;
+console.log(JSON.stringify({ frames: ms.length, p50_ms: pct(0.5), p99_ms: pct(0.99), fps: span ? (lat.length - 1) / span : 0 }));
