@@ -210,3 +210,33 @@ fn room_serves_health_from_its_config_and_refuses_bad_configs() {
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/room.toml: cannot read"), "{err}");
 }
+
+#[test]
+fn device_refuses_bad_configs_naming_file_and_key() {
+    // The shipped example parses; on this machine its userSig file is absent.
+    let (code, _, err) = run(&["device", "--config", "config/device.toml"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "config/device.toml: room.user_sig_file: /etc/callbox/usersig is not a readable file"
+        ),
+        "{err}"
+    );
+    let dir = std::env::temp_dir().join(format!("callbox-cli-device-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("device.toml");
+    std::fs::write(
+        &cfg,
+        "[room]\nurl = \"http://x\"\nsdk_app_id = 1\nuser_id = \"a b\"\nuser_sig = \"s\"\nroom_id = 0\n[video]\nfps = 0\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["device", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    for key in ["room.url", "room.user_id", "room.room_id", "video.fps"] {
+        assert!(
+            err.contains(&format!("device.toml: {key}: ")),
+            "{key} not named in:\n{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
