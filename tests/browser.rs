@@ -54,3 +54,8 @@ fn run_script(script: &str) {
 fn device_and_chromium_call_each_other() {
     run_script("device_call.mjs");
 }
+
+#[test]
+fn browsers_call_through_the_room_service() {
+    run_script("calls.mjs");
+}

@@ -63,7 +63,7 @@ export async function launch({ autoplay = true } = {}) {
     '--disable-sync', '--disable-quic', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
     '--allow-loopback-in-peer-connection',
   ];
-  if (autoplay) args.push('--autoplay-policy=no-user-gesture-required');
+  args.push(autoplay ? '--autoplay-policy=no-user-gesture-required' : '--autoplay-policy=document-user-activation-required');
   return chromium.launch({ executablePath: chromiumPath(), headless: true, args });
 }
 
