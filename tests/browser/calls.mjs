@@ -154,6 +154,56 @@ try {
     }
   });
 
+  await check('API surface: system check, devices, strRoomId, video profile, audio level, unsubscribe, unpublish, error codes', async () => {
+    const p1 = await browser.newPage();
+    const p2 = await browser.newPage();
+    for (const p of [p1, p2]) await p.goto(`${demo.base}/seed.html`);
+    const sys = await p1.evaluate(async () => ({ esm: typeof (await import('/trtc.mjs')).default.createClient, req: await TRTC.checkSystemRequirements(), cams: (await TRTC.getCameras()).length, mics: (await TRTC.getMicrophones()).length }));
+    if (sys.esm !== 'function' || !sys.req.result || !sys.req.detail.isH264Supported || sys.cams < 1 || sys.mics < 1) throw new Error(JSON.stringify(sys));
+    const bad = await p1.evaluate(async () => {
+      const c = TRTC.createClient({ mode: 'rtc', sdkAppId: 1400000000, userId: 'kim', userSig: 'forged' });
+      try { await c.join({ strRoomId: 'lobby-7' }); return 'joined?'; } catch (e) { return e.getCode(); } finally { c.destroy(); }
+    });
+    if (bad !== 0x4004) throw new Error(`forged userSig: ${bad}`);
+    const sigs = { kim: await (await fetch(`${demo.base}/api/dev/usersig`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ sdkAppId: SDK_APP_ID, userId: 'kim' }) })).json(),
+      lee: await (await fetch(`${demo.base}/api/dev/usersig`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ sdkAppId: SDK_APP_ID, userId: 'lee' }) })).json() };
+    await p1.evaluate(async (sig) => {
+      window.c = TRTC.createClient({ mode: 'rtc', sdkAppId: 1400000000, userId: 'kim', userSig: sig });
+      await c.join({ roomId: 'lobby-7', useStringRoomId: true });
+      window.s = TRTC.createStream({ userId: 'kim', audio: true, video: true });
+      await s.setVideoProfile('360p');
+      await s.initialize();
+      await c.publish(s);
+    }, sigs.kim.userSig);
+    await p2.evaluate(async (sig) => {
+      window.removed = [];
+      window.c = TRTC.createClient({ mode: 'rtc', sdkAppId: 1400000000, userId: 'lee', userSig: sig });
+      c.on('stream-added', (e) => c.subscribe(e.stream, { audio: true, video: true }));
+      c.on('stream-subscribed', (e) => { window.r = e.stream; e.stream.play('remoteStreamContainer'); });
+      c.on('stream-removed', (e) => window.removed.push(e.stream.getUserId()));
+      await c.join({ strRoomId: 'lobby-7' });
+    }, sigs.lee.userSig);
+    const m = await waitUntil('kim at 360p with sound', async () => {
+      const v = await p2.evaluate(async () => ({ stats: (await c.getRemoteVideoStats()).kim, level: window.r ? r.getAudioLevel() : 0, id: window.r && r.getId(), user: window.r && r.getUserId(), audio: window.r && r.hasAudio(), video: window.r && r.hasVideo() }));
+      return { ok: v.stats && v.stats.frameWidth === 640 && v.stats.frameHeight === 360 && v.level > 0.001, ...v };
+    });
+    if (m.user !== 'kim' || !m.audio || !m.video || !m.id) throw new Error(JSON.stringify(m));
+    const sent = await p1.evaluate(async () => ({ v: (await c.getLocalVideoStats()).kim, a: (await c.getLocalAudioStats()).kim }));
+    if (!(sent.v.framesEncoded > 0 && sent.a.bytesSent > 0)) throw new Error(JSON.stringify(sent));
+    const missing = await p2.evaluate(async () => {
+      await c.unsubscribe(r);
+      const after = await c.getRemoteVideoStats();
+      let code = null;
+      try { await c.unsubscribe(r); } catch (e) { code = e.getCode(); }
+      return { after, code, playing: r.isPlaying() };
+    });
+    if (Object.keys(missing.after).length || missing.code !== 0x1001 || missing.playing) throw new Error(JSON.stringify(missing));
+    await p1.evaluate(() => c.unpublish(s));
+    await waitUntil('stream-removed after unpublish', async () => ({ ok: (await p2.evaluate(() => window.removed)).includes('kim') }));
+    await p1.close();
+    await p2.close();
+  });
+
   await check('signaling reconnects after the room service restarts (RECONNECTING -> CONNECTED), media back', async () => {
     const room4 = 2004;
     const hank = await seedCall(browser, demo.base, { roomId: room4, userId: 'hank' });
