@@ -90,6 +90,27 @@ pub fn load<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
     parse(file, &text)
 }
 
+/// Read, parse and validate a config file: what every `Config::load` does.
+pub fn load_checked<T: DeserializeOwned>(
+    file: &Path,
+    validate: impl FnOnce(&T, &Path) -> Result<(), ConfigError>,
+) -> Result<T, ConfigError> {
+    let c = load(file)?;
+    validate(&c, file)?;
+    Ok(c)
+}
+
+/// Parse and validate config text; `file` only names the source in errors.
+pub fn parse_checked<T: DeserializeOwned>(
+    file: &Path,
+    text: &str,
+    validate: impl FnOnce(&T, &Path) -> Result<(), ConfigError>,
+) -> Result<T, ConfigError> {
+    let c = parse(file, text)?;
+    validate(&c, file)?;
+    Ok(c)
+}
+
 /// The dotted key (with its table) at a byte offset, for error messages;
 /// toml's own errors carry a span, not a key path.
 fn key_at(text: &str, offset: usize) -> String {

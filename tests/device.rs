@@ -23,7 +23,12 @@ fn device_config(room: &LocalRoom, user: &str, extra_audio: &str) -> DeviceConfi
     device_config_with(room, user, extra_audio, "")
 }
 
-fn device_config_with(room: &LocalRoom, user: &str, extra_audio: &str, extra_net: &str) -> DeviceConfig {
+fn device_config_with(
+    room: &LocalRoom,
+    user: &str,
+    extra_audio: &str,
+    extra_net: &str,
+) -> DeviceConfig {
     let text = format!(
         r#"
 [room]
@@ -274,19 +279,34 @@ fn missing_devices_are_startup_errors_naming_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn congestion_control_sets_the_encoder_bitrate_within_bounds() {
     let room = room().await;
-    let mut config = device_config_with(&room, "device-3", "playback = \"null\"", "congestion_control = true");
+    let mut config = device_config_with(
+        &room,
+        "device-3",
+        "playback = \"null\"",
+        "congestion_control = true",
+    );
     config.video.bitrate_min_kbps = 100;
     config.video.bitrate_start_kbps = 300;
     config.video.bitrate_max_kbps = 600;
     let (stop, task) = start_device(config);
     let mut viewer = joined(&room, "viewer-3", ROOM).await;
-    let ev = expect_event(&mut viewer, 15, "device's stream-added", |e| {
-        matches!(e, ServerMessage::StreamAdded { stream } if stream.user_id == "device-3")
-    })
+    let ev = expect_event(
+        &mut viewer,
+        15,
+        "device's stream-added",
+        |e| matches!(e, ServerMessage::StreamAdded { stream } if stream.user_id == "device-3"),
+    )
     .await;
-    let ServerMessage::StreamAdded { stream } = ev else { unreachable!() };
+    let ServerMessage::StreamAdded { stream } = ev else {
+        unreachable!()
+    };
     let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
-    let got = receive(&mut remote.packets, Duration::from_secs(3), Duration::from_secs(5)).await;
+    let got = receive(
+        &mut remote.packets,
+        Duration::from_secs(3),
+        Duration::from_secs(5),
+    )
+    .await;
     let mut dec = H264Decoder::new().unwrap();
     let decoded = got
         .video_frames
@@ -295,10 +315,20 @@ async fn congestion_control_sets_the_encoder_bitrate_within_bounds() {
         .count();
     let _ = stop.send(());
     let s = task.await.expect("device task").stats().snapshot();
-    println!("decoded {decoded} frames; target bitrate {} bit/s", s.target_bitrate_bps);
+    println!(
+        "decoded {decoded} frames; target bitrate {} bit/s",
+        s.target_bitrate_bps
+    );
     assert!(decoded >= 90, "decoded {decoded} frames in 5 s");
     // The estimator ran on TWCC feedback from the room and reported a target in bounds.
-    assert!((100_000..=600_000).contains(&s.target_bitrate_bps), "{}", s.target_bitrate_bps);
-    assert_ne!(s.target_bitrate_bps, 300_000, "the target never moved from its start value");
+    assert!(
+        (100_000..=600_000).contains(&s.target_bitrate_bps),
+        "{}",
+        s.target_bitrate_bps
+    );
+    assert_ne!(
+        s.target_bitrate_bps, 300_000,
+        "the target never moved from its start value"
+    );
     room.stop().await;
 }

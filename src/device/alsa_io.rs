@@ -46,7 +46,7 @@ fn open(device: &str, dir: Direction) -> Result<Pcm, AudioError> {
             return Err(AudioError::Alsa {
                 device: device.to_owned(),
                 what: "48 kHz (the device offers another rate; use a plughw: or default device)",
-                source: alsa::Error::new("snd_pcm_hw_params_set_rate", libc_einval()),
+                source: alsa::Error::new("snd_pcm_hw_params_set_rate", libc::EINVAL),
             });
         }
         channels as usize
@@ -70,8 +70,26 @@ fn open(device: &str, dir: Direction) -> Result<Pcm, AudioError> {
     })
 }
 
-fn libc_einval() -> i32 {
-    22
+impl Pcm {
+    fn err(&self, what: &'static str) -> impl Fn(alsa::Error) -> AudioError + '_ {
+        move |source| AudioError::Alsa {
+            device: self.device.clone(),
+            what,
+            source,
+        }
+    }
+
+    /// Recover from an xrun (counted in `counter`); only an unrecoverable state is an error.
+    fn recover(
+        &self,
+        e: alsa::Error,
+        counter: &std::sync::atomic::AtomicU64,
+        what: &'static str,
+    ) -> Result<(), AudioError> {
+        add(counter, 1);
+        log::warn!("ALSA {}: {e}; recovering", self.device);
+        self.pcm.try_recover(e, true).map_err(self.err(what))
+    }
 }
 
 /// Microphone on an ALSA PCM device (`default`, `hw:1,0`, `plughw:Loopback,1`, ...).
@@ -91,25 +109,13 @@ impl AlsaCapture {
 impl AudioSource for AlsaCapture {
     fn read(&mut self, frame: &mut [i16]) -> Result<(), AudioError> {
         let p = &mut self.pcm;
-        let io = p.pcm.io_i16().map_err(|source| AudioError::Alsa {
-            device: p.device.clone(),
-            what: "sample format",
-            source,
-        })?;
+        let io = p.pcm.io_i16().map_err(p.err("sample format"))?;
         let mut got = 0;
         while got < FRAME_SAMPLES {
             match io.readi(&mut p.scratch[got * p.channels..]) {
                 Ok(n) => got += n,
                 Err(e) => {
-                    add(&self.stats.capture_xruns, 1);
-                    log::warn!("ALSA capture {}: {e}; recovering", p.device);
-                    p.pcm
-                        .try_recover(e, true)
-                        .map_err(|source| AudioError::Alsa {
-                            device: p.device.clone(),
-                            what: "recover from overrun",
-                            source,
-                        })?;
+                    p.recover(e, &self.stats.capture_xruns, "recover from overrun")?;
                     p.pcm.start().ok();
                 }
             }
@@ -149,25 +155,13 @@ impl AudioSink for AlsaPlayback {
         for (i, &s) in frame.iter().enumerate().take(FRAME_SAMPLES) {
             p.scratch[i * p.channels..(i + 1) * p.channels].fill(s);
         }
-        let io = p.pcm.io_i16().map_err(|source| AudioError::Alsa {
-            device: p.device.clone(),
-            what: "sample format",
-            source,
-        })?;
+        let io = p.pcm.io_i16().map_err(p.err("sample format"))?;
         let mut done = 0;
         while done < FRAME_SAMPLES {
             match io.writei(&p.scratch[done * p.channels..]) {
                 Ok(n) => done += n,
                 Err(e) => {
-                    add(&self.stats.playback_underruns, 1);
-                    log::warn!("ALSA playback {}: {e}; recovering", p.device);
-                    p.pcm
-                        .try_recover(e, true)
-                        .map_err(|source| AudioError::Alsa {
-                            device: p.device.clone(),
-                            what: "recover from underrun",
-                            source,
-                        })?;
+                    p.recover(e, &self.stats.playback_underruns, "recover from underrun")?;
                 }
             }
         }

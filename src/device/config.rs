@@ -170,15 +170,11 @@ impl Default for AudioSection {
 
 impl DeviceConfig {
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        let c: DeviceConfig = config::load(file)?;
-        c.validate(file)?;
-        Ok(c)
+        config::load_checked(file, Self::validate)
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let c: DeviceConfig = config::parse(file, text)?;
-        c.validate(file)?;
-        Ok(c)
+        config::parse_checked(file, text, Self::validate)
     }
 
     /// The userSig, from the file when `user_sig_file` is set.

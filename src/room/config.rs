@@ -64,15 +64,11 @@ pub struct DevConfig {
 
 impl RoomConfig {
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        let c: RoomConfig = config::load(file)?;
-        c.validate(file)?;
-        Ok(c)
+        config::load_checked(file, Self::validate)
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let c: RoomConfig = config::parse(file, text)?;
-        c.validate(file)?;
-        Ok(c)
+        config::parse_checked(file, text, Self::validate)
     }
 
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
