@@ -14,14 +14,13 @@
 //! loopback ones. `cargo bench --bench device` measures 10 s windows; under
 //! `cargo test` it runs a 2 s smoke pass without the browser part.
 
-use callbox::client::{Client, ClientConfig, JoinRoom, NetConfig};
+use callbox::client::{Client, JoinRoom};
 use callbox::device::frame::{i420_len, I420};
 use callbox::device::h264::{EncoderSettings, H264Decoder, OpenH264Encoder, VideoEncoder};
 use callbox::device::pattern::{self, Stamp};
 use callbox::device::video_source::{Frame, Pixels};
 use callbox::protocol::{MediaKind, ServerMessage};
-use callbox::room::local::{loopback_config, LocalRoom, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
-use callbox::usersig;
+use callbox::room::local::{demo_user_sig, loopback_config, LocalRoom, DEMO_SDK_APP_ID};
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
 use std::io::{BufRead, BufReader};
@@ -88,30 +87,9 @@ fn proc_kb(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn client_config(room: &LocalRoom, user: &str) -> ClientConfig {
-    ClientConfig {
-        url: room.ws_url(),
-        sdk_app_id: DEMO_SDK_APP_ID,
-        user_id: user.to_owned(),
-        user_sig: usersig::generate(
-            DEMO_SDK_APP_ID,
-            DEMO_SECRET_KEY,
-            user,
-            3600,
-            usersig::unix_now(),
-            None,
-        ),
-        net: NetConfig {
-            bind: "127.0.0.1".parse().expect("ip"),
-            ..Default::default()
-        },
-        tls_ca_pem: None,
-    }
-}
-
 /// Subscribe to the device and measure capture -> decoded for `window`.
 async fn rust_glass(room: &LocalRoom, warmup: Duration, window: Duration) -> (usize, f64, f64) {
-    let mut c = Client::connect(client_config(room, "bench-viewer"))
+    let mut c = Client::connect(room.client_config("bench-viewer"))
         .await
         .expect("connect");
     let existing = c.join(JoinRoom::Num(ROOM)).await.expect("join");
@@ -223,14 +201,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("callbox-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let cfg = dir.join("device.toml");
-    let sig = usersig::generate(
-        DEMO_SDK_APP_ID,
-        DEMO_SECRET_KEY,
-        "bench-device",
-        3600,
-        usersig::unix_now(),
-        None,
-    );
+    let sig = demo_user_sig("bench-device");
     std::fs::write(
         &cfg,
         format!(

@@ -10,9 +10,8 @@
 //! `--bench` argument) it runs one small case as a smoke test.
 
 use bytes::Bytes;
-use callbox::client::peer::NetConfig;
-use callbox::client::{Client, ClientConfig, JoinRoom};
-use callbox::room::local::{loopback_config, LocalRoom, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
+use callbox::client::{Client, JoinRoom};
+use callbox::room::local::{loopback_config, LocalRoom};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -85,32 +84,13 @@ fn video_frame(i: u64) -> Bytes {
     Bytes::from(f)
 }
 
-fn cfg(room: &LocalRoom, user: &str) -> ClientConfig {
-    ClientConfig {
-        url: room.ws_url(),
-        sdk_app_id: DEMO_SDK_APP_ID,
-        user_id: user.to_owned(),
-        user_sig: callbox::usersig::generate(
-            DEMO_SDK_APP_ID,
-            DEMO_SECRET_KEY,
-            user,
-            3600,
-            callbox::usersig::unix_now(),
-            None,
-        ),
-        net: NetConfig {
-            bind: "127.0.0.1".parse().expect("ip"),
-            ..Default::default()
-        },
-        tls_ca_pem: None,
-    }
-}
-
 async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
     let room = LocalRoom::start(loopback_config(None, false))
         .await
         .expect("room");
-    let mut publisher = Client::connect(cfg(&room, "pub")).await.expect("connect");
+    let mut publisher = Client::connect(room.client_config("pub"))
+        .await
+        .expect("connect");
     publisher.join(JoinRoom::Num(1)).await.expect("join");
     let local = publisher.publish(true, true).await.expect("publish");
     let (video, audio) = (
@@ -122,7 +102,7 @@ async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
     let received = Arc::new(AtomicU64::new(0));
     let mut subscribers = Vec::new();
     for s in 0..n {
-        let mut c = Client::connect(cfg(&room, &format!("sub{s}")))
+        let mut c = Client::connect(room.client_config(&format!("sub{s}")))
             .await
             .expect("connect");
         let streams = c.join(JoinRoom::Num(1)).await.expect("join");

@@ -80,16 +80,7 @@ async fn device_publishes_pattern_and_tone_that_decode() {
     let room = room().await;
     let (stop, task) = start_device(device_config(&room, "device-1", "playback = \"null\""));
     let mut viewer = joined(&room, "viewer", ROOM).await;
-    let ev = expect_event(
-        &mut viewer,
-        15,
-        "device's stream-added",
-        |e| matches!(e, ServerMessage::StreamAdded { stream } if stream.user_id == "device-1"),
-    )
-    .await;
-    let ServerMessage::StreamAdded { stream } = ev else {
-        unreachable!()
-    };
+    let stream = expect_stream_added(&mut viewer, 15, Some("device-1")).await;
     assert!(stream.audio && stream.video);
     let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
     let got = receive(
@@ -290,16 +281,7 @@ async fn congestion_control_sets_the_encoder_bitrate_within_bounds() {
     config.video.bitrate_max_kbps = 600;
     let (stop, task) = start_device(config);
     let mut viewer = joined(&room, "viewer-3", ROOM).await;
-    let ev = expect_event(
-        &mut viewer,
-        15,
-        "device's stream-added",
-        |e| matches!(e, ServerMessage::StreamAdded { stream } if stream.user_id == "device-3"),
-    )
-    .await;
-    let ServerMessage::StreamAdded { stream } = ev else {
-        unreachable!()
-    };
+    let stream = expect_stream_added(&mut viewer, 15, Some("device-3")).await;
     let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
     let got = receive(
         &mut remote.packets,

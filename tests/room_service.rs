@@ -25,13 +25,7 @@ async fn call_in_progress(room: &callbox::room::local::LocalRoom) -> Call {
     let mut bob = joined(room, "bob", ROOM).await;
     let local = alice.publish(true, true).await.expect("publish");
     let (video, audio) = (local.video().cloned(), local.audio().cloned());
-    let ServerMessage::StreamAdded { stream } = expect_event(&mut bob, 5, "stream-added", |m| {
-        matches!(m, ServerMessage::StreamAdded { .. })
-    })
-    .await
-    else {
-        unreachable!()
-    };
+    let stream = expect_stream_added(&mut bob, 5, None).await;
     let mut remote = bob.subscribe(&stream).await.expect("subscribe");
     let sender = tokio::spawn(send_known_media(video, audio, 300));
     let before = receive(
@@ -94,13 +88,7 @@ async fn published_media_arrives_intact_at_a_subscriber() {
 
     let local = alice.publish(true, true).await.expect("publish");
     let (video, audio) = (local.video().cloned(), local.audio().cloned());
-    let added = expect_event(&mut bob, 5, "stream-added", |m| {
-        matches!(m, ServerMessage::StreamAdded { .. })
-    })
-    .await;
-    let ServerMessage::StreamAdded { stream } = added else {
-        unreachable!()
-    };
+    let stream = expect_stream_added(&mut bob, 5, None).await;
     assert_eq!(
         (stream.user_id.as_str(), stream.audio, stream.video),
         ("alice", true, true)
@@ -254,7 +242,7 @@ async fn dismiss_room_disbands_everyone_in_it_and_no_one_else() {
         .await
         .expect("carol is still in her room");
     // A string room dismissed by its own action.
-    let mut dave = Client::connect(config(&room, "dave")).await.unwrap();
+    let mut dave = Client::connect(room.client_config("dave")).await.unwrap();
     dave.join(JoinRoom::Str("lobby".into())).await.unwrap();
     let (status, _) = room
         .admin(
@@ -281,12 +269,9 @@ async fn a_second_join_with_the_same_user_id_kicks_the_first() {
     let mut first = joined(&room, "device", ROOM).await;
     let mut viewer = joined(&room, "viewer", ROOM).await;
     first.publish(true, true).await.expect("publish");
-    expect_event(&mut viewer, 5, "stream-added", |m| {
-        matches!(m, ServerMessage::StreamAdded { .. })
-    })
-    .await;
+    expect_stream_added(&mut viewer, 5, None).await;
 
-    let mut second = Client::connect(config(&room, "device")).await.unwrap();
+    let mut second = Client::connect(room.client_config("device")).await.unwrap();
     let streams = second
         .join(JoinRoom::Num(ROOM))
         .await
@@ -328,7 +313,9 @@ async fn a_second_join_with_the_same_user_id_kicks_the_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let room = room().await;
-    let mut c = Client::connect(config(&room, "mallory")).await.unwrap();
+    let mut c = Client::connect(room.client_config("mallory"))
+        .await
+        .unwrap();
     let raw = |c: &Client, s: &str| c.signaling().send_text(s.to_owned()).unwrap();
 
     let err = |m: &ServerMessage| matches!(m, ServerMessage::Error { .. });
@@ -399,7 +386,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         ),
     ];
     for (what, user_sig, app, reason) in cases {
-        let mut cfg = config(&room, "mallory");
+        let mut cfg = room.client_config("mallory");
         cfg.user_sig = user_sig;
         cfg.sdk_app_id = app;
         let mut bad = Client::connect(cfg).await.unwrap();
@@ -470,7 +457,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(status, 404);
 
     // Still in the room, still serving others.
-    let mut other = Client::connect(config(&room, "olivia")).await.unwrap();
+    let mut other = Client::connect(room.client_config("olivia")).await.unwrap();
     let streams = other
         .join(JoinRoom::Num(ROOM))
         .await
@@ -495,7 +482,7 @@ async fn tls_signaling_with_a_configured_certificate() {
     assert!(room.ws_url().starts_with("wss://"));
 
     // Trusting the certificate: join over WSS, publish, and see the other side.
-    let mut a = config(&room, "alice");
+    let mut a = room.client_config("alice");
     a.tls_ca_pem = Some(cert_pem.clone().into_bytes());
     let mut alice = Client::connect(a).await.expect("wss connect");
     alice
@@ -508,7 +495,7 @@ async fn tls_signaling_with_a_configured_certificate() {
         .expect("publish after TLS signaling");
 
     // Not trusting it: a clear setup error (TRTC 0x4001), not a hang.
-    let e = Client::connect(config(&room, "bob"))
+    let e = Client::connect(room.client_config("bob"))
         .await
         .err()
         .expect("untrusted certificate refused");
@@ -533,13 +520,7 @@ async fn keyframe_requests_reach_the_publisher() {
         }
     });
     let sender = tokio::spawn(send_known_media(Some(video), None, 300));
-    let ServerMessage::StreamAdded { stream } = expect_event(&mut bob, 5, "stream-added", |m| {
-        matches!(m, ServerMessage::StreamAdded { .. })
-    })
-    .await
-    else {
-        unreachable!()
-    };
+    let stream = expect_stream_added(&mut bob, 5, None).await;
     let remote = bob.subscribe(&stream).await.expect("subscribe");
     // A new subscriber needs a keyframe: the room asks the publisher for one.
     let first = tokio::time::timeout(Duration::from_secs(3), requests.recv()).await;
@@ -570,10 +551,7 @@ async fn mute_and_unmute_reach_others_with_the_right_user() {
     let mut alice = joined(&room, "alice", ROOM).await;
     let mut bob = joined(&room, "bob", ROOM).await;
     alice.publish(true, true).await.expect("publish");
-    expect_event(&mut bob, 5, "stream-added", |m| {
-        matches!(m, ServerMessage::StreamAdded { .. })
-    })
-    .await;
+    expect_stream_added(&mut bob, 5, None).await;
     use callbox::protocol::MediaKind::{Audio, Video};
     alice.mute(Video, true).await.unwrap();
     alice.mute(Audio, true).await.unwrap();
@@ -637,7 +615,7 @@ async fn dev_usersig_endpoint_only_when_enabled() {
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["developmentOnly"], true);
     let sig = resp["userSig"].as_str().unwrap().to_owned();
-    let mut cfg = config(&on, "browser-1");
+    let mut cfg = on.client_config("browser-1");
     cfg.user_sig = sig;
     let mut c = Client::connect(cfg).await.unwrap();
     c.join(JoinRoom::Num(ROOM))

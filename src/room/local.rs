@@ -17,6 +17,18 @@ pub const DEMO_SECRET_KEY: &str =
     "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
 pub const DEMO_ADMIN_KEY: &str = "local-admin-key-0123456789";
 
+/// A userSig of the demo app for `user`, valid for an hour.
+pub fn demo_user_sig(user: &str) -> String {
+    crate::usersig::generate(
+        DEMO_SDK_APP_ID,
+        DEMO_SECRET_KEY,
+        user,
+        3600,
+        crate::usersig::unix_now(),
+        None,
+    )
+}
+
 /// A running in-process room service; stopped on drop.
 pub struct LocalRoom {
     pub http: SocketAddr,
@@ -84,6 +96,21 @@ impl LocalRoom {
             format!("wss://localhost:{}/ws", self.http.port())
         } else {
             format!("ws://{}/ws", self.http)
+        }
+    }
+
+    /// A client of the demo app joining as `user`, with media on loopback.
+    pub fn client_config(&self, user: &str) -> crate::client::ClientConfig {
+        crate::client::ClientConfig {
+            url: self.ws_url(),
+            sdk_app_id: DEMO_SDK_APP_ID,
+            user_id: user.to_owned(),
+            user_sig: demo_user_sig(user),
+            net: crate::client::NetConfig {
+                bind: std::net::Ipv4Addr::LOCALHOST.into(),
+                ..Default::default()
+            },
+            tls_ca_pem: None,
         }
     }
 

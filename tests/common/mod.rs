@@ -3,11 +3,10 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use callbox::client::peer::{NetConfig, RemotePacket};
-use callbox::client::{Client, ClientConfig, JoinRoom, LocalTrack};
-use callbox::protocol::{MediaKind, ServerMessage};
-use callbox::room::local::{loopback_config, LocalRoom, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
-use callbox::usersig;
+use callbox::client::peer::RemotePacket;
+use callbox::client::{Client, JoinRoom, LocalTrack};
+use callbox::protocol::{MediaKind, ServerMessage, StreamInfo};
+use callbox::room::local::{loopback_config, LocalRoom};
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
 use std::time::Duration;
@@ -20,33 +19,12 @@ pub async fn room() -> LocalRoom {
         .expect("room service starts")
 }
 
-pub fn sig(user: &str) -> String {
-    usersig::generate(
-        DEMO_SDK_APP_ID,
-        DEMO_SECRET_KEY,
-        user,
-        3600,
-        usersig::unix_now(),
-        None,
-    )
-}
-
-pub fn config(room: &LocalRoom, user: &str) -> ClientConfig {
-    ClientConfig {
-        url: room.ws_url(),
-        sdk_app_id: DEMO_SDK_APP_ID,
-        user_id: user.to_owned(),
-        user_sig: sig(user),
-        net: NetConfig {
-            bind: "127.0.0.1".parse().unwrap(),
-            ..Default::default()
-        },
-        tls_ca_pem: None,
-    }
-}
+pub use callbox::room::local::demo_user_sig as sig;
 
 pub async fn joined(room: &LocalRoom, user: &str, room_id: u32) -> Client {
-    let mut c = Client::connect(config(room, user)).await.expect("connect");
+    let mut c = Client::connect(room.client_config(user))
+        .await
+        .expect("connect");
     c.join(JoinRoom::Num(room_id)).await.expect("join");
     c
 }
@@ -66,6 +44,18 @@ pub async fn expect_event(
             Ok(None) => panic!("{what}: signaling closed"),
             Err(_) => panic!("{what}: not seen within {secs}s"),
         }
+    }
+}
+
+/// Wait for `stream-added` of `user`'s publication (any user's when `None`).
+pub async fn expect_stream_added(c: &mut Client, secs: u64, user: Option<&str>) -> StreamInfo {
+    let ev = expect_event(c, secs, "stream-added", |e| {
+        matches!(e, ServerMessage::StreamAdded { stream } if user.is_none_or(|u| stream.user_id == u))
+    })
+    .await;
+    match ev {
+        ServerMessage::StreamAdded { stream } => stream,
+        _ => unreachable!("expect_event matched stream-added"),
     }
 }
 
