@@ -54,6 +54,15 @@ impl Problems {
         }
     }
 
+    /// A path the config names must be an existing file.
+    pub fn check_file(&mut self, key: &str, path: &Path) {
+        self.check(
+            path.is_file(),
+            key,
+            format!("{} is not a readable file", path.display()),
+        );
+    }
+
     pub fn into_result(self, file: &Path) -> Result<(), ConfigError> {
         if self.0.is_empty() {
             Ok(())

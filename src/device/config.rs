@@ -199,11 +199,7 @@ impl DeviceConfig {
         match (&r.user_sig, &r.user_sig_file) {
             (Some(_), Some(_)) => p.add("room.user_sig", "set user_sig or user_sig_file, not both"),
             (None, None) => p.add("room.user_sig", "set user_sig or user_sig_file"),
-            (None, Some(f)) => p.check(
-                f.is_file(),
-                "room.user_sig_file",
-                format!("{} is not a readable file", f.display()),
-            ),
+            (None, Some(f)) => p.check_file("room.user_sig_file", f),
             _ => {}
         }
         if let Err(e) = crate::protocol::validate_user_id(&r.user_id) {
@@ -215,11 +211,7 @@ impl DeviceConfig {
             p.add("room.room_id", e.to_string());
         }
         if let Some(ca) = &r.ca_file {
-            p.check(
-                ca.is_file(),
-                "room.ca_file",
-                format!("{} is not a readable file", ca.display()),
-            );
+            p.check_file("room.ca_file", ca);
         }
         let v = &self.video;
         if v.enabled {
@@ -275,11 +267,7 @@ impl DeviceConfig {
                 "passthrough needs an H.264 camera; the synthetic source is raw",
             );
             if let Some(lib) = &v.openh264_library {
-                p.check(
-                    lib.is_file(),
-                    "video.openh264_library",
-                    format!("{} is not a readable file", lib.display()),
-                );
+                p.check_file("video.openh264_library", lib);
             }
         }
         let a = &self.audio;

@@ -81,11 +81,7 @@ impl RoomConfig {
         );
         for (key, path) in [("server.tls_cert", tls.0), ("server.tls_key", tls.1)] {
             if let Some(path) = path {
-                p.check(
-                    path.is_file(),
-                    key,
-                    format!("{} is not a readable file", path.display()),
-                );
+                p.check_file(key, path);
             }
         }
         if let Some(root) = &self.server.web_root {
