@@ -85,12 +85,36 @@ pub fn negotiate(
     ))
 }
 
+/// What a captured buffer needs before the encoder can take it.
 enum Layout {
+    /// Encoded from the driver's buffer as it is.
     I420,
+    H264,
+    /// One pass into a pooled I420 buffer.
+    Convert(Converter),
+}
+
+enum Converter {
     Nv12,
     Yuyv,
     Mjpeg(MjpegDecoder),
-    H264,
+}
+
+impl Converter {
+    fn run(
+        &mut self,
+        data: &[u8],
+        used: usize,
+        stride: usize,
+        (w, h): (usize, usize),
+        out: &mut [u8],
+    ) -> Result<(), convert::ConvertError> {
+        match self {
+            Converter::Nv12 => convert::nv12_to_i420(data, stride.max(w), w, h, out),
+            Converter::Yuyv => convert::yuyv_to_i420(data, stride.max(2 * w), w, h, out),
+            Converter::Mjpeg(dec) => dec.decode(&data[..used], w, h, out),
+        }
+    }
 }
 
 pub struct V4l2Camera {
@@ -212,9 +236,9 @@ impl V4l2Camera {
         }
         let layout = match fourcc.as_str() {
             "YU12" => Layout::I420,
-            "NV12" => Layout::Nv12,
-            "YUYV" => Layout::Yuyv,
-            "MJPG" => Layout::Mjpeg(MjpegDecoder::new()),
+            "NV12" => Layout::Convert(Converter::Nv12),
+            "YUYV" => Layout::Convert(Converter::Yuyv),
+            "MJPG" => Layout::Convert(Converter::Mjpeg(MjpegDecoder::new())),
             "H264" => Layout::H264,
             other => return Err(fail(format!("format {other} is not supported"))),
         };
@@ -269,15 +293,11 @@ impl VideoSource for V4l2Camera {
                 })?;
                 (Pixels::I420(view), 0)
             }
-            layout => {
+            Layout::Convert(converter) => {
                 let mut out = self.pool.take();
-                match layout {
-                    Layout::Nv12 => convert::nv12_to_i420(data, stride.max(w), w, h, &mut out),
-                    Layout::Yuyv => convert::yuyv_to_i420(data, stride.max(2 * w), w, h, &mut out),
-                    Layout::Mjpeg(dec) => dec.decode(&data[..used], w, h, &mut out),
-                    _ => unreachable!("handled above"),
-                }
-                .map_err(conv)?;
+                converter
+                    .run(data, used, stride, (w, h), &mut out)
+                    .map_err(conv)?;
                 let buf = self.converted.insert(out);
                 let view = I420::packed(buf, w, h)
                     .ok_or_else(|| VideoError::Encoder("pool buffer too small".into()))?;
