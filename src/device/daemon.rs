@@ -29,10 +29,9 @@ pub enum DeviceError {
     Video(#[from] VideoError),
     #[error(transparent)]
     Audio(#[from] AudioError),
-    #[error("userSig: {0}")]
-    UserSig(String),
-    #[error("CA file: {0}")]
-    Ca(String),
+    /// A file or value the config names cannot be used (userSig file, CA file, WAV path).
+    #[error("config: {0}")]
+    Config(String),
     #[error("{0}")]
     Client(#[from] ClientError),
     #[error("pushed out of the room: {0:?}")]
@@ -47,7 +46,7 @@ impl DeviceError {
         use crate::protocol::code;
         match self {
             DeviceError::Video(_) | DeviceError::Audio(_) => code::DEVICE_NOT_FOUND,
-            DeviceError::UserSig(_) | DeviceError::Ca(_) => code::INVALID_PARAMETER,
+            DeviceError::Config(_) => code::INVALID_PARAMETER,
             DeviceError::Client(e) => e.code(),
             DeviceError::Banned(_) => code::CLIENT_BANNED,
             DeviceError::Threads(_) => code::UNKNOWN,
@@ -139,7 +138,7 @@ impl Device {
                     let path = a
                         .wav_path
                         .as_deref()
-                        .ok_or_else(|| DeviceError::UserSig("audio.wav_path is required".into()))?;
+                        .ok_or_else(|| DeviceError::Config("audio.wav_path is required".into()))?;
                     Box::new(WavSink::create(path)?)
                 }
                 PlaybackKind::Alsa => {
@@ -185,17 +184,20 @@ impl Device {
     pub fn client_config(&self) -> Result<ClientConfig, DeviceError> {
         let c = &self.config;
         let v = &c.video;
-        let tls_ca_pem = match &c.room.ca_file {
-            Some(f) => Some(
-                std::fs::read(f).map_err(|e| DeviceError::Ca(format!("{}: {e}", f.display())))?,
-            ),
-            None => None,
-        };
+        let tls_ca_pem =
+            match &c.room.ca_file {
+                Some(f) => Some(std::fs::read(f).map_err(|e| {
+                    DeviceError::Config(format!("room.ca_file {}: {e}", f.display()))
+                })?),
+                None => None,
+            };
         Ok(ClientConfig {
             url: c.room.url.clone(),
             sdk_app_id: c.room.sdk_app_id,
             user_id: c.room.user_id.clone(),
-            user_sig: c.user_sig().map_err(DeviceError::UserSig)?,
+            user_sig: c
+                .user_sig()
+                .map_err(|e| DeviceError::Config(format!("userSig: {e}")))?,
             net: NetConfig {
                 bind: c.network.bind,
                 ice_servers: c.network.ice_servers.clone(),
