@@ -264,6 +264,24 @@
       return Math.sqrt(sum / this._levelBuf.length);
     }
 
+    // A remote stream's mute only silences it here; a local stream's
+    // (LocalStream._mute) also tells the room.
+    _mute(kind, muted) {
+      return this._setTrackEnabled(kind, !muted);
+    }
+    muteAudio() {
+      return this._mute('audio', true);
+    }
+    unmuteAudio() {
+      return this._mute('audio', false);
+    }
+    muteVideo() {
+      return this._mute('video', true);
+    }
+    unmuteVideo() {
+      return this._mute('video', false);
+    }
+
     _setTrackEnabled(kind, enabled) {
       const tracks = kind === 'audio' ? this._mediaStream.getAudioTracks() : this._mediaStream.getVideoTracks();
       if (!tracks.length) return false;
@@ -345,18 +363,6 @@
       if (this._client) await this._client._sendMute(kind, muted);
       return true;
     }
-    muteAudio() {
-      return this._mute('audio', true);
-    }
-    unmuteAudio() {
-      return this._mute('audio', false);
-    }
-    muteVideo() {
-      return this._mute('video', true);
-    }
-    unmuteVideo() {
-      return this._mute('video', false);
-    }
   }
 
   class RemoteStream extends Stream {
@@ -377,18 +383,6 @@
     }
     hasVideo() {
       return this._info.video;
-    }
-    muteAudio() {
-      return this._setTrackEnabled('audio', false);
-    }
-    unmuteAudio() {
-      return this._setTrackEnabled('audio', true);
-    }
-    muteVideo() {
-      return this._setTrackEnabled('video', false);
-    }
-    unmuteVideo() {
-      return this._setTrackEnabled('video', true);
     }
   }
 
