@@ -5,7 +5,10 @@
 //! - [`room`]: the room service (signaling, rooms, admin API, SFU).
 //! - [`client`]: the Rust TRTC-style client (signaling + WebRTC) the device builds on.
 //! - [`device`]: the device's media: capture, encode, publish, subscribe, play.
+//! - [`appliance`]: the device as an appliance: call state machine, GPIO
+//!   buttons and LEDs, systemd, control socket, probe.
 
+pub mod appliance;
 pub mod client;
 pub mod config;
 pub mod device;

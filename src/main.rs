@@ -46,6 +46,22 @@ enum Command {
         #[arg(long, default_value = "/etc/callbox/device.toml")]
         config: PathBuf,
     },
+    /// Talk to a running device daemon over its control socket.
+    Ctl {
+        #[arg(long, default_value = callbox::appliance::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+        #[arg(value_enum)]
+        command: callbox::appliance::control::Request,
+    },
+    /// List cameras, ALSA devices and GPIO lines; with --config, check a
+    /// device config against them (pre-call device detection).
+    Probe {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Issue or check a userSig (TLSSigAPIv2-compatible).
     Usersig {
         #[command(subcommand)]
@@ -103,11 +119,57 @@ fn read_key(key: Option<String>, key_file: Option<PathBuf>) -> anyhow::Result<St
     }
 }
 
+/// Crates whose info-level chatter (ICE, DTLS) is noise in an appliance's log.
+const QUIET: &[&str] = &["str0m", "webrtc", "rtc"];
+
+/// Drops records of the [`QUIET`] crates below warn.
+struct Quiet<L>(L);
+
+impl<L: log::Log> log::Log for Quiet<L> {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        let quiet = QUIET.iter().any(|q| m.target().starts_with(q));
+        (!quiet || m.level() <= log::Level::Warn) && self.0.enabled(m)
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            self.0.log(r)
+        }
+    }
+    fn flush(&self) {
+        self.0.flush()
+    }
+}
+
+/// Log to the journal when systemd connected stderr to it, to stderr
+/// otherwise. `level` is the config's; `RUST_LOG` overrides it.
+fn init_logging_at(level: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_owned());
+    if systemd_journal_logger::connected_to_journal() {
+        if let Ok(journal) = systemd_journal_logger::JournalLog::new() {
+            let max = filter
+                .split(',')
+                .find(|d| !d.contains('='))
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(log::LevelFilter::Info);
+            if log::set_boxed_logger(Box::new(Quiet(
+                journal.with_syslog_identifier("callbox".into()),
+            )))
+            .is_ok()
+            {
+                log::set_max_level(max);
+                return;
+            }
+        }
+    }
+    let mut spec = filter;
+    for q in QUIET {
+        spec.push_str(&format!(",{q}=warn"));
+    }
+    env_logger::Builder::new().parse_filters(&spec).init();
+}
+
 fn init_logging() {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,str0m=warn,webrtc=warn,rtc=warn"),
-    )
-    .init();
+    init_logging_at("info");
 }
 
 fn main() -> std::process::ExitCode {
@@ -138,9 +200,27 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             init_logging();
             demo(port, room_id, wav, no_device)?;
         }
-        Command::Device { config } => {
-            init_logging();
-            device(config)?;
+        Command::Device { config } => device(config)?,
+        Command::Ctl { socket, command } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let reply = rt.block_on(callbox::appliance::control::request(&socket, command))?;
+            println!("{}", serde_json::to_string_pretty(&reply)?);
+            if reply.get("ok") != Some(&serde_json::Value::Bool(true)) {
+                return Ok(std::process::ExitCode::from(1));
+            }
+        }
+        Command::Probe { config, json } => {
+            let report = callbox::appliance::probe::probe(config.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            if !report.ok() {
+                return Ok(std::process::ExitCode::from(1));
+            }
         }
         Command::Usersig { action } => match action {
             UserSigAction::Gen {
@@ -202,58 +282,14 @@ async fn terminated() {
 fn device(config: PathBuf) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let config = callbox::device::config::DeviceConfig::load(&config)?;
+    init_logging_at(&config.service.log_level);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run_device(config, started, terminated()))
-}
-
-/// Keep the device in its room until `stop`: rejoin after a lost
-/// connection (2 s apart), stay out after being pushed out.
-async fn run_device(
-    config: callbox::device::config::DeviceConfig,
-    started: std::time::Instant,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    use callbox::device::daemon::{Device, DeviceError};
-    let mut device = Device::open(config, started)?;
-    tokio::pin!(stop);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    loop {
-        let mut rx = stop_rx.clone();
-        let call = device.call(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        });
-        tokio::pin!(call);
-        let result = tokio::select! {
-            r = &mut call => r,
-            _ = &mut stop => {
-                // Let the call leave the room before exiting.
-                let _ = stop_tx.send(true);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(3), call).await;
-                return Ok(());
-            }
-        };
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e @ DeviceError::Banned(_)) => {
-                log::error!(
-                    "{e} (code {:#06x}); not rejoining until restarted",
-                    e.code()
-                );
-                (&mut stop).await;
-                return Ok(());
-            }
-            Err(e) => {
-                log::error!(
-                    "call failed (code {:#06x}): {e}; rejoining in 2 s",
-                    e.code()
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                    _ = &mut stop => return Ok(()),
-                }
-            }
-        }
-    }
+    rt.block_on(callbox::appliance::runner::run(
+        config,
+        started,
+        terminated(),
+    ))?;
+    Ok(())
 }
 
 #[cfg(feature = "room")]
@@ -320,20 +356,23 @@ fn demo(port: u16, room_id: u32, wav: Option<PathBuf>, no_device: bool) -> anyho
             Some(p) => format!("playback = \"wav\"\nwav_path = {:?}", p.display().to_string()),
             None => "playback = \"null\"".to_owned(),
         };
+        let socket = std::env::temp_dir().join(format!("callbox-demo-{port}.sock")).display().to_string();
         let sig = usersig::generate(DEMO_SDK_APP_ID, DEMO_SECRET_KEY, device_user, 86400, usersig::unix_now(), None);
         let text = format!(
             "[room]\nurl = \"{}\"\nsdk_app_id = {DEMO_SDK_APP_ID}\nuser_id = \"{device_user}\"\nuser_sig = \"{sig}\"\nroom_id = {room_id}\n\
              [network]\nbind = \"127.0.0.1\"\n\
              [video]\nsource = \"synthetic\"\nwidth = 640\nheight = 480\nfps = 30\n\
-             [audio]\ncapture = \"synthetic\"\ntone_hz = 440\n{speaker}\n",
+             [audio]\ncapture = \"synthetic\"\ntone_hz = 440\n{speaker}\n\
+             [service]\ncontrol_socket = {socket:?}\n",
             room.ws_url()
         );
         let device_config = callbox::device::config::DeviceConfig::parse(std::path::Path::new("(demo device)"), &text)?;
         println!("  device:       userId {device_user} in room {room_id}: synthetic test pattern 640x480@30 + 440 Hz tone");
+        println!("  control:      callbox ctl --socket {socket} status|call|hangup|mute-audio|unmute-audio");
         println!();
         println!("Open http://{}/?roomId={room_id} in a browser and press Start call. Ctrl-C stops.", room.http);
-        let result = run_device(device_config, started, terminated()).await;
+        let result = callbox::appliance::runner::run(device_config, started, terminated()).await;
         room.stop().await;
-        result
+        Ok(result?)
     })
 }

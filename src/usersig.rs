@@ -172,9 +172,14 @@ fn string_field<'a>(doc: &'a Value, name: &str) -> Result<&'a str, UserSigError>
         .ok_or_else(|| UserSigError::BadEncoding(format!("missing {name}")))
 }
 
-/// Decode a userSig into its fields and check its MAC with `key`, without
-/// judging app, user or time.
-pub fn decode_and_check(sig: &str, key: &str) -> Result<Claims, UserSigError> {
+/// A decoded userSig: its fields, the MAC it claims and the text it signs.
+struct Decoded {
+    claims: Claims,
+    claimed_mac: Vec<u8>,
+    signed_text: String,
+}
+
+fn decode(sig: &str) -> Result<Decoded, UserSigError> {
     let compressed = B64
         .decode(unescape(sig.trim()))
         .map_err(|e| UserSigError::BadEncoding(format!("base64: {e}")))?;
@@ -190,13 +195,10 @@ pub fn decode_and_check(sig: &str, key: &str) -> Result<Claims, UserSigError> {
     let time = number_field(&doc, "TLS.time")?;
     let expire = number_field(&doc, "TLS.expire")?;
     let userbuf_b64 = doc.get("TLS.userbuf").and_then(Value::as_str);
-    let claimed = B64
+    let claimed_mac = B64
         .decode(string_field(&doc, "TLS.sig")?)
         .map_err(|e| UserSigError::BadEncoding(format!("TLS.sig base64: {e}")))?;
-    let content = content_to_sign(&identifier, sdk_app_id, time, expire, userbuf_b64);
-    mac(key, &content)
-        .verify_slice(&claimed)
-        .map_err(|_| UserSigError::BadSignature)?;
+    let signed_text = content_to_sign(&identifier, sdk_app_id, time, expire, userbuf_b64);
     let userbuf = match userbuf_b64 {
         Some(b) => Some(
             B64.decode(b)
@@ -204,16 +206,35 @@ pub fn decode_and_check(sig: &str, key: &str) -> Result<Claims, UserSigError> {
         ),
         None => None,
     };
-    Ok(Claims {
-        sdk_app_id,
-        identifier,
-        time,
-        expire,
-        userbuf,
+    Ok(Decoded {
+        claims: Claims {
+            sdk_app_id,
+            identifier,
+            time,
+            expire,
+            userbuf,
+        },
+        claimed_mac,
+        signed_text,
     })
 }
 
-/// Verify a userSig for `sdk_app_id` and `user_id` at unix time `now`.
+/// Decode a userSig into its fields and check its MAC with `key`, without
+/// judging app, user or time.
+pub fn decode_and_check(sig: &str, key: &str) -> Result<Claims, UserSigError> {
+    let d = decode(sig)?;
+    mac(key, &d.signed_text)
+        .verify_slice(&d.claimed_mac)
+        .map_err(|_| UserSigError::BadSignature)?;
+    Ok(d.claims)
+}
+
+/// The fields of a userSig, unverified: what a device (which never holds
+/// the key) can know, e.g. when its ticket expires.
+pub fn decode_unverified(sig: &str) -> Result<Claims, UserSigError> {
+    decode(sig).map(|d| d.claims)
+}
+
 pub fn verify(
     sig: &str,
     sdk_app_id: u64,

@@ -65,9 +65,12 @@ fn start_device(config: DeviceConfig) -> (oneshot::Sender<()>, tokio::task::Join
     let mut device = Device::open(config, Instant::now()).expect("device opens");
     let task = tokio::spawn(async move {
         let r = device
-            .call(async {
-                let _ = stopped.await;
-            })
+            .call(
+                async {
+                    let _ = stopped.await;
+                },
+                Default::default(),
+            )
             .await;
         assert!(r.is_ok(), "call ended with {r:?}");
         device

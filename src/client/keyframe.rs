@@ -1,8 +1,13 @@
-//! Keyframe requests (PLI/FIR) reaching a publisher. The `webrtc` crate ends
-//! inbound RTCP in its interceptor chain unless an interceptor marks a packet
-//! for the application; this one, last in the chain, marks exactly the
-//! keyframe requests (the crate's documented `rtcp-processing` pattern; no
-//! crate ships it). Everything else stays with the interceptors that act on it.
+//! The last interceptor on inbound packets. It does two jobs no crate does:
+//!
+//! - Keyframe requests (PLI/FIR) reaching a publisher. The `webrtc` crate
+//!   ends inbound RTCP in its interceptor chain unless an interceptor marks
+//!   a packet for the application; this one marks exactly the keyframe
+//!   requests (the crate's documented `rtcp-processing` pattern). Everything
+//!   else stays with the interceptors that act on it.
+//! - Media liveness: every inbound RTP or RTCP packet touches a
+//!   [`MediaActivity`], so a call notices a dead room within seconds instead
+//!   of waiting out ICE's consent timeout (about 30 s).
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -10,7 +15,38 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// When media last arrived from the room on any of a client's connections.
+#[derive(Debug, Clone, Default)]
+pub struct MediaActivity(Arc<AtomicU64>);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl MediaActivity {
+    pub fn touch(&self) {
+        // +1: 0 means "never".
+        let us = epoch().elapsed().as_micros() as u64 + 1;
+        self.0.store(us, Relaxed);
+    }
+
+    /// How long since the last packet; `None` if none ever arrived.
+    pub fn silence(&self) -> Option<Duration> {
+        match self.0.load(Relaxed) {
+            0 => None,
+            us => Some(
+                epoch()
+                    .elapsed()
+                    .saturating_sub(Duration::from_micros(us - 1)),
+            ),
+        }
+    }
+}
 
 /// Whether an RTCP packet asks for a keyframe.
 pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
@@ -18,10 +54,20 @@ pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
-#[derive(Default)]
 pub struct KeyframeRequestForwarder {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+    activity: MediaActivity,
+}
+
+impl KeyframeRequestForwarder {
+    pub fn new(activity: MediaActivity) -> Self {
+        KeyframeRequestForwarder {
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+            activity,
+        }
+    }
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
@@ -32,6 +78,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.activity.touch();
         if let Packet::Rtcp(packets) = &msg.message.packet {
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()

@@ -15,6 +15,7 @@ use signaling::Signaling;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 
+pub use keyframe::MediaActivity;
 pub use peer::LocalTrack;
 
 /// What went wrong, with the TRTC code a browser would see for it.
@@ -138,6 +139,7 @@ pub struct Client {
     local: Option<LocalStream>,
     downlinks: HashMap<String, Downlink>,
     joined: bool,
+    activity: MediaActivity,
 }
 
 impl Client {
@@ -152,6 +154,7 @@ impl Client {
             local: None,
             downlinks: HashMap::new(),
             joined: false,
+            activity: MediaActivity::default(),
         })
     }
 
@@ -161,6 +164,13 @@ impl Client {
 
     pub fn signaling(&self) -> &Signaling {
         &self.signaling
+    }
+
+    /// How long no RTP or RTCP has arrived from the room on any of this
+    /// client's media connections; `None` before the first packet. While
+    /// publishing, the room's receiver reports arrive every second or so.
+    pub fn media_silence(&self) -> Option<std::time::Duration> {
+        self.activity.silence()
     }
 
     /// Join a room; returns the streams already published there.
@@ -196,7 +206,8 @@ impl Client {
         if self.local.is_some() {
             return Err(ClientError::InvalidOperation("already publishing"));
         }
-        let (mut uplink, sdp) = Uplink::offer(&self.config.net, audio, video).await?;
+        let (mut uplink, sdp) =
+            Uplink::offer(&self.config.net, audio, video, &self.activity).await?;
         let negotiated = async {
             let reply = self
                 .signaling
@@ -221,6 +232,8 @@ impl Client {
                 return Err(e);
             }
         };
+        // The silence clock starts once the uplink is connected.
+        self.activity.touch();
         Ok(self.local.insert(LocalStream { uplink, stream_id }))
     }
 
@@ -242,7 +255,7 @@ impl Client {
 
     /// Subscribe to a remote stream (from `stream-added` or the join reply).
     pub async fn subscribe(&mut self, info: &StreamInfo) -> Result<RemoteStream, ClientError> {
-        let (mut downlink, sdp) = Downlink::offer(&self.config.net).await?;
+        let (mut downlink, sdp) = Downlink::offer(&self.config.net, &self.activity).await?;
         let stream_id = info.stream_id.clone();
         let negotiated = async {
             let reply = self

@@ -4,7 +4,7 @@
 //! sent once ICE gathering has finished, so one signaling round trip
 //! negotiates a connection.
 
-use crate::client::keyframe::{is_keyframe_request, KeyframeRequestForwarder};
+use crate::client::keyframe::{is_keyframe_request, KeyframeRequestForwarder, MediaActivity};
 use crate::client::ClientError;
 use crate::protocol::MediaKind;
 use bytes::Bytes;
@@ -176,7 +176,11 @@ fn rtc_err(what: &str) -> impl Fn(webrtc::error::Error) -> ClientError + '_ {
 }
 
 impl Peer {
-    async fn new(net: &NetConfig, congestion: Option<Congestion>) -> Result<Peer, ClientError> {
+    async fn new(
+        net: &NetConfig,
+        congestion: Option<Congestion>,
+        activity: &MediaActivity,
+    ) -> Result<Peer, ClientError> {
         let mut media = MediaEngine::default();
         let audio = RTCRtpCodecParameters {
             rtp_codec: opus(),
@@ -212,7 +216,10 @@ impl Peer {
         let registry = register_default_interceptors(registry, &mut media)
             .map_err(|e| ClientError::Media(format!("interceptors: {e}")))?
             // Last, so the interceptors that read RTCP have seen it all.
-            .with(Slot::from(14_000), KeyframeRequestForwarder::default());
+            .with(
+                Slot::from(14_000),
+                KeyframeRequestForwarder::new(activity.clone()),
+            );
         // mDNS needs a multicast route, which many boards and test namespaces lack.
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
@@ -368,8 +375,9 @@ impl Uplink {
         net: &NetConfig,
         audio: bool,
         video: bool,
+        activity: &MediaActivity,
     ) -> Result<(Uplink, String), ClientError> {
-        let mut peer = Peer::new(net, net.congestion).await?;
+        let mut peer = Peer::new(net, net.congestion, activity).await?;
         let mut tracks = Vec::new();
         for (on, kind, codec) in [
             (audio, RtpCodecKind::Audio, opus()),
@@ -474,8 +482,11 @@ pub struct Downlink {
 }
 
 impl Downlink {
-    pub async fn offer(net: &NetConfig) -> Result<(Downlink, String), ClientError> {
-        let mut peer = Peer::new(net, None).await?;
+    pub async fn offer(
+        net: &NetConfig,
+        activity: &MediaActivity,
+    ) -> Result<(Downlink, String), ClientError> {
+        let mut peer = Peer::new(net, None, activity).await?;
         for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
             peer.pc
                 .add_transceiver_from_kind(

@@ -13,6 +13,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// How long a request waits for its reply (TRTC's SERVER_TIMEOUT).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening the WebSocket may take: a room service that accepts
+/// TCP but never answers (frozen, overloaded) must not stall a reconnect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
 
@@ -67,8 +70,12 @@ impl Signaling {
         } else {
             None
         };
-        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
+        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector);
+        let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
+            .map_err(|_| {
+                ClientError::SignalSetup(format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))
+            })?
             .map_err(|e| ClientError::SignalSetup(format!("{url}: {e}")))?;
         let (mut ws_tx, mut ws_rx) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();

@@ -2,6 +2,7 @@
 //! to join, and which camera, microphone and speaker to use. Unknown keys
 //! and bad values are refused before anything starts, each with its key.
 
+use crate::appliance::config::{CallSection, GpioSection, ServiceSection};
 use crate::config::{self, ConfigError, Problems, Secret};
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -17,6 +18,12 @@ pub struct DeviceConfig {
     pub video: VideoSection,
     #[serde(default)]
     pub audio: AudioSection,
+    #[serde(default)]
+    pub call: CallSection,
+    #[serde(default)]
+    pub gpio: GpioSection,
+    #[serde(default)]
+    pub service: ServiceSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -293,6 +300,9 @@ impl DeviceConfig {
                 "the wav playback sink needs wav_path",
             );
         }
+        self.call.validate(&mut p);
+        self.gpio.validate(&self.call, &mut p);
+        self.service.validate(&mut p);
         p.into_result(file)
     }
 }

@@ -13,15 +13,15 @@ use crate::device::config::{
     CaptureKind, DeviceConfig, EncoderKind, PlaybackKind, VideoSourceKind,
 };
 use crate::device::h264::{EncoderSettings, OpenH264Encoder, Passthrough, VideoEncoder};
-use crate::device::pipeline::{Outputs, Parts, Pipeline};
+use crate::device::pipeline::{Heartbeats, Outputs, Parts, Pipeline};
 use crate::device::stats::{add, MediaStats};
 use crate::device::v4l2::V4l2Camera;
 use crate::device::video_source::{SyntheticCamera, VideoError, VideoSource};
 use crate::protocol::{BanReason, MediaKind, ServerMessage, StreamInfo};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -38,6 +38,8 @@ pub enum DeviceError {
     Banned(BanReason),
     #[error("cannot start media threads: {0}")]
     Threads(std::io::Error),
+    #[error("no media from the room for {0:.1?}: the connection is dead")]
+    MediaDead(Duration),
 }
 
 impl DeviceError {
@@ -50,8 +52,34 @@ impl DeviceError {
             DeviceError::Client(e) => e.code(),
             DeviceError::Banned(_) => code::CLIENT_BANNED,
             DeviceError::Threads(_) => code::UNKNOWN,
+            DeviceError::MediaDead(_) => code::ICE_TRANSPORT_ERROR,
         }
     }
+
+    /// Whether trying again later can help: not for a userSig the room
+    /// refuses, nor for config that names unusable files.
+    pub fn retryable(&self) -> bool {
+        match self {
+            DeviceError::Client(ClientError::Refused { reason, .. }) => {
+                !reason.starts_with("usersig-")
+            }
+            DeviceError::Config(_) | DeviceError::Banned(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// How the appliance steers a call and hears from it. The default: no
+/// notifications, no mute, no dead-media check.
+#[derive(Default)]
+pub struct CallLink {
+    /// Fires once joined and publishing.
+    pub joined: Option<oneshot::Sender<()>>,
+    /// The microphone's mute state (TRTC `muteAudio`): while muted no audio
+    /// is sent and the room tells the others.
+    pub audio_muted: Option<watch::Receiver<bool>>,
+    /// End the call when nothing arrives from the room for this long.
+    pub dead_media: Option<Duration>,
 }
 
 fn open_camera(c: &DeviceConfig) -> Result<Box<dyn VideoSource>, VideoError> {
@@ -177,6 +205,14 @@ impl Device {
         })
     }
 
+    pub fn heartbeats(&self) -> Heartbeats {
+        self.pipeline.heartbeats.clone()
+    }
+
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
+    }
+
     pub fn stats(&self) -> Arc<MediaStats> {
         Arc::clone(&self.stats)
     }
@@ -219,17 +255,47 @@ impl Device {
     }
 
     /// One call: join, publish, play the room, until `hangup` resolves
-    /// (then leave) or the room ends it (banned, signaling lost).
+    /// (then leave; also while still joining) or the room ends it (banned,
+    /// signaling lost, media dead).
     pub async fn call(
         &mut self,
         hangup: impl std::future::Future<Output = ()>,
+        mut link: CallLink,
     ) -> Result<(), DeviceError> {
-        let mut client = Client::connect(self.client_config()?).await?;
-        let existing = client.join(self.room()).await?;
-        log::info!("joined {:?} as {}", self.room(), client.user_id());
-        let v = self.config.video.enabled;
-        let a = self.config.audio.enabled;
-        client.publish(a, v).await?;
+        tokio::pin!(hangup);
+        let config = self.client_config()?;
+        let room = self.room();
+        let (a, v) = (self.config.audio.enabled, self.config.video.enabled);
+        let mut client = None;
+        let joining = async {
+            let c = client.insert(Client::connect(config).await?);
+            let existing = c.join(room.clone()).await?;
+            log::info!("joined {room:?} as {}", c.user_id());
+            c.publish(a, v).await?;
+            Ok::<_, DeviceError>(existing)
+        };
+        let existing = tokio::select! {
+            r = joining => r,
+            _ = &mut hangup => {
+                if let Some(mut c) = client {
+                    let _ = c.leave().await;
+                }
+                return Ok(());
+            }
+        };
+        let Some(mut client) = client else {
+            return existing.map(|_| ());
+        };
+        let existing = match existing {
+            Ok(e) => e,
+            Err(e) => {
+                client.close_media().await;
+                return Err(e);
+            }
+        };
+        if let Some(j) = link.joined.take() {
+            let _ = j.send(());
+        }
         let (video, audio) = {
             let local = client
                 .local_stream()
@@ -269,7 +335,12 @@ impl Device {
                 }
             })
         });
-        tokio::pin!(hangup);
+        let (_unmuted, never_muted) = watch::channel(false);
+        let mut muted = link.audio_muted.take().unwrap_or(never_muted);
+        let mut audio_muted = false;
+        // Apply a mute set before this call (e.g. kept across a reconnect).
+        muted.mark_changed();
+        let mut liveness = tokio::time::interval(Duration::from_millis(250));
         let result = loop {
             if let Some(t) = client.local_stream().and_then(|l| l.target_bitrate()) {
                 self.pipeline.bitrate.store(t, Relaxed);
@@ -288,7 +359,27 @@ impl Device {
                         }
                     }
                 }
+                Ok(()) = muted.changed() => {
+                    let m = *muted.borrow_and_update();
+                    if m != audio_muted {
+                        audio_muted = m;
+                        log::info!("microphone {}", if m { "muted" } else { "unmuted" });
+                        if let Err(e) = client.mute(MediaKind::Audio, m).await {
+                            log::warn!("mute-audio (code {:#06x}): {e}", e.code());
+                        }
+                    }
+                }
+                _ = liveness.tick(), if link.dead_media.is_some() => {
+                    let limit = link.dead_media.unwrap_or(Duration::MAX);
+                    if let Some(silence) = client.media_silence().filter(|s| *s > limit) {
+                        log::error!("E_MEDIA_DEAD: nothing from the room for {silence:.1?} (code {:#06x})", crate::protocol::code::ICE_TRANSPORT_ERROR);
+                        break Err(DeviceError::MediaDead(silence));
+                    }
+                }
                 Some(packet) = self.outputs.audio.recv() => {
+                    if audio_muted {
+                        continue;
+                    }
                     if let Some(t) = &audio {
                         first_packet(&stats, self.started);
                         match t.write(packet, crate::device::audio::FRAME).await {

@@ -115,6 +115,21 @@ pub struct Pipeline {
     pub bitrate: Arc<AtomicU64>,
     pub playback: Playback,
     threads: Vec<std::thread::JoinHandle<()>>,
+    pub heartbeats: Heartbeats,
+}
+
+/// Each media thread's loop count: a thread whose count stops moving is
+/// stuck (a hung driver call), which the systemd watchdog acts on.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeats(Vec<(&'static str, Arc<AtomicU64>)>);
+
+impl Heartbeats {
+    pub fn read(&self) -> Vec<(&'static str, u64)> {
+        self.0
+            .iter()
+            .map(|(name, n)| (*name, n.load(Relaxed)))
+            .collect()
+    }
 }
 
 impl Drop for Pipeline {
@@ -152,12 +167,19 @@ impl Pipeline {
         let (video_tx, video) = mpsc::channel(8);
         let (audio_tx, audio) = mpsc::channel(16);
         let mut threads = Vec::new();
+        let mut heartbeats = Vec::new();
+        let mut beat = |name| {
+            let n = Arc::new(AtomicU64::new(0));
+            heartbeats.push((name, Arc::clone(&n)));
+            n
+        };
         if let Some((camera, reopen, encoder)) = parts.camera {
             let ctx = (
                 Arc::clone(&running),
                 Arc::clone(&keyframe),
                 Arc::clone(&bitrate),
                 Arc::clone(&stats),
+                beat("video"),
             );
             threads.push(
                 std::thread::Builder::new()
@@ -166,19 +188,24 @@ impl Pipeline {
             );
         }
         if let Some((source, processor, encoder)) = parts.microphone {
-            let (r, s) = (Arc::clone(&running), Arc::clone(&stats));
+            let (r, s, b) = (Arc::clone(&running), Arc::clone(&stats), beat("microphone"));
             threads.push(
                 std::thread::Builder::new()
                     .name("callbox-mic".into())
-                    .spawn(move || audio_loop(source, processor, encoder, audio_tx, r, s))?,
+                    .spawn(move || audio_loop(source, processor, encoder, audio_tx, (r, s, b)))?,
             );
         }
         if let Some(sink) = parts.speaker {
-            let (r, s, p) = (Arc::clone(&running), Arc::clone(&stats), playback.clone());
+            let (r, s, p, b) = (
+                Arc::clone(&running),
+                Arc::clone(&stats),
+                playback.clone(),
+                beat("speaker"),
+            );
             threads.push(
                 std::thread::Builder::new()
                     .name("callbox-speaker".into())
-                    .spawn(move || playout_loop(sink, p, r, s))?,
+                    .spawn(move || playout_loop(sink, p, (r, s, b)))?,
             );
         }
         Ok((
@@ -188,6 +215,7 @@ impl Pipeline {
                 bitrate,
                 playback,
                 threads,
+                heartbeats: Heartbeats(heartbeats),
             },
             Outputs { video, audio },
         ))
@@ -199,19 +227,23 @@ type VideoCtx = (
     Arc<AtomicBool>,
     Arc<AtomicU64>,
     Arc<MediaStats>,
+    Arc<AtomicU64>,
 );
+/// Running flag, counters, heartbeat.
+type LoopCtx = (Arc<AtomicBool>, Arc<MediaStats>, Arc<AtomicU64>);
 
 fn video_loop(
     camera: Box<dyn VideoSource>,
     mut reopen: OpenCamera,
     mut encoder: Box<dyn VideoEncoder>,
     tx: mpsc::Sender<EncodedVideo>,
-    (running, keyframe, bitrate, stats): VideoCtx,
+    (running, keyframe, bitrate, stats, heartbeat): VideoCtx,
 ) {
     let mut camera = Some(camera);
     let mut out = Vec::new();
     let mut next_keyframe = true;
     while running.load(Relaxed) {
+        add(&heartbeat, 1);
         let Some(cam) = camera.as_mut() else {
             std::thread::sleep(Duration::from_secs(1));
             match reopen() {
@@ -261,8 +293,16 @@ fn video_loop(
                     capture_us: frame.capture_us,
                     keyframe: is_key,
                 };
-                if tx.blocking_send(unit).is_err() {
-                    return;
+                // Never block capture: a full channel (no call, or a stalled
+                // uplink) drops the frame, and the next one is a keyframe so
+                // the receiver recovers at once.
+                match tx.try_send(unit) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        add(&stats.video_frames_dropped, 1);
+                        next_keyframe = true;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
             }
             Ok(None) => {}
@@ -280,12 +320,12 @@ fn audio_loop(
     mut processor: Box<dyn AudioProcessor>,
     mut encoder: OpusEncoder,
     tx: mpsc::Sender<Bytes>,
-    running: Arc<AtomicBool>,
-    stats: Arc<MediaStats>,
+    (running, stats, heartbeat): LoopCtx,
 ) {
     let mut frame = vec![0i16; FRAME_SAMPLES];
     let mut failures = 0u32;
     while running.load(Relaxed) {
+        add(&heartbeat, 1);
         if let Err(e) = source.read(&mut frame) {
             failures += 1;
             if failures == 1 || failures % 50 == 0 {
@@ -315,14 +355,14 @@ fn audio_loop(
 fn playout_loop(
     mut sink: Box<dyn AudioSink>,
     playback: Playback,
-    running: Arc<AtomicBool>,
-    stats: Arc<MediaStats>,
+    (running, stats, heartbeat): LoopCtx,
 ) {
     let mut mix = vec![0i16; FRAME_SAMPLES];
     // Room for the largest Opus frame (120 ms).
     let mut scratch = vec![0i16; FRAME_SAMPLES * 6];
     let mut failures = 0u32;
     while running.load(Relaxed) {
+        add(&heartbeat, 1);
         playback.mix(&mut mix, &mut scratch, &stats);
         match sink.write(&mix) {
             Ok(()) => {

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 pub struct MediaStats {
     pub video_frames_captured: AtomicU64,
     pub video_frames_encoded: AtomicU64,
+    /// Encoded frames dropped because nobody was taking them (no call, stalled uplink).
+    pub video_frames_dropped: AtomicU64,
     /// Full-frame copies of pixel data between capture and encoder (format
     /// conversions count as one). 0 per frame is the zero-copy path.
     pub frame_copies: AtomicU64,
@@ -37,6 +39,7 @@ const ENCODE_WINDOW: usize = 1024;
 pub struct StatsSnapshot {
     pub video_frames_captured: u64,
     pub video_frames_encoded: u64,
+    pub video_frames_dropped: u64,
     pub frame_copies: u64,
     pub keyframes: u64,
     pub keyframe_requests: u64,
@@ -88,6 +91,7 @@ impl MediaStats {
         StatsSnapshot {
             video_frames_captured: g(&self.video_frames_captured),
             video_frames_encoded: g(&self.video_frames_encoded),
+            video_frames_dropped: g(&self.video_frames_dropped),
             frame_copies: g(&self.frame_copies),
             keyframes: g(&self.keyframes),
             keyframe_requests: g(&self.keyframe_requests),

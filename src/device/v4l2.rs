@@ -132,6 +132,65 @@ pub struct V4l2Camera {
     converted: Option<PooledBuffer>,
 }
 
+/// Every format the camera offers with its sizes. `fallback` stands in
+/// for drivers that do not enumerate sizes.
+pub fn offered_formats(
+    dev: &Device,
+    fallback: (u32, u32),
+) -> std::io::Result<Vec<(String, Sizes)>> {
+    let mut offered = Vec::new();
+    for f in dev.enum_formats()? {
+        let sizes = match dev.enum_framesizes(f.fourcc) {
+            Ok(list) => {
+                let mut discrete = Vec::new();
+                let mut range = None;
+                for s in list {
+                    match s.size {
+                        FrameSizeEnum::Discrete(d) => discrete.push((d.width, d.height)),
+                        FrameSizeEnum::Stepwise(s) => {
+                            range = Some(Sizes::Range {
+                                min: (s.min_width, s.min_height),
+                                max: (s.max_width, s.max_height),
+                                step: (s.step_width, s.step_height),
+                            })
+                        }
+                    }
+                }
+                range.unwrap_or(Sizes::Discrete(discrete))
+            }
+            Err(_) => Sizes::Discrete(vec![fallback]),
+        };
+        offered.push((fourcc_str(f.fourcc), sizes));
+    }
+    Ok(offered)
+}
+
+/// Frame rates (fps) the camera offers for a format at a size.
+pub fn frame_rates(dev: &Device, fourcc: &str, (w, h): (u32, u32)) -> Vec<f64> {
+    let Ok(code) = <[u8; 4]>::try_from(fourcc.as_bytes()) else {
+        return Vec::new();
+    };
+    let Ok(list) = dev.enum_frameintervals(FourCC::new(&code), w, h) else {
+        return Vec::new();
+    };
+    let mut rates = Vec::new();
+    for i in list {
+        match i.interval {
+            v4l::frameinterval::FrameIntervalEnum::Discrete(f) if f.numerator > 0 => {
+                rates.push(f.denominator as f64 / f.numerator as f64)
+            }
+            v4l::frameinterval::FrameIntervalEnum::Stepwise(s)
+                if s.min.numerator > 0 && s.max.numerator > 0 =>
+            {
+                rates.push(s.max.denominator as f64 / s.max.numerator as f64);
+                rates.push(s.min.denominator as f64 / s.min.numerator as f64);
+            }
+            _ => {}
+        }
+    }
+    rates
+}
+
 fn fourcc_str(f: FourCC) -> String {
     f.str()
         .map(str::to_owned)
@@ -172,35 +231,8 @@ impl V4l2Camera {
         let caps = dev
             .query_caps()
             .map_err(|e| fail(format!("not a V4L2 device: {e}")))?;
-        let formats = dev
-            .enum_formats()
+        let offered = offered_formats(&dev, (width, height))
             .map_err(|e| fail(format!("cannot list formats ({}): {e}", caps.card)))?;
-        let mut offered = Vec::new();
-        for f in formats {
-            let name = fourcc_str(f.fourcc);
-            let sizes = match dev.enum_framesizes(f.fourcc) {
-                Ok(list) => {
-                    let mut discrete = Vec::new();
-                    let mut range = None;
-                    for s in list {
-                        match s.size {
-                            FrameSizeEnum::Discrete(d) => discrete.push((d.width, d.height)),
-                            FrameSizeEnum::Stepwise(s) => {
-                                range = Some(Sizes::Range {
-                                    min: (s.min_width, s.min_height),
-                                    max: (s.max_width, s.max_height),
-                                    step: (s.step_width, s.step_height),
-                                })
-                            }
-                        }
-                    }
-                    range.unwrap_or(Sizes::Discrete(discrete))
-                }
-                // Some drivers do not enumerate sizes; ask for ours and see.
-                Err(_) => Sizes::Discrete(vec![(width, height)]),
-            };
-            offered.push((name, sizes));
-        }
         let choice = negotiate(&offered, preferred, (width, height)).map_err(fail)?;
         let want = v4l::Format::new(
             choice.width,

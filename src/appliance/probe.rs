@@ -1,0 +1,305 @@
+//! `callbox probe`: what the board offers (V4L2 cameras with formats, sizes
+//! and rates; ALSA capture and playback devices; GPIO chips and lines with
+//! name, consumer and direction) and, given a config, whether each thing
+//! it names is there and usable: the TRTC guide's pre-call device check.
+
+use crate::appliance::gpio;
+use crate::config::ConfigError;
+use crate::device::config::{CaptureKind, DeviceConfig, PlaybackKind, VideoSourceKind};
+use crate::device::v4l2::{self, Sizes};
+use serde::Serialize;
+use std::fmt::Write;
+use std::path::Path;
+
+#[derive(Debug, Serialize)]
+pub struct Camera {
+    pub path: String,
+    pub card: String,
+    pub driver: String,
+    pub formats: Vec<CameraFormat>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CameraFormat {
+    pub fourcc: String,
+    pub sizes: String,
+    /// Frame rates at the first (or the configured) size.
+    pub fps: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Pcm {
+    pub name: String,
+    pub description: String,
+    pub capture: bool,
+    pub playback: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GpioLine {
+    pub offset: u32,
+    pub name: String,
+    pub consumer: String,
+    pub direction: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GpioChip {
+    pub path: String,
+    pub label: String,
+    pub lines: Vec<GpioLine>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub key: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub cameras: Vec<Camera>,
+    pub pcms: Vec<Pcm>,
+    pub gpio_chips: Vec<GpioChip>,
+    pub checks: Vec<Check>,
+}
+
+fn sizes_text(s: &Sizes) -> String {
+    match s {
+        Sizes::Discrete(list) => list
+            .iter()
+            .map(|(w, h)| format!("{w}x{h}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Sizes::Range { min, max, step } => format!(
+            "{}x{} to {}x{} step {}x{}",
+            min.0, min.1, max.0, max.1, step.0, step.1
+        ),
+    }
+}
+
+fn cameras(want: (u32, u32)) -> Vec<Camera> {
+    let mut paths: Vec<_> = std::fs::read_dir("/dev")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("video"))
+        })
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let Ok(dev) = v4l::Device::with_path(&path) else {
+            continue;
+        };
+        let Ok(caps) = dev.query_caps() else { continue };
+        if !caps
+            .capabilities
+            .contains(v4l::capability::Flags::VIDEO_CAPTURE)
+        {
+            continue;
+        }
+        let formats = v4l2::offered_formats(&dev, want)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(fourcc, sizes)| {
+                let at = match &sizes {
+                    Sizes::Discrete(l) if !l.contains(&want) => l.first().copied().unwrap_or(want),
+                    _ => want,
+                };
+                CameraFormat {
+                    fps: v4l2::frame_rates(&dev, &fourcc, at),
+                    sizes: sizes_text(&sizes),
+                    fourcc,
+                }
+            })
+            .collect();
+        out.push(Camera {
+            path: path.display().to_string(),
+            card: caps.card,
+            driver: caps.driver,
+            formats,
+        });
+    }
+    out
+}
+
+fn pcms() -> Vec<Pcm> {
+    let Ok(hints) = alsa::device_name::HintIter::new_str(None, "pcm") else {
+        return Vec::new();
+    };
+    hints
+        .filter_map(|h| {
+            let name = h.name?;
+            let (capture, playback) = match h.direction {
+                Some(alsa::Direction::Capture) => (true, false),
+                Some(alsa::Direction::Playback) => (false, true),
+                None => (true, true),
+            };
+            Some(Pcm {
+                description: h.desc.unwrap_or_default().replace('\n', " "),
+                name,
+                capture,
+                playback,
+            })
+        })
+        .collect()
+}
+
+fn gpio_chips() -> Vec<GpioChip> {
+    let mut out = Vec::new();
+    for path in gpiocdev::chip::chips().unwrap_or_default() {
+        let Ok(chip) = gpiocdev::Chip::from_path(&path) else {
+            continue;
+        };
+        let label = chip.info().map(|i| i.label).unwrap_or_default();
+        let lines = chip
+            .line_info_iter()
+            .map(|it| {
+                it.flatten()
+                    .map(|l| GpioLine {
+                        offset: l.offset,
+                        name: l.name,
+                        consumer: l.consumer,
+                        direction: format!("{:?}", l.direction).to_lowercase(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(GpioChip {
+            path: path.display().to_string(),
+            label,
+            lines,
+        });
+    }
+    out
+}
+
+fn check(checks: &mut Vec<Check>, key: &str, result: Result<String, String>) {
+    let (ok, detail) = match result {
+        Ok(d) => (true, d),
+        Err(d) => (false, d),
+    };
+    checks.push(Check {
+        key: key.to_owned(),
+        ok,
+        detail,
+    });
+}
+
+/// Open each device the config names, as the daemon would, and close it.
+fn check_config(c: &DeviceConfig) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let stats = std::sync::Arc::default;
+    let v = &c.video;
+    if v.enabled && v.source == VideoSourceKind::V4l2 {
+        let r = v4l2::V4l2Camera::open(&v.device, &v.formats, v.width, v.height, v.fps)
+            .map(|cam| crate::device::video_source::VideoSource::describe(&cam))
+            .map_err(|e| e.to_string());
+        check(&mut checks, "video.device", r);
+    }
+    let a = &c.audio;
+    if a.enabled && a.capture == CaptureKind::Alsa {
+        let r = crate::device::alsa_io::AlsaCapture::open(&a.capture_device, stats())
+            .map(|_| format!("{} opens for capture at 48 kHz", a.capture_device))
+            .map_err(|e| e.to_string());
+        check(&mut checks, "audio.capture_device", r);
+    }
+    if a.enabled && a.playback == PlaybackKind::Alsa {
+        let r = crate::device::alsa_io::AlsaPlayback::open(&a.playback_device, stats())
+            .map(|_| format!("{} opens for playback at 48 kHz", a.playback_device))
+            .map_err(|e| e.to_string());
+        check(&mut checks, "audio.playback_device", r);
+    }
+    for (key, chip, line) in c.gpio.lines() {
+        let r = gpio::locate(key, chip, line).map_err(|e| e.to_string());
+        check(&mut checks, &format!("gpio.{key}"), r);
+    }
+    checks
+}
+
+/// Probe the board; with `config`, also check that config against it.
+pub fn probe(config: Option<&Path>) -> Result<Report, ConfigError> {
+    let config = config.map(DeviceConfig::load).transpose()?;
+    let want = config
+        .as_ref()
+        .map_or((640, 480), |c| (c.video.width, c.video.height));
+    Ok(Report {
+        cameras: cameras(want),
+        pcms: pcms(),
+        gpio_chips: gpio_chips(),
+        checks: config.as_ref().map(check_config).unwrap_or_default(),
+    })
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+
+    pub fn text(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "Cameras (V4L2):");
+        if self.cameras.is_empty() {
+            let _ = writeln!(t, "  none");
+        }
+        for c in &self.cameras {
+            let _ = writeln!(t, "  {}: {} ({})", c.path, c.card, c.driver);
+            for f in &c.formats {
+                let fps: Vec<String> = f.fps.iter().map(|r| format!("{r:.0}")).collect();
+                let _ = writeln!(t, "    {}: {}; fps {}", f.fourcc, f.sizes, fps.join("/"));
+            }
+        }
+        let _ = writeln!(t, "Audio (ALSA PCMs):");
+        if self.pcms.is_empty() {
+            let _ = writeln!(t, "  none");
+        }
+        for p in &self.pcms {
+            let dir = match (p.capture, p.playback) {
+                (true, true) => "capture+playback",
+                (true, false) => "capture",
+                _ => "playback",
+            };
+            let _ = writeln!(t, "  {} [{dir}]: {}", p.name, p.description);
+        }
+        let _ = writeln!(t, "GPIO:");
+        if self.gpio_chips.is_empty() {
+            let _ = writeln!(t, "  none");
+        }
+        for c in &self.gpio_chips {
+            let _ = writeln!(t, "  {} ({}), {} lines", c.path, c.label, c.lines.len());
+            for l in &c.lines {
+                let _ = writeln!(
+                    t,
+                    "    {:>3} {:<16} {:<6} {}",
+                    l.offset,
+                    if l.name.is_empty() { "-" } else { &l.name },
+                    l.direction,
+                    if l.consumer.is_empty() {
+                        ""
+                    } else {
+                        &l.consumer
+                    }
+                );
+            }
+        }
+        if !self.checks.is_empty() {
+            let _ = writeln!(t, "Config check:");
+            for c in &self.checks {
+                let _ = writeln!(
+                    t,
+                    "  {} {}: {}",
+                    if c.ok { "ok  " } else { "FAIL" },
+                    c.key,
+                    c.detail
+                );
+            }
+        }
+        t
+    }
+}
