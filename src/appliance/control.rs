@@ -127,8 +127,21 @@ async fn connection(stream: UnixStream, requests: mpsc::Sender<Pending>) {
     }
 }
 
+/// How long `callbox ctl` waits for the daemon's reply.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Send one request to the daemon at `path` and return its reply.
 pub async fn request(path: &Path, cmd: Request) -> Result<Value, ControlError> {
+    tokio::time::timeout(REPLY_TIMEOUT, exchange(path, cmd))
+        .await
+        .map_err(|_| {
+            ControlError::BadReply(format!(
+                "no reply within {REPLY_TIMEOUT:?}: is the daemon stuck?"
+            ))
+        })?
+}
+
+async fn exchange(path: &Path, cmd: Request) -> Result<Value, ControlError> {
     let mut stream = UnixStream::connect(path).await.map_err(io(path))?;
     let mut text = serde_json::to_string(&Envelope { cmd })
         .map_err(|e| ControlError::BadReply(e.to_string()))?;

@@ -368,6 +368,240 @@ mod tests {
         (c, t0)
     }
 
+    /// A controller in `state`, reached through real transitions.
+    fn in_state(state: &str, t0: Instant) -> Controller {
+        let mut c = Controller::new(Policy::default(), 3);
+        let path: &[Input] = match state {
+            "idle" => &[],
+            "joining" => &[Input::Boot],
+            "in-call" => &[Input::Boot, Input::Joined],
+            "leaving" => &[Input::Boot, Input::Joined, Input::Command(Command::Hangup)],
+            "reconnecting" => &[Input::Boot, Input::Lost("x".into())],
+            "banned" => &[Input::Boot, Input::Banned(Banned)],
+            "kick" => &[Input::Boot, Input::Banned(Kick)],
+            "room-disband" => &[Input::Boot, Input::Banned(RoomDisband)],
+            "failed" => &[
+                Input::Boot,
+                Input::JoinFailed {
+                    reason: "x".into(),
+                    retryable: false,
+                },
+            ],
+            other => unreachable!("{other}"),
+        };
+        for i in path {
+            c.handle(i.clone(), t0);
+        }
+        c
+    }
+
+    /// Every state x every input: the next state and the actions.
+    #[test]
+    fn every_transition() {
+        let inputs = [
+            Input::Boot,
+            Input::Button(Button::Call, Press::Short),
+            Input::Button(Button::Call, Press::Long),
+            Input::Button(Button::Hangup, Press::Short),
+            Input::Command(Command::Call),
+            Input::Command(Command::Hangup),
+            Input::Command(Command::MuteAudio(true)),
+            Input::Joined,
+            Input::JoinFailed {
+                reason: "refused".into(),
+                retryable: true,
+            },
+            Input::JoinFailed {
+                reason: "userSig expired".into(),
+                retryable: false,
+            },
+            Input::Lost("signaling closed".into()),
+            Input::Banned(Banned),
+            Input::Left,
+            Input::Tick,
+        ];
+        // Columns in the order of `inputs`; "state:Action" when one is taken.
+        let table: [(&str, [&str; 14]); 9] = [
+            (
+                "idle",
+                [
+                    "joining:Join",
+                    "joining:Join",
+                    "joining:Join",
+                    "idle",
+                    "joining:Join",
+                    "idle",
+                    "idle",
+                    "idle",
+                    "idle",
+                    "idle",
+                    "idle",
+                    "idle",
+                    "idle",
+                    "idle",
+                ],
+            ),
+            (
+                "joining",
+                [
+                    "joining",
+                    "joining",
+                    "joining",
+                    "leaving:Leave",
+                    "joining",
+                    "leaving:Leave",
+                    "joining",
+                    "in-call",
+                    "reconnecting",
+                    "failed",
+                    "reconnecting",
+                    "banned",
+                    "joining",
+                    "joining",
+                ],
+            ),
+            (
+                "in-call",
+                [
+                    "in-call",
+                    "in-call",
+                    "in-call",
+                    "leaving:Leave",
+                    "in-call",
+                    "leaving:Leave",
+                    "in-call:Mute",
+                    "in-call",
+                    "reconnecting",
+                    "failed",
+                    "reconnecting",
+                    "banned",
+                    "in-call",
+                    "in-call",
+                ],
+            ),
+            (
+                "leaving",
+                [
+                    "leaving", "leaving", "leaving", "leaving", "leaving", "leaving", "leaving",
+                    "leaving", "idle", "idle", "idle", "banned", "idle", "leaving",
+                ],
+            ),
+            (
+                "reconnecting",
+                [
+                    "reconnecting",
+                    "joining:Join",
+                    "joining:Join",
+                    "idle",
+                    "joining:Join",
+                    "idle",
+                    "reconnecting",
+                    "reconnecting",
+                    "reconnecting",
+                    "reconnecting",
+                    "reconnecting",
+                    "reconnecting",
+                    "reconnecting",
+                    "joining:Join",
+                ],
+            ),
+            (
+                "banned",
+                [
+                    "banned",
+                    "joining:Join",
+                    "joining:Join",
+                    "banned",
+                    "joining:Join",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                ],
+            ),
+            (
+                "kick",
+                [
+                    "banned",
+                    "banned",
+                    "joining:Join",
+                    "banned",
+                    "joining:Join",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                ],
+            ),
+            (
+                "room-disband",
+                [
+                    "banned",
+                    "joining:Join",
+                    "joining:Join",
+                    "banned",
+                    "joining:Join",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                    "banned",
+                ],
+            ),
+            (
+                "failed",
+                [
+                    "failed",
+                    "joining:Join",
+                    "joining:Join",
+                    "failed",
+                    "joining:Join",
+                    "failed",
+                    "failed",
+                    "failed",
+                    "failed",
+                    "failed",
+                    "failed",
+                    "failed",
+                    "failed",
+                    "failed",
+                ],
+            ),
+        ];
+        let t0 = Instant::now();
+        // Late enough for any scheduled retry to be due.
+        let later = t0 + Duration::from_secs(120);
+        for (state, row) in table {
+            for (input, want) in inputs.iter().zip(row) {
+                let mut c = in_state(state, t0);
+                let actions = c.handle(input.clone(), later);
+                let mut got = c.state().name().to_owned();
+                for a in &actions {
+                    got.push_str(match a {
+                        Action::Join => ":Join",
+                        Action::Leave => ":Leave",
+                        Action::MuteAudio(_) => ":Mute",
+                    });
+                }
+                assert_eq!(got, want, "{state} + {input:?}");
+            }
+        }
+    }
+
     #[test]
     fn boot_joins_only_with_auto_join() {
         let t0 = Instant::now();

@@ -1,0 +1,421 @@
+//! The device daemon as an appliance, as separate processes: `callbox room`
+//! and `callbox device` (synthetic camera and microphone), driven through
+//! the control socket, with a test datagram socket as systemd's
+//! NOTIFY_SOCKET. Covers READY/STATUS/WATCHDOG, call -> in call with media
+//! at a subscriber, RemoveUser -> banned, call -> rejoined, room service
+//! restarted -> reconnecting -> in call (timed), room service frozen ->
+//! dead media detected (timed), mute, hangup, and a clean stop.
+
+mod common;
+
+use callbox::appliance::control::{request, Request};
+use callbox::client::{Client, ClientConfig, JoinRoom, NetConfig};
+use callbox::protocol::MediaKind;
+use callbox::room::local::{http_post, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
+use common::{expect_stream_added, sig};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_callbox");
+const ROOM_ID: u32 = 4321;
+const DEVICE: &str = "appliance-device";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Kills its process when dropped, so a failing test leaves nothing behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(p: &Proc, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(p.0.id() as i32, sig) };
+}
+
+struct Room {
+    config: PathBuf,
+    http: SocketAddr,
+    proc: Option<Proc>,
+}
+
+impl Room {
+    fn new(dir: &Path) -> Room {
+        let (http, udp) = (free_port(), free_port());
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{http}\"\n[media]\nudp_listen = \"127.0.0.1:{udp}\"\n\
+             [admin]\nkey = \"{DEMO_ADMIN_KEY}\"\n[[apps]]\nsdk_app_id = {DEMO_SDK_APP_ID}\nsecret_key = \"{DEMO_SECRET_KEY}\"\n"
+        );
+        let config = dir.join("room.toml");
+        std::fs::write(&config, text).expect("write room.toml");
+        Room {
+            config,
+            http: SocketAddr::from(([127, 0, 0, 1], http)),
+            proc: None,
+        }
+    }
+
+    /// Start the room service; returns when /health answers.
+    async fn start(&mut self) -> Instant {
+        let child = Command::new(BIN)
+            .args(["room", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn callbox room");
+        self.proc = Some(Proc(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.healthy().await {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "room service did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn healthy(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tokio::net::TcpStream::connect(self.http).await else {
+            return false;
+        };
+        let req = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let mut body = String::new();
+        s.write_all(req).await.is_ok()
+            && s.read_to_string(&mut body).await.is_ok()
+            && body.starts_with("HTTP/1.1 200")
+    }
+
+    fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    fn client_config(&self, user: &str) -> ClientConfig {
+        ClientConfig {
+            url: self.url(),
+            sdk_app_id: DEMO_SDK_APP_ID,
+            user_id: user.to_owned(),
+            user_sig: sig(user),
+            net: NetConfig {
+                bind: std::net::Ipv4Addr::LOCALHOST.into(),
+                ..Default::default()
+            },
+            tls_ca_pem: None,
+        }
+    }
+}
+
+/// systemd's side of sd_notify: a thread reads every datagram at once, as
+/// systemd does (a sender blocks once a few datagrams queue up unread).
+struct Notify(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Notify {
+    fn bind(path: &Path) -> Notify {
+        let s = UnixDatagram::bind(path).expect("bind NOTIFY_SOCKET");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&got);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().expect("notify log").push(text);
+            }
+        });
+        Notify(got)
+    }
+
+    fn drain(&mut self) -> Vec<String> {
+        self.0.lock().expect("notify log").clone()
+    }
+
+    fn count(&mut self, line: &str) -> usize {
+        self.drain()
+            .iter()
+            .filter(|m| m.lines().any(|l| l == line))
+            .count()
+    }
+
+    fn statuses(&mut self) -> Vec<String> {
+        self.drain()
+            .iter()
+            .flat_map(|m| m.lines())
+            .filter_map(|l| l.strip_prefix("STATUS="))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+async fn status(socket: &Path) -> Value {
+    request(socket, Request::Status).await.expect("ctl status")
+}
+
+/// Poll the daemon until its state is `state`; returns how long it took.
+async fn wait_state(socket: &Path, state: &str, secs: u64) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let s = status(socket).await;
+        if s["state"] == state {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "not {state} within {secs} s: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Join as a subscriber and receive the device's media; returns the
+/// (video, audio) packet counts over `window` and the time to the first
+/// video packet.
+async fn subscriber_receives(
+    room: &Room,
+    user: &str,
+    window: Duration,
+) -> (usize, usize, Duration) {
+    let t0 = Instant::now();
+    let mut c = Client::connect(room.client_config(user))
+        .await
+        .expect("connect");
+    let existing = c.join(JoinRoom::Num(ROOM_ID)).await.expect("join");
+    let info = match existing.into_iter().find(|s| s.user_id == DEVICE) {
+        Some(s) => s,
+        None => expect_stream_added(&mut c, 10, Some(DEVICE)).await,
+    };
+    let mut remote = c.subscribe(&info).await.expect("subscribe");
+    let (mut video, mut audio, mut first) = (0, 0, None);
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(p)) = tokio::time::timeout_at(deadline, remote.packets.recv()).await {
+        match p.kind {
+            MediaKind::Video => {
+                video += 1;
+                first.get_or_insert_with(|| t0.elapsed());
+            }
+            MediaKind::Audio => audio += 1,
+        }
+    }
+    let _ = c.leave().await;
+    (video, audio, first.unwrap_or(window))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_through_control_socket_ban_reconnect_and_dead_media() {
+    let dir = std::env::temp_dir().join(format!("callbox-appliance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut room = Room::new(&dir);
+    room.start().await;
+
+    let socket = dir.join("control.sock");
+    let device_config = dir.join("device.toml");
+    std::fs::write(
+        &device_config,
+        format!(
+            "[room]\nurl = \"{}\"\nsdk_app_id = {DEMO_SDK_APP_ID}\nuser_id = \"{DEVICE}\"\nuser_sig = \"{}\"\nroom_id = {ROOM_ID}\n\
+             [network]\nbind = \"127.0.0.1\"\n\
+             [video]\nsource = \"synthetic\"\nwidth = 320\nheight = 240\nfps = 15\n\
+             [audio]\ncapture = \"synthetic\"\nplayback = \"null\"\n\
+             [call]\ndead_media_ms = 3000\n\
+             [service]\ncontrol_socket = {:?}\n",
+            room.url(),
+            sig(DEVICE),
+            socket.display().to_string()
+        ),
+    )
+    .expect("write device.toml");
+    let mut notify = Notify::bind(&dir.join("notify.sock"));
+    let started = Instant::now();
+    let daemon = Proc(
+        Command::new(BIN)
+            .args(["device", "--config"])
+            .arg(&device_config)
+            .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+            .env("WATCHDOG_USEC", "1000000")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn callbox device"),
+    );
+
+    // READY=1 once devices are open, then joins by itself (auto_join).
+    while notify.count("READY=1") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no READY=1: {:?}",
+            notify.drain()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "READY=1 after {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let joined = wait_state(&socket, "in-call", 10).await;
+    println!(
+        "in call {:.0} ms after READY",
+        joined.as_secs_f64() * 1000.0
+    );
+    let (video, audio, _) = subscriber_receives(&room, "watcher-1", Duration::from_secs(2)).await;
+    assert!(
+        video > 20 && audio > 50,
+        "media at the subscriber: {video} video, {audio} audio packets"
+    );
+    let s = status(&socket).await;
+    assert_eq!(s["leds"]["call"], true);
+    assert!(
+        s["media"]["audio_packets_sent"].as_u64() > Some(50),
+        "{s:#}"
+    );
+    assert_eq!(
+        s["frame_copies_per_frame"], 0.0,
+        "synthetic frames are encoded in place"
+    );
+    // The watchdog pings come from the running media loop (every 0.5 s here).
+    assert!(notify.count("WATCHDOG=1") >= 2, "{:?}", notify.drain());
+    assert!(
+        notify.statuses().iter().any(|s| s == "in call"),
+        "{:?}",
+        notify.statuses()
+    );
+
+    // Mute, then unmute: state in the status, the call stays up.
+    let r = request(&socket, Request::MuteAudio).await.expect("ctl");
+    assert_eq!(
+        (r["ok"].clone(), r["state"].clone()),
+        (json!(true), json!("in-call"))
+    );
+    assert_eq!(status(&socket).await["audio_muted"], true);
+    request(&socket, Request::UnmuteAudio).await.expect("ctl");
+
+    // RemoveUser -> Banned{banned}; it stays out until told.
+    let (code, body) = http_post(
+        room.http,
+        "/api/admin/RemoveUser",
+        Some(DEMO_ADMIN_KEY),
+        &json!({"SdkAppId": DEMO_SDK_APP_ID, "RoomId": ROOM_ID, "UserIds": [DEVICE]}).to_string(),
+    )
+    .await
+    .expect("admin API");
+    assert_eq!(code, 200, "{body}");
+    wait_state(&socket, "banned", 5).await;
+    let s = status(&socket).await;
+    assert_eq!(s["ban_reason"], "banned");
+    assert_eq!(
+        (s["leds"]["call"].clone(), s["leds"]["banned"].clone()),
+        (json!(false), json!(true))
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        status(&socket).await["state"],
+        "banned",
+        "never rejoins by itself"
+    );
+    assert!(notify
+        .statuses()
+        .iter()
+        .any(|s| s.starts_with("banned (banned)")));
+
+    // call -> rejoins.
+    let r = request(&socket, Request::Call).await.expect("ctl");
+    assert_eq!(r["state"], "joining");
+    let t = wait_state(&socket, "in-call", 10).await;
+    println!(
+        "rejoined {:.0} ms after `ctl call`",
+        t.as_secs_f64() * 1000.0
+    );
+
+    // Room service restarted -> reconnecting -> in call again.
+    room.stop();
+    let lost = wait_state(&socket, "reconnecting", 5).await;
+    println!(
+        "room service killed: reconnecting after {:.0} ms",
+        lost.as_secs_f64() * 1000.0
+    );
+    let up = room.start().await;
+    wait_state(&socket, "in-call", 10).await;
+    let in_call = up.elapsed();
+    let (video, _, first) = subscriber_receives(&room, "watcher-2", Duration::from_secs(1)).await;
+    let media_back = up.elapsed() - Duration::from_secs(1) + first;
+    println!(
+        "room service restarted: device in call {:.0} ms, its video at a new subscriber {:.0} ms after the room was reachable",
+        in_call.as_secs_f64() * 1000.0,
+        media_back.as_secs_f64() * 1000.0
+    );
+    assert!(video > 5, "media after the restart: {video} video packets");
+    assert!(
+        media_back <= Duration::from_secs(3),
+        "target: media back within 3 s of the room being reachable, took {media_back:?}"
+    );
+
+    // Room service frozen (SIGSTOP): signaling stays open, media stops;
+    // the dead-media check notices within 5 s.
+    let frozen = Instant::now();
+    signal(room.proc.as_ref().expect("room running"), libc::SIGSTOP);
+    wait_state(&socket, "reconnecting", 8).await;
+    let detected = frozen.elapsed();
+    println!(
+        "room service frozen: dead media detected after {:.0} ms",
+        detected.as_secs_f64() * 1000.0
+    );
+    assert!(
+        detected <= Duration::from_secs(5),
+        "dead media detected after {detected:?}"
+    );
+    let s = status(&socket).await;
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no media from the room")),
+        "{s:#}"
+    );
+    let thawed = Instant::now();
+    signal(room.proc.as_ref().expect("room running"), libc::SIGCONT);
+    wait_state(&socket, "in-call", 40).await;
+    println!(
+        "room service thawed: in call again after {:.0} ms",
+        thawed.elapsed().as_secs_f64() * 1000.0
+    );
+
+    // Hangup -> idle; the call LED goes out.
+    let r = request(&socket, Request::Hangup).await.expect("ctl");
+    assert_eq!(r["state"], "leaving");
+    wait_state(&socket, "idle", 5).await;
+    assert_eq!(status(&socket).await["leds"]["call"], false);
+
+    // SIGTERM: STOPPING=1, a clean exit, the socket removed.
+    signal(&daemon, libc::SIGTERM);
+    let mut daemon = daemon;
+    let t0 = Instant::now();
+    let exit = loop {
+        if let Some(s) = daemon.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "daemon did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    assert!(notify.count("STOPPING=1") >= 1);
+    assert!(!socket.exists(), "control socket removed on exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
