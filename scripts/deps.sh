@@ -4,7 +4,8 @@
 # browser tests' npm packages. Needs root (or sudo). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(libasound2-dev cmake libclang-dev nasm pkg-config chromium iproute2)
+# systemd: systemd-analyze checks the unit files.
+pkgs=(libasound2-dev cmake libclang-dev nasm pkg-config chromium iproute2 systemd)
 command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()

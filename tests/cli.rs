@@ -227,16 +227,126 @@ fn device_refuses_bad_configs_naming_file_and_key() {
     let cfg = dir.join("device.toml");
     std::fs::write(
         &cfg,
-        "[room]\nurl = \"http://x\"\nsdk_app_id = 1\nuser_id = \"a b\"\nuser_sig = \"s\"\nroom_id = 0\n[video]\nfps = 0\n",
+        "[room]\nurl = \"http://x\"\nsdk_app_id = 1\nuser_id = \"a b\"\nuser_sig = \"s\"\nroom_id = 0\n[video]\nfps = 0\n\
+         [call]\ndead_media_ms = 9000\n[gpio]\ncall_button = { line = 3 }\n[service]\nlog_level = \"loud\"\n",
     )
     .unwrap();
     let (code, _, err) = run(&["device", "--config", cfg.to_str().unwrap()]);
     assert_ne!(code, 0);
-    for key in ["room.url", "room.user_id", "room.room_id", "video.fps"] {
+    for key in [
+        "room.url",
+        "room.user_id",
+        "room.room_id",
+        "video.fps",
+        "call.dead_media_ms",
+        "gpio.call_button.chip",
+        "gpio.hangup_button",
+        "service.log_level",
+    ] {
         assert!(
             err.contains(&format!("device.toml: {key}: ")),
             "{key} not named in:\n{err}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Both unit files pass `systemd-analyze verify` (with ExecStart pointed at
+/// the built binary, which verify requires to exist); the device unit's
+/// `systemd-analyze security` exposure is printed and kept low.
+#[test]
+fn systemd_units_verify() {
+    let dir = std::env::temp_dir().join(format!("callbox-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for unit in ["callbox.service", "callbox-room.service"] {
+        let text = std::fs::read_to_string(format!("systemd/{unit}"))
+            .unwrap()
+            .replace("/usr/local/bin/callbox", BIN);
+        let path = dir.join(unit);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze (scripts/deps.sh installs it)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !err.contains(unit), "{unit}: {err}");
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(dir.join("callbox.service"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let overall = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    println!(
+        "callbox.service: {}",
+        overall.trim_start_matches('→').trim()
+    );
+    let level: f64 = overall
+        .split("callbox.service:")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unparsable: {overall}"));
+    assert!(level <= 2.0, "exposure {level} (was 1.5 when written)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A GPIO line that is not there stops the daemon at startup, naming key,
+/// line and where it looked; `callbox probe --config` reports the same.
+#[test]
+fn missing_gpio_line_is_a_startup_error_and_probe_reports_it() {
+    let dir = std::env::temp_dir().join(format!("callbox-cli-gpio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("device.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[room]\nurl = \"ws://127.0.0.1:9/ws\"\nsdk_app_id = 1\nuser_id = \"d\"\nuser_sig = \"s\"\nroom_id = 1\n\
+             [video]\nsource = \"synthetic\"\n[audio]\ncapture = \"synthetic\"\nplayback = \"null\"\n\
+             [call]\nbuttons = \"toggle\"\n[gpio]\ncall_button = {{ line = \"BTN_NOPE\" }}\n\
+             [service]\ncontrol_socket = {:?}\n",
+            dir.join("control.sock").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["device", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(
+            "E_GPIO_NO_LINE: gpio.call_button: line \"BTN_NOPE\" not found on any GPIO chip"
+        ),
+        "{err}"
+    );
+    let (code, out, _) = run(&["probe", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("Cameras (V4L2):") && out.contains("GPIO:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL gpio.call_button: E_GPIO_NO_LINE"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["probe", "--json"]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(report["cameras"].is_array() && report["checks"] == serde_json::json!([]));
+    // `callbox ctl` with no daemon: a clear error, non-zero exit.
+    let (code, _, err) = run(&[
+        "ctl",
+        "--socket",
+        dir.join("control.sock").to_str().unwrap(),
+        "status",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("E_CONTROL_SOCKET") && err.contains("control.sock"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
