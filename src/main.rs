@@ -357,7 +357,7 @@ fn demo(port: u16, room_id: u32, wav: Option<PathBuf>, no_device: bool) -> anyho
             None => "playback = \"null\"".to_owned(),
         };
         let socket = std::env::temp_dir().join(format!("callbox-demo-{port}.sock")).display().to_string();
-        let sig = usersig::generate(DEMO_SDK_APP_ID, DEMO_SECRET_KEY, device_user, 86400, usersig::unix_now(), None);
+        let sig = usersig::generate(DEMO_SDK_APP_ID, DEMO_SECRET_KEY, device_user, 30 * 86400, usersig::unix_now(), None);
         let text = format!(
             "[room]\nurl = \"{}\"\nsdk_app_id = {DEMO_SDK_APP_ID}\nuser_id = \"{device_user}\"\nuser_sig = \"{sig}\"\nroom_id = {room_id}\n\
              [network]\nbind = \"127.0.0.1\"\n\

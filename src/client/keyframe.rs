@@ -5,48 +5,17 @@
 //!   a packet for the application; this one marks exactly the keyframe
 //!   requests (the crate's documented `rtcp-processing` pattern). Everything
 //!   else stays with the interceptors that act on it.
-//! - Media liveness: every inbound RTP or RTCP packet touches a
-//!   [`MediaActivity`], so a call notices a dead room within seconds instead
-//!   of waiting out ICE's consent timeout (about 30 s).
+//! - Liveness: every inbound RTP or RTCP packet touches the client's
+//!   [`RoomActivity`].
 
+use crate::client::liveness::RoomActivity;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
-
-/// When media last arrived from the room on any of a client's connections.
-#[derive(Debug, Clone, Default)]
-pub struct MediaActivity(Arc<AtomicU64>);
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-impl MediaActivity {
-    pub fn touch(&self) {
-        // +1: 0 means "never".
-        let us = epoch().elapsed().as_micros() as u64 + 1;
-        self.0.store(us, Relaxed);
-    }
-
-    /// How long since the last packet; `None` if none ever arrived.
-    pub fn silence(&self) -> Option<Duration> {
-        match self.0.load(Relaxed) {
-            0 => None,
-            us => Some(
-                epoch()
-                    .elapsed()
-                    .saturating_sub(Duration::from_micros(us - 1)),
-            ),
-        }
-    }
-}
+use std::time::Instant;
 
 /// Whether an RTCP packet asks for a keyframe.
 pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
@@ -57,11 +26,11 @@ pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
 pub struct KeyframeRequestForwarder {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
-    activity: MediaActivity,
+    activity: RoomActivity,
 }
 
 impl KeyframeRequestForwarder {
-    pub fn new(activity: MediaActivity) -> Self {
+    pub fn new(activity: RoomActivity) -> Self {
         KeyframeRequestForwarder {
             read: VecDeque::new(),
             write: VecDeque::new(),

@@ -5,6 +5,7 @@
 //! The device daemon and the tests build on it.
 
 pub mod keyframe;
+pub mod liveness;
 pub mod peer;
 pub mod signaling;
 
@@ -15,7 +16,7 @@ use signaling::Signaling;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 
-pub use keyframe::MediaActivity;
+pub use liveness::RoomActivity;
 pub use peer::LocalTrack;
 
 /// What went wrong, with the TRTC code a browser would see for it.
@@ -139,14 +140,15 @@ pub struct Client {
     local: Option<LocalStream>,
     downlinks: HashMap<String, Downlink>,
     joined: bool,
-    activity: MediaActivity,
+    activity: RoomActivity,
 }
 
 impl Client {
     /// Open the signaling channel (TRTC's `createClient` + the connection `join` uses).
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let activity = RoomActivity::default();
         let (signaling, events) =
-            Signaling::connect(&config.url, config.tls_ca_pem.as_deref()).await?;
+            Signaling::connect(&config.url, config.tls_ca_pem.as_deref(), activity.clone()).await?;
         Ok(Client {
             config,
             signaling,
@@ -154,7 +156,7 @@ impl Client {
             local: None,
             downlinks: HashMap::new(),
             joined: false,
-            activity: MediaActivity::default(),
+            activity,
         })
     }
 
@@ -166,10 +168,9 @@ impl Client {
         &self.signaling
     }
 
-    /// How long no RTP or RTCP has arrived from the room on any of this
-    /// client's media connections; `None` before the first packet. While
-    /// publishing, the room's receiver reports arrive every second or so.
-    pub fn media_silence(&self) -> Option<std::time::Duration> {
+    /// How long nothing has arrived from the room (signaling, RTP, RTCP);
+    /// see [`liveness`].
+    pub fn room_silence(&self) -> Option<std::time::Duration> {
         self.activity.silence()
     }
 

@@ -4,7 +4,8 @@
 //! sent once ICE gathering has finished, so one signaling round trip
 //! negotiates a connection.
 
-use crate::client::keyframe::{is_keyframe_request, KeyframeRequestForwarder, MediaActivity};
+use crate::client::keyframe::{is_keyframe_request, KeyframeRequestForwarder};
+use crate::client::liveness::RoomActivity;
 use crate::client::ClientError;
 use crate::protocol::MediaKind;
 use bytes::Bytes;
@@ -179,7 +180,7 @@ impl Peer {
     async fn new(
         net: &NetConfig,
         congestion: Option<Congestion>,
-        activity: &MediaActivity,
+        activity: &RoomActivity,
     ) -> Result<Peer, ClientError> {
         let mut media = MediaEngine::default();
         let audio = RTCRtpCodecParameters {
@@ -375,7 +376,7 @@ impl Uplink {
         net: &NetConfig,
         audio: bool,
         video: bool,
-        activity: &MediaActivity,
+        activity: &RoomActivity,
     ) -> Result<(Uplink, String), ClientError> {
         let mut peer = Peer::new(net, net.congestion, activity).await?;
         let mut tracks = Vec::new();
@@ -484,7 +485,7 @@ pub struct Downlink {
 impl Downlink {
     pub async fn offer(
         net: &NetConfig,
-        activity: &MediaActivity,
+        activity: &RoomActivity,
     ) -> Result<(Downlink, String), ClientError> {
         let mut peer = Peer::new(net, None, activity).await?;
         for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {

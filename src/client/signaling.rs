@@ -1,6 +1,7 @@
 //! The client end of the signaling WebSocket: numbered requests matched to
 //! their replies, room events delivered on a channel in arrival order.
 
+use crate::client::liveness::RoomActivity;
 use crate::client::ClientError;
 use crate::protocol::{ClientMessage, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
@@ -16,6 +17,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening the WebSocket may take: a room service that accepts
 /// TCP but never answers (frozen, overloaded) must not stall a reconnect.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// WebSocket pings keep [`RoomActivity`] fresh while the room is quiet.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
 
@@ -64,6 +67,7 @@ impl Signaling {
     pub async fn connect(
         url: &str,
         extra_ca_pem: Option<&[u8]>,
+        activity: RoomActivity,
     ) -> Result<(Signaling, mpsc::UnboundedReceiver<ServerMessage>), ClientError> {
         let connector = if url.starts_with("wss:") {
             Some(tls_connector(extra_ca_pem)?)
@@ -81,8 +85,17 @@ impl Signaling {
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (events_tx, events) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
+        activity.touch();
         tokio::spawn(async move {
-            while let Some(m) = out_rx.recv().await {
+            let mut ping = tokio::time::interval(PING_INTERVAL);
+            loop {
+                let m = tokio::select! {
+                    m = out_rx.recv() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    _ = ping.tick() => Message::Ping(Default::default()),
+                };
                 if ws_tx.send(m).await.is_err() {
                     break;
                 }
@@ -92,6 +105,7 @@ impl Signaling {
         let p = Arc::clone(&pending);
         tokio::spawn(async move {
             while let Some(Ok(frame)) = ws_rx.next().await {
+                activity.touch();
                 let Message::Text(text) = frame else { continue };
                 let msg = match serde_json::from_str::<ServerMessage>(&text) {
                     Ok(m) => m,

@@ -371,7 +371,7 @@ impl Device {
                 }
                 _ = liveness.tick(), if link.dead_media.is_some() => {
                     let limit = link.dead_media.unwrap_or(Duration::MAX);
-                    if let Some(silence) = client.media_silence().filter(|s| *s > limit) {
+                    if let Some(silence) = client.room_silence().filter(|s| *s > limit) {
                         log::error!("E_MEDIA_DEAD: nothing from the room for {silence:.1?} (code {:#06x})", crate::protocol::code::ICE_TRANSPORT_ERROR);
                         break Err(DeviceError::MediaDead(silence));
                     }
