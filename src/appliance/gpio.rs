@@ -132,46 +132,50 @@ fn request_error(key: &'static str, found: &Found, line: &LineId, e: gpiocdev::E
     }
 }
 
-fn request_button(key: &'static str, b: &ButtonLine) -> Result<(Request, String), GpioError> {
-    let found = find(key, b.chip.as_deref(), &b.line)?;
+/// Find the line `key` names and request it, configured by `setup`
+/// (direction, edges, bias) on top of chip, line, consumer and polarity.
+fn request_line(
+    key: &'static str,
+    chip: Option<&str>,
+    line: &LineId,
+    active_low: bool,
+    setup: impl FnOnce(&mut gpiocdev::request::Builder),
+) -> Result<(Request, String), GpioError> {
+    let found = find(key, chip, line)?;
     let mut builder = Request::builder();
     builder
         .on_chip(found.chip.clone())
         .with_consumer(CONSUMER)
-        .with_line(found.offset)
-        .as_input()
-        .with_edge_detection(EdgeDetection::BothEdges)
-        .with_debounce_period(Duration::from_millis(b.debounce_ms));
-    match b.bias {
-        BiasKind::PullUp => builder.with_bias(Bias::PullUp),
-        BiasKind::PullDown => builder.with_bias(Bias::PullDown),
-        BiasKind::Disabled => builder.with_bias(Bias::Disabled),
-        BiasKind::AsIs => &mut builder,
-    };
-    if b.active_low {
+        .with_line(found.offset);
+    setup(&mut builder);
+    if active_low {
         builder.as_active_low();
     }
     let req = builder
         .request()
-        .map_err(|e| request_error(key, &found, &b.line, e))?;
+        .map_err(|e| request_error(key, &found, line, e))?;
     Ok((req, found.label))
 }
 
+fn request_button(key: &'static str, b: &ButtonLine) -> Result<(Request, String), GpioError> {
+    request_line(key, b.chip.as_deref(), &b.line, b.active_low, |builder| {
+        builder
+            .as_input()
+            .with_edge_detection(EdgeDetection::BothEdges)
+            .with_debounce_period(Duration::from_millis(b.debounce_ms));
+        match b.bias {
+            BiasKind::PullUp => builder.with_bias(Bias::PullUp),
+            BiasKind::PullDown => builder.with_bias(Bias::PullDown),
+            BiasKind::Disabled => builder.with_bias(Bias::Disabled),
+            BiasKind::AsIs => builder,
+        };
+    })
+}
+
 fn request_led(key: &'static str, l: &LedLine) -> Result<(Request, String), GpioError> {
-    let found = find(key, l.chip.as_deref(), &l.line)?;
-    let mut builder = Request::builder();
-    builder
-        .on_chip(found.chip.clone())
-        .with_consumer(CONSUMER)
-        .with_line(found.offset)
-        .as_output(Value::Inactive);
-    if l.active_low {
-        builder.as_active_low();
-    }
-    let req = builder
-        .request()
-        .map_err(|e| request_error(key, &found, &l.line, e))?;
-    Ok((req, found.label))
+    request_line(key, l.chip.as_deref(), &l.line, l.active_low, |builder| {
+        builder.as_output(Value::Inactive);
+    })
 }
 
 /// A button edge: logical level (active-low applied) and when the kernel saw it.
