@@ -419,3 +419,60 @@ async fn daemon_through_control_socket_ban_reconnect_and_dead_media() {
     assert!(!socket.exists(), "control socket removed on exit");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An expired userSig: the daemon fails with that reason (error LED on)
+/// instead of retrying, and stays up for `ctl` and a new provisioning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_usersig_fails_with_its_reason() {
+    let dir = std::env::temp_dir().join(format!("callbox-expired-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let socket = dir.join("control.sock");
+    let config = dir.join("device.toml");
+    let now = callbox::usersig::unix_now();
+    let expired = callbox::usersig::generate(
+        DEMO_SDK_APP_ID,
+        DEMO_SECRET_KEY,
+        DEVICE,
+        60,
+        now - 3600,
+        None,
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[room]\nurl = \"ws://127.0.0.1:{}/ws\"\nsdk_app_id = {DEMO_SDK_APP_ID}\nuser_id = \"{DEVICE}\"\nuser_sig = \"{expired}\"\nroom_id = {ROOM_ID}\n\
+             [video]\nenabled = false\n[audio]\ncapture = \"synthetic\"\nplayback = \"null\"\n\
+             [service]\ncontrol_socket = {:?}\n",
+            free_port(),
+            socket.display().to_string()
+        ),
+    )
+    .expect("write device.toml");
+    let _daemon = Proc(
+        Command::new(BIN)
+            .args(["device", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn callbox device"),
+    );
+    let t0 = Instant::now();
+    while !socket.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no control socket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_state(&socket, "failed", 5).await;
+    let s = status(&socket).await;
+    let reason = s["last_error"].as_str().unwrap_or_default();
+    assert!(reason.contains("userSig expired 354"), "{s:#}");
+    assert_eq!(
+        (s["leds"]["error"].clone(), s["leds"]["call"].clone()),
+        (json!(true), json!(false))
+    );
+    assert!(s["usersig_expires_in_s"].as_i64() < Some(0));
+    // It does not retry by itself.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(status(&socket).await["state"], "failed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
