@@ -119,53 +119,52 @@ fn read_key(key: Option<String>, key_file: Option<PathBuf>) -> anyhow::Result<St
     }
 }
 
-/// Crates whose info-level chatter (ICE, DTLS) is noise in an appliance's log.
-const QUIET: &[&str] = &["str0m", "webrtc", "rtc"];
+/// Before the configured level: ICE/DTLS chatter is noise in an
+/// appliance's log. Later directives (the config's, `RUST_LOG`) override.
+const QUIET: &str = "str0m=warn,webrtc=warn,rtc=warn";
 
-/// Drops records of the [`QUIET`] crates below warn.
-struct Quiet<L>(L);
+/// One filter (env_logger's directive syntax) in front of either output.
+struct Filtered {
+    filter: env_filter::Filter,
+    out: Box<dyn log::Log>,
+}
 
-impl<L: log::Log> log::Log for Quiet<L> {
+impl log::Log for Filtered {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        let quiet = QUIET.iter().any(|q| m.target().starts_with(q));
-        (!quiet || m.level() <= log::Level::Warn) && self.0.enabled(m)
+        self.filter.enabled(m)
     }
     fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            self.0.log(r)
+        if self.filter.matches(r) {
+            self.out.log(r)
         }
     }
     fn flush(&self) {
-        self.0.flush()
+        self.out.flush()
     }
 }
 
 /// Log to the journal when systemd connected stderr to it, to stderr
 /// otherwise. `level` is the config's; `RUST_LOG` overrides it.
 fn init_logging_at(level: &str) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_owned());
-    if systemd_journal_logger::connected_to_journal() {
-        if let Ok(journal) = systemd_journal_logger::JournalLog::new() {
-            let max = filter
-                .split(',')
-                .find(|d| !d.contains('='))
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(log::LevelFilter::Info);
-            if log::set_boxed_logger(Box::new(Quiet(
-                journal.with_syslog_identifier("callbox".into()),
-            )))
-            .is_ok()
-            {
-                log::set_max_level(max);
-                return;
-            }
-        }
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_owned());
+    let filter = env_filter::Builder::new()
+        .parse(&format!("{QUIET},{spec}"))
+        .build();
+    let journal = systemd_journal_logger::connected_to_journal()
+        .then(systemd_journal_logger::JournalLog::new)
+        .and_then(Result::ok);
+    let out: Box<dyn log::Log> = match journal {
+        Some(j) => Box::new(j.with_syslog_identifier("callbox".into())),
+        None => Box::new(
+            env_logger::Builder::new()
+                .filter_level(log::LevelFilter::Trace)
+                .build(),
+        ),
+    };
+    let max = filter.filter();
+    if log::set_boxed_logger(Box::new(Filtered { filter, out })).is_ok() {
+        log::set_max_level(max);
     }
-    let mut spec = filter;
-    for q in QUIET {
-        spec.push_str(&format!(",{q}=warn"));
-    }
-    env_logger::Builder::new().parse_filters(&spec).init();
 }
 
 fn init_logging() {

@@ -383,7 +383,7 @@ async fn daemon_through_control_socket_ban_reconnect_and_dead_media() {
     assert!(
         s["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("no media from the room")),
+            .is_some_and(|e| e.contains("nothing from the room")),
         "{s:#}"
     );
     let thawed = Instant::now();

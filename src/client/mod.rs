@@ -233,8 +233,6 @@ impl Client {
                 return Err(e);
             }
         };
-        // The silence clock starts once the uplink is connected.
-        self.activity.touch();
         Ok(self.local.insert(LocalStream { uplink, stream_id }))
     }
 

@@ -38,7 +38,7 @@ pub enum DeviceError {
     Banned(BanReason),
     #[error("cannot start media threads: {0}")]
     Threads(std::io::Error),
-    #[error("no media from the room for {0:.1?}: the connection is dead")]
+    #[error("nothing from the room (signaling or media) for {0:.1?}: the connection is dead")]
     MediaDead(Duration),
 }
 
@@ -207,10 +207,6 @@ impl Device {
 
     pub fn heartbeats(&self) -> Heartbeats {
         self.pipeline.heartbeats.clone()
-    }
-
-    pub fn config(&self) -> &DeviceConfig {
-        &self.config
     }
 
     pub fn stats(&self) -> Arc<MediaStats> {
