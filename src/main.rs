@@ -273,8 +273,8 @@ async fn terminated() {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
+        _ = term => log::info!("SIGTERM: stopping"),
     }
 }
 

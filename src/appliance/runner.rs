@@ -12,6 +12,7 @@ use crate::appliance::leds::{Leds, Pattern};
 use crate::appliance::notify::{stalled, Notifier};
 use crate::device::config::DeviceConfig;
 use crate::device::daemon::{CallLink, Device, DeviceError};
+use crate::device::stats::MediaStats;
 use crate::usersig;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -230,7 +231,7 @@ pub async fn run(
             led_since = now;
         }
         gpio.show(&leds, now - led_since);
-        notifier.status(&controller.status(now));
+        notifier.status(&status_text(&controller, &stats, now));
 
         let mut wake = now + Duration::from_secs(60);
         let timers = [
@@ -267,7 +268,8 @@ pub async fn run(
                         "ok": true,
                         "state": state.name(),
                         "ban_reason": match state { State::Banned(r) => Some(r.as_str()), _ => None },
-                        "status": controller.status(now),
+                        "status": status_text(&controller, &stats, now),
+                        "degraded": snapshot.camera_lost.then_some("camera unavailable: audio only"),
                         "in_state_s": (now - state_since).as_secs_f64(),
                         "attempt": controller.attempt(),
                         "last_error": controller.last_error(),
@@ -367,4 +369,18 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket);
     log::info!("stopped");
     Ok(())
+}
+
+/// The call state, and what runs degraded: a lost camera leaves audio only
+/// while the camera is retried.
+fn status_text(controller: &Controller, stats: &MediaStats, now: Instant) -> String {
+    let status = controller.status(now);
+    if stats.camera_lost.load(std::sync::atomic::Ordering::Relaxed) {
+        format!(
+            "{status}; camera unavailable (code {:#06x}), audio only",
+            crate::protocol::code::DEVICE_NOT_FOUND
+        )
+    } else {
+        status
+    }
 }

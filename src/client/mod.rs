@@ -323,14 +323,17 @@ impl Client {
             .map(|_| ())
     }
 
-    /// The next room event; `None` once signaling has closed. A
-    /// `client-banned` event also closes this client's media: the room has
-    /// already stopped it.
+    /// The next room event; `None` once signaling has closed. After
+    /// `client-banned` the room has stopped this client's media; release it
+    /// with [`Client::close_media`].
+    ///
+    /// Cancel-safe, for use in `select!`: nothing is awaited once an event
+    /// is taken off the queue. (Closing the media here once lost a ban whose
+    /// close was still pending when another branch won the select.)
     pub async fn next_event(&mut self) -> Option<ServerMessage> {
         let ev = self.events.recv().await?;
         if matches!(ev, ServerMessage::ClientBanned { .. }) {
             self.joined = false;
-            self.close_media().await;
         }
         Some(ev)
     }

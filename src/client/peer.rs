@@ -344,7 +344,15 @@ impl LocalTrack {
             .sample_writer(self.ssrc, self.pt)
             .write_sample(&sample)
             .await
-            .map_err(rtc_err("write sample"))
+            .map_err(|e| {
+                let text = e.to_string();
+                // A closed connection's error carries the whole unsent packet.
+                if text.contains("SendError") {
+                    ClientError::Media("write sample: the peer connection is closed".into())
+                } else {
+                    ClientError::Media(format!("write sample: {text}"))
+                }
+            })
     }
 
     /// Wait for the next PLI/FIR from the room for this track; `None` once

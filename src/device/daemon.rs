@@ -23,6 +23,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// How long a dead uplink waits for the room's reason (a ban) before the
+/// call ends as a connection failure.
+const UPLINK_GRACE: Duration = Duration::from_secs(2);
+
+/// Log a failed track write once; the deadline for the room's word.
+fn uplink_failed(kind: &str, e: ClientError) -> (tokio::time::Instant, String) {
+    log::error!(
+        "E_UPLINK_CLOSED: {kind} write failed (code {:#06x}): {e}; media stopped, waiting {UPLINK_GRACE:?} for the room",
+        crate::protocol::code::ICE_TRANSPORT_ERROR
+    );
+    (tokio::time::Instant::now() + UPLINK_GRACE, e.to_string())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error(transparent)]
@@ -40,6 +53,8 @@ pub enum DeviceError {
     Threads(std::io::Error),
     #[error("nothing from the room (signaling or media) for {0:.1?}: the connection is dead")]
     MediaDead(Duration),
+    #[error("the uplink closed under the call ({0}) and the room said nothing")]
+    UplinkClosed(String),
 }
 
 impl DeviceError {
@@ -52,7 +67,7 @@ impl DeviceError {
             DeviceError::Client(e) => e.code(),
             DeviceError::Banned(_) => code::CLIENT_BANNED,
             DeviceError::Threads(_) => code::UNKNOWN,
-            DeviceError::MediaDead(_) => code::ICE_TRANSPORT_ERROR,
+            DeviceError::MediaDead(_) | DeviceError::UplinkClosed(_) => code::ICE_TRANSPORT_ERROR,
         }
     }
 
@@ -337,6 +352,9 @@ impl Device {
         // Apply a mute set before this call (e.g. kept across a reconnect).
         muted.mark_changed();
         let mut liveness = tokio::time::interval(Duration::from_millis(250));
+        // Set once a track write fails: media stops, and the call ends unless
+        // the room explains within UPLINK_GRACE.
+        let mut uplink_lost: Option<(tokio::time::Instant, String)> = None;
         let result = loop {
             if let Some(t) = client.local_stream().and_then(|l| l.target_bitrate()) {
                 self.pipeline.bitrate.store(t, Relaxed);
@@ -348,12 +366,18 @@ impl Device {
                     break Ok(());
                 }
                 Some(unit) = self.outputs.video.recv() => {
-                    if let Some(t) = &video {
+                    if let (Some(t), None) = (&video, &uplink_lost) {
                         first_packet(&stats, self.started);
                         if let Err(e) = t.write(unit.data, unit.duration).await {
-                            log::warn!("video write: {e}");
+                            uplink_lost = Some(uplink_failed("video", e));
                         }
                     }
+                }
+                // The room closes a pushed-out client's connections as it tells
+                // it why; give its word time to arrive before reconnecting.
+                _ = tokio::time::sleep_until(uplink_lost.as_ref().map_or_else(tokio::time::Instant::now, |l| l.0)), if uplink_lost.is_some() => {
+                    let e = uplink_lost.take().map(|l| l.1).unwrap_or_default();
+                    break Err(DeviceError::UplinkClosed(e));
                 }
                 Ok(()) = muted.changed() => {
                     let m = *muted.borrow_and_update();
@@ -376,11 +400,11 @@ impl Device {
                     if audio_muted {
                         continue;
                     }
-                    if let Some(t) = &audio {
+                    if let (Some(t), None) = (&audio, &uplink_lost) {
                         first_packet(&stats, self.started);
                         match t.write(packet, crate::device::audio::FRAME).await {
                             Ok(()) => add(&stats.audio_packets_sent, 1),
-                            Err(e) => log::warn!("audio write: {e}"),
+                            Err(e) => uplink_lost = Some(uplink_failed("audio", e)),
                         }
                     }
                 }

@@ -249,6 +249,7 @@ fn video_loop(
             match reopen() {
                 Ok(c) => {
                     log::info!("camera back: {}", c.describe());
+                    stats.camera_lost.store(false, Relaxed);
                     camera = Some(c);
                     next_keyframe = true;
                 }
@@ -262,6 +263,7 @@ fn video_loop(
             Err(e) => {
                 add(&stats.video_errors, 1);
                 log::error!("video capture failed (code {:#06x}): {e}; audio continues, retrying the camera every second", crate::protocol::code::DEVICE_NOT_FOUND);
+                stats.camera_lost.store(true, Relaxed);
                 camera = None;
                 continue;
             }

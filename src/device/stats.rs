@@ -3,7 +3,7 @@
 //! snapshot by the daemon's status and the benchmark.
 
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 #[derive(Debug, Default)]
@@ -19,6 +19,9 @@ pub struct MediaStats {
     pub keyframe_requests: AtomicU64,
     pub video_bytes: AtomicU64,
     pub video_errors: AtomicU64,
+    /// The camera failed (unplugged, driver gone) and is being retried; the
+    /// call goes on with audio only meanwhile.
+    pub camera_lost: AtomicBool,
     pub target_bitrate_bps: AtomicU64,
     pub audio_frames_captured: AtomicU64,
     pub audio_packets_sent: AtomicU64,
@@ -45,6 +48,7 @@ pub struct StatsSnapshot {
     pub keyframe_requests: u64,
     pub video_bytes: u64,
     pub video_errors: u64,
+    pub camera_lost: bool,
     pub target_bitrate_bps: u64,
     pub audio_frames_captured: u64,
     pub audio_packets_sent: u64,
@@ -97,6 +101,7 @@ impl MediaStats {
             keyframe_requests: g(&self.keyframe_requests),
             video_bytes: g(&self.video_bytes),
             video_errors: g(&self.video_errors),
+            camera_lost: self.camera_lost.load(Relaxed),
             target_bitrate_bps: g(&self.target_bitrate_bps),
             audio_frames_captured: g(&self.audio_frames_captured),
             audio_packets_sent: g(&self.audio_packets_sent),
