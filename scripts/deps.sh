@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # systemd: systemd-analyze checks the unit files.
-pkgs=(libasound2-dev cmake libclang-dev nasm pkg-config chromium iproute2 systemd)
+# qemu ... make: the hardware-in-the-loop test (tests/hil.rs) boots a Debian
+# kernel with vivid, snd-aloop and an out-of-tree gpio-sim under qemu.
+pkgs=(libasound2-dev cmake libclang-dev nasm pkg-config chromium iproute2 systemd
+      qemu-system-x86 qemu-system-arm busybox-static cpio xz-utils kmod alsa-utils gcc make binutils)
 command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()
@@ -18,8 +21,31 @@ else
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "deps: installing ${missing[*]}"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  # A mirror mid-sync can fail one index; the install below says if it matters.
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || echo "deps: WARNING: apt-get update reported errors"
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The arm64 leg of the hardware-in-the-loop test cross-builds callbox
+# (cross/config.toml). Optional: if any of it cannot be installed, that leg
+# is skipped with a message saying why.
+arm_pkgs=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross libasound2-dev:arm64)
+arm_missing=()
+for p in "${arm_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || arm_missing+=("$p")
+done
+if [ ${#arm_missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "deps: installing (optional, for the arm64 build) ${arm_missing[*]}"
+  $sudo dpkg --add-architecture arm64
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || echo "deps: WARNING: apt-get update reported errors"
+  if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${arm_missing[@]}"; then
+    echo "deps: WARNING: the arm64 cross toolchain could not be installed; the arm64 HIL leg will be skipped"
+  fi
+fi
+if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+  rustup target add aarch64-unknown-linux-gnu ||
+    echo "deps: WARNING: rustup could not add aarch64-unknown-linux-gnu; the arm64 HIL leg will be skipped"
 fi
 # The browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).
 if [ ! -d tests/browser/node_modules/playwright-core ]; then

@@ -203,12 +203,13 @@ fn accel(arch: Arch, kernel: &Path) -> &'static str {
         return "tcg";
     }
     let works = *KVM.get_or_init(|| {
+        let t = Instant::now();
         let openable = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/kvm")
             .is_ok();
-        openable
+        let works = openable
             && Command::new("timeout")
                 .arg("15")
                 .arg("qemu-system-x86_64")
@@ -218,7 +219,13 @@ fn accel(arch: Arch, kernel: &Path) -> &'static str {
                 .arg(kernel)
                 .args(["-append", "console=ttyS0 panic=-1"])
                 .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Kernel panic"))
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Kernel panic"));
+        report(&format!(
+            "KVM probe: {} ({:.1} s)",
+            if works { "works" } else { "unusable here, using TCG" },
+            t.elapsed().as_secs_f64()
+        ));
+        works
     });
     if works {
         "kvm"
