@@ -100,9 +100,10 @@ fn prepare(arch: Arch) -> Result<PathBuf> {
         .find_map(|l| l.strip_prefix("KABI="))
         .ok_or_else(|| anyhow!("prepare.sh printed no KABI"))?;
     report(&format!(
-        "{}: kernel {kabi} prepared (cached) in {:.1} s",
+        "{}: kernel {kabi}, its modules and gpio-sim ready in {:.1} s (cached in {})",
         arch.name(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        cache.display()
     ));
     Ok(cache.join(kabi).join(arch.name()))
 }
