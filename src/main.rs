@@ -167,10 +167,6 @@ fn init_logging_at(level: &str) {
     }
 }
 
-fn init_logging() {
-    init_logging_at("info");
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -186,7 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         #[cfg(feature = "room")]
         Command::Room { config } => {
-            init_logging();
+            init_logging_at("info");
             room(config)?;
         }
         #[cfg(feature = "room")]
@@ -196,7 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             wav,
             no_device,
         } => {
-            init_logging();
+            init_logging_at("info");
             demo(port, room_id, wav, no_device)?;
         }
         Command::Device { config } => device(config)?,
