@@ -295,20 +295,35 @@ impl Guest {
         serde_json::from_str(&out).with_context(|| format!("status JSON: {out}"))
     }
 
-    async fn wait_state(&self, state: &str, secs: u64) -> Result<Duration> {
+    /// Poll the daemon's status until `done` holds: the time it took and
+    /// that status.
+    async fn wait_status(
+        &self,
+        what: &str,
+        secs: u64,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<(Duration, Value)> {
         let t = Instant::now();
         loop {
             // The control socket appears once the daemon is up.
             let s = match self.status().await {
-                Ok(s) if s["state"] == state => return Ok(t.elapsed()),
+                Ok(s) if done(&s) => return Ok((t.elapsed(), s)),
                 Ok(s) => s.to_string(),
                 Err(e) => format!("{e:#}"),
             };
             if t.elapsed() > Duration::from_secs(secs) {
-                bail!("state {state} not reached in {secs} s; status {s}");
+                bail!("{what}: not within {secs} s; status {s}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    async fn wait_state(&self, state: &str, secs: u64) -> Result<Duration> {
+        let what = format!("state {state}");
+        Ok(self
+            .wait_status(&what, secs, |s| s["state"] == state)
+            .await?
+            .0)
     }
 
     /// A gpio-sim line's level: what the daemon drives on an LED.
@@ -946,18 +961,12 @@ impl Rig {
         self.guest
             .ok("echo vivid.0 > /sys/bus/platform/drivers/vivid/unbind")
             .await?;
-        let lost = loop {
-            let s = self.guest.status().await?;
-            if s["media"]["camera_lost"] == true {
-                break s;
-            }
-            ensure!(
-                t.elapsed() < Duration::from_secs(10),
-                "camera loss not noticed: {s}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let noticed = t.elapsed();
+        let (noticed, lost) = self
+            .guest
+            .wait_status("camera loss noticed", 10, |s| {
+                s["media"]["camera_lost"] == true
+            })
+            .await?;
         ensure!(
             lost["state"] == "in-call",
             "the call ended: {}",
@@ -1009,18 +1018,11 @@ impl Rig {
 
         let t = Instant::now();
         self.guest.ok("modprobe vivid").await?;
-        let back = loop {
-            let s = self.guest.status().await?;
-            if s["media"]["camera_lost"] == false {
-                break t.elapsed();
-            }
-            ensure!(
-                t.elapsed() < Duration::from_secs(10),
-                "camera not back: {s}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let s = self.guest.status().await?;
+        let (_, s) = self
+            .guest
+            .wait_status("camera back", 10, |s| s["media"]["camera_lost"] == false)
+            .await?;
+        let back = t.elapsed();
         ensure!(
             s["state"] == "in-call" && s["degraded"].is_null(),
             "after modprobe: {s}"
