@@ -961,12 +961,13 @@ impl Rig {
         self.guest
             .ok("echo vivid.0 > /sys/bus/platform/drivers/vivid/unbind")
             .await?;
-        let (noticed, lost) = self
+        let (_, lost) = self
             .guest
             .wait_status("camera loss noticed", 10, |s| {
                 s["media"]["camera_lost"] == true
             })
             .await?;
+        let noticed = t.elapsed();
         ensure!(
             lost["state"] == "in-call",
             "the call ended: {}",
