@@ -11,6 +11,8 @@ pkgs=(libasound2-dev cmake libclang-dev nasm pkg-config chromium iproute2 system
       qemu-system-x86 qemu-system-arm busybox-static cpio xz-utils kmod alsa-utils gcc make binutils)
 command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,8 +20,6 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all Debian packages present"
 else
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "deps: installing ${missing[*]}"
   # A mirror mid-sync can fail one index; the install below says if it matters.
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || echo "deps: WARNING: apt-get update reported errors"
@@ -34,8 +34,6 @@ for p in "${arm_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || arm_missing+=("$p")
 done
 if [ ${#arm_missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "deps: installing (optional, for the arm64 build) ${arm_missing[*]}"
   $sudo dpkg --add-architecture arm64
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || echo "deps: WARNING: apt-get update reported errors"

@@ -780,18 +780,16 @@ impl Rig {
         let mut t = tone::Tone::new(SPEAKER_HZ, SAMPLE_RATE, 0.3);
         let mut frame = vec![0i16; FRAME_SAMPLES];
         let mut tick = tokio::time::interval(FRAME);
-        let mut recording = false;
         for i in 0..300 {
             tick.tick().await;
             t.fill(&mut frame);
             let packet = Bytes::copy_from_slice(enc.encode(&frame)?);
             track.write(packet, FRAME).await?;
             // Record the speaker once the daemon has had a second to subscribe.
-            if i == 50 && !recording {
+            if i == 50 {
                 self.guest
                     .ok("arecord -q -D hw:Loopback,1,1 -f S16_LE -r 48000 -c 1 -d 3 /share/speaker.wav > /share/arecord.log 2>&1 &")
                     .await?;
-                recording = true;
             }
         }
         let viewer = self.viewer()?;

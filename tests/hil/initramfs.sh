@@ -82,6 +82,5 @@ cp -r /usr/share/alsa "$S/usr/share/"   # alsa-lib's configuration (arch indepen
 
 install -m 0755 "$HERE/guest/init" "$S/init"
 install -m 0755 "$HERE/guest/hil-agent" "$HERE/guest/hil-device" "$S/bin/"
-echo "$TRIPLE" > "$S/etc/hil-triple"
 
 ( cd "$S" && find . -print0 | cpio --null -o -H newc --quiet ) | gzip -1 > "$OUT"

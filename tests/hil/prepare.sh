@@ -3,7 +3,7 @@
 #   vmlinux (x86_64: the bzImage's xz payload, for a fast PVH boot) or Image (arm64),
 #   the Debian kernel's module tree (extracted, depmod'ed; never installed on this machine),
 #   gpio-sim.ko built out of tree (Debian's kernels leave GPIO_SIM and IRQ_SIM unset),
-#   a static busybox and, for arm64, alsa-utils' aplay/arecord.
+#   a static busybox and, for arm64, alsa-utils' aplay (also arecord).
 # Usage: tests/hil/prepare.sh CACHE ARCH...   (ARCH: x86_64 | arm64)
 # Prints "KABI=<abi>" last. Needs the packages scripts/deps.sh installs.
 set -euo pipefail
@@ -86,7 +86,7 @@ for A in "$@"; do
     dpkg-deb -x "$C"/debs/busybox-static_*_arm64.deb "$D/pkg"
     dpkg-deb -x "$C"/debs/alsa-utils_*_arm64.deb "$D/pkg"
     cp "$D/pkg/bin/busybox" "$D/busybox"
-    mkdir -p "$D/bin"; cp "$D/pkg/usr/bin/aplay" "$D/bin/aplay"; cp "$D/pkg/usr/bin/aplay" "$D/bin/arecord"
+    mkdir -p "$D/bin"; cp "$D/pkg/usr/bin/aplay" "$D/bin/aplay"   # arecord is aplay under another name
     rm -rf "$D/pkg"
   fi
   rm -rf "$D/root/usr/share" "$D/root/boot"
