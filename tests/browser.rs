@@ -28,7 +28,11 @@ fn run_script(script: &str) {
         dir.join("node_modules/playwright-core").is_dir(),
         "playwright-core is missing: run scripts/deps.sh (npm ci in tests/browser)"
     );
-    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("browser-artifacts")
+        .join(script.trim_end_matches(".mjs"));
+    let summary = artifacts.join("failures.txt");
+    let _ = std::fs::remove_file(&summary);
     // Root (CI) can make a network namespace directly; others need a user namespace too.
     let root = unsafe { libc::geteuid() } == 0;
     let mut cmd = Command::new("unshare");
@@ -48,9 +52,12 @@ fn run_script(script: &str) {
         .env("CHROMIUM", &chromium)
         .status()
         .expect("unshare runs (util-linux)");
+    // The script names its failed scenarios in failures.txt; a crash leaves none.
+    let failures = std::fs::read_to_string(&summary)
+        .unwrap_or_else(|_| format!("no failures.txt: the script itself ended with {status}\n"));
     assert!(
         status.success(),
-        "{script} failed; artifacts in {}",
+        "{script} failed; artifacts in {}\n{failures}",
         artifacts.display()
     );
 }

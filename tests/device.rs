@@ -82,8 +82,7 @@ fn start_device(config: DeviceConfig) -> (oneshot::Sender<()>, tokio::task::Join
 async fn device_publishes_pattern_and_tone_that_decode() {
     let room = room().await;
     let (stop, task) = start_device(device_config(&room, "device-1", "playback = \"null\""));
-    let mut viewer = joined(&room, "viewer", ROOM).await;
-    let stream = expect_stream_added(&mut viewer, 15, Some("device-1")).await;
+    let (mut viewer, stream) = joined_with_stream(&room, "viewer", ROOM, "device-1", 15).await;
     assert!(stream.audio && stream.video);
     let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
     let got = receive(
@@ -283,8 +282,7 @@ async fn congestion_control_sets_the_encoder_bitrate_within_bounds() {
     config.video.bitrate_start_kbps = 300;
     config.video.bitrate_max_kbps = 600;
     let (stop, task) = start_device(config);
-    let mut viewer = joined(&room, "viewer-3", ROOM).await;
-    let stream = expect_stream_added(&mut viewer, 15, Some("device-3")).await;
+    let (mut viewer, stream) = joined_with_stream(&room, "viewer-3", ROOM, "device-3", 15).await;
     let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
     let got = receive(
         &mut remote.packets,

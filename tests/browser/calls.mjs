@@ -2,12 +2,10 @@
 // each sees and hears the other, finishCall, kick by a duplicate userId,
 // admin RemoveUser and DismissRoom, mute events, autoplay refusal and
 // resume(), signaling reconnect after the room service restarts.
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { admin, launch, remoteMedia, scenario, seedCall, sleep, startDemo, waitUntil, SDK_APP_ID } from './lib.mjs';
+import { admin, artifactDir, finish, launch, remoteMedia, scenario, seedCall, sleep, startDemo, waitUntil, SDK_APP_ID } from './lib.mjs';
 
-const out = process.env.ARTIFACTS || 'target/browser-artifacts';
-mkdirSync(out, { recursive: true });
+const out = artifactDir();
 const port = 18090;
 let demo = await startDemo({ port, roomId: 1, device: false });
 const browser = await launch();
@@ -21,8 +19,7 @@ const playing = (p, from) =>
     const a = m.audio[from];
     return { ok: m.videoWidth > 0 && v && v.framesDecoded > 5 && a && a.bytesReceived > 1000, ...m };
   }, 20000);
-let ok = true;
-const check = async (name, body) => { ok = (await scenario(name, body)) && ok; };
+const check = scenario;
 
 try {
   const room = 2001;
@@ -224,5 +221,4 @@ try {
   await browser.close();
   await demo.stop();
 }
-if (!ok) console.log(demo.log.join('').split('\n').slice(-40).join('\n'));
-process.exit(ok ? 0 : 1);
+finish(demo);

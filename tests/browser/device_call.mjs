@@ -2,20 +2,17 @@
 // camera and tone). The browser must play the device's video at the
 // configured size and its audio; the device must hear the browser's fake
 // microphone (energy in its WAV sink).
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { launch, remoteMedia, scenario, seedCall, startDemo, waitUntil, wavLevels, sleep } from './lib.mjs';
+import { artifactDir, finish, launch, remoteMedia, scenario, seedCall, startDemo, waitUntil, wavLevels, sleep } from './lib.mjs';
 
-const out = process.env.ARTIFACTS || 'target/browser-artifacts';
-mkdirSync(out, { recursive: true });
+const out = artifactDir();
 const wav = join(out, 'device-speaker.wav');
 const roomId = 4321;
 const demo = await startDemo({ port: 18080, roomId, wav });
 const browser = await launch();
-let ok = true;
 try {
   const page = await seedCall(browser, demo.base, { roomId, userId: 'browser-1' });
-  ok &= await scenario('browser plays the device video at 640x480 and its audio', async () => {
+  await scenario('browser plays the device video at 640x480 and its audio', async () => {
     const first = await waitUntil('device video playing', async () => {
       const m = await remoteMedia(page);
       const v = m.video['callbox-device'];
@@ -39,16 +36,14 @@ try {
 } finally {
   await browser.close();
   const code = await demo.stop();
-  if (code !== 0) {
-    console.log(`callbox demo exited with ${code}`);
-    ok = false;
-  }
+  await scenario('callbox demo exits cleanly on SIGTERM', async () => {
+    if (code !== 0) throw new Error(`callbox demo exited with ${code}`);
+  });
 }
-ok &= await scenario('device hears the browser microphone', async () => {
+await scenario('device hears the browser microphone', async () => {
   const l = wavLevels(wav);
   console.log(`device speaker WAV: ${(l.samples / 48000).toFixed(1)} s, rms ${l.rms.toFixed(4)}, peak ${l.peak}`);
   if (l.samples < 48000) throw new Error('less than a second recorded');
   if (l.peak < 1000) throw new Error('silence: the browser audio did not reach the device speaker');
 });
-if (!ok) console.log(demo.log.join('').split('\n').slice(-60).join('\n'));
-process.exit(ok ? 0 : 1);
+finish(demo, 60);

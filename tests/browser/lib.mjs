@@ -2,7 +2,8 @@
 // and, optionally, a synthetic device), launch Debian's Chromium headless
 // with fake camera and microphone, run the seed page's call flow.
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 export const SDK_APP_ID = 1400000000;
@@ -133,7 +134,15 @@ export function wavLevels(path) {
   return { samples: 0, rms: 0, peak: 0 };
 }
 
-/** Run `body`, print one PASS/FAIL line per check and exit non-zero on failure. */
+/** Where a script leaves screenshots, recordings and its failure summary (created on first use). */
+export function artifactDir() {
+  const dir = process.env.ARTIFACTS || 'target/browser-artifacts';
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+const failures = [];
+
+/** Run `body`, print one PASS/FAIL line per check; failures are kept for `finish`. */
 export async function scenario(name, body) {
   const t0 = Date.now();
   try {
@@ -142,6 +151,29 @@ export async function scenario(name, body) {
     return true;
   } catch (e) {
     console.log(`FAIL ${name}: ${e && e.stack}`);
+    failures.push(`${name} (after ${((Date.now() - t0) / 1000).toFixed(1)} s): ${e && e.message}`);
     return false;
   }
 }
+
+/**
+ * End the script: on failure print the demo's log tail, then the failures
+ * last (so a truncated CI log still names them), and write them to
+ * failures.txt, which tests/browser.rs puts in its panic message.
+ */
+export function finish(demo, tailLines = 40) {
+  if (failures.length) {
+    console.log(demo.log.join('').split('\n').slice(-tailLines).join('\n'));
+    for (const f of failures) console.log(`FAILED: ${f}`);
+    writeFileSync(join(artifactDir(), 'failures.txt'), failures.join('\n') + '\n');
+  }
+  process.exit(failures.length ? 1 : 0);
+}
+
+// A throw outside any scenario is a failure too, reported the same way.
+process.on('unhandledRejection', (e) => {
+  failures.push(`outside a scenario: ${e && e.stack}`);
+  writeFileSync(join(artifactDir(), 'failures.txt'), failures.join('\n') + '\n');
+  console.log(`FAILED: outside a scenario: ${e && e.stack}`);
+  process.exit(1);
+});

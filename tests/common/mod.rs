@@ -29,6 +29,26 @@ pub async fn joined(room: &LocalRoom, user: &str, room_id: u32) -> Client {
     c
 }
 
+/// Join and find `publisher`'s stream: in the join reply when it already
+/// publishes, otherwise from a later `stream-added` (within `secs`).
+pub async fn joined_with_stream(
+    room: &LocalRoom,
+    user: &str,
+    room_id: u32,
+    publisher: &str,
+    secs: u64,
+) -> (Client, StreamInfo) {
+    let mut c = Client::connect(room.client_config(user))
+        .await
+        .expect("connect");
+    let existing = c.join(JoinRoom::Num(room_id)).await.expect("join");
+    let stream = match existing.into_iter().find(|s| s.user_id == publisher) {
+        Some(s) => s,
+        None => expect_stream_added(&mut c, secs, Some(publisher)).await,
+    };
+    (c, stream)
+}
+
 /// Wait for an event matching `pred`, skipping others; panics after `secs`.
 pub async fn expect_event(
     c: &mut Client,
