@@ -416,6 +416,10 @@
       this._local = null;
       this._uplink = null;
       this._remotes = new Map(); // streamId -> RemoteStream
+      // Bumped by every media teardown (leave, ban, reconnect): a publish or
+      // subscribe that was negotiating across one must not install its
+      // connection afterwards, or a banned page would keep playing.
+      this._mediaEpoch = 0;
       this._mutedState = new Map(); // userId -> {audioMuted, videoMuted, hasAudio, hasVideo}
       this._destroyed = false;
       this._reconnectTimer = null;
@@ -661,11 +665,18 @@
       const pc = this._newPeer();
       if (audio) pc.addTransceiver(audio, { direction: 'sendonly', streams: [stream.getMediaStream()] });
       if (video) preferH264(pc.addTransceiver(video, { direction: 'sendonly', streams: [stream.getMediaStream()] }));
+      const epoch = this._mediaEpoch;
+      const current = () => {
+        if (this._mediaEpoch !== epoch) throw fail(ErrorCode.INVALID_OPERATION, 'left the room while publishing');
+      };
       try {
         await pc.setLocalDescription(await pc.createOffer());
         await gathered(pc);
+        current();
         const reply = await this._request({ type: 'publish', sdp: pc.localDescription.sdp, audio: !!audio, video: !!video });
+        current();
         await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+        current();
       } catch (e) {
         pc.close();
         throw e instanceof RtcError ? e : fail(ErrorCode.CREATE_OFFER_FAILED, `publish: ${e.message}`);
@@ -705,11 +716,20 @@
       pc.ontrack = (e) => {
         if ((e.track.kind === 'audio' && want.audio) || (e.track.kind === 'video' && want.video)) ms.addTrack(e.track);
       };
+      const epoch = this._mediaEpoch;
+      const current = () => {
+        if (this._mediaEpoch !== epoch || this._remotes.get(stream.getId()) !== stream) {
+          throw fail(ErrorCode.REMOTE_STREAM_NOT_EXIST, 'the stream went away while subscribing');
+        }
+      };
       try {
         await pc.setLocalDescription(await pc.createOffer());
         await gathered(pc);
+        current();
         const reply = await this._request({ type: 'subscribe', streamId: stream.getId(), sdp: pc.localDescription.sdp });
+        current();
         await pc.setRemoteDescription({ type: 'answer', sdp: reply.sdp });
+        current();
       } catch (e) {
         pc.close();
         const err = e instanceof RtcError ? e : fail(ErrorCode.SUBSCRIPTION_TIMEOUT, `subscribe: ${e.message}`);
@@ -739,6 +759,7 @@
     }
 
     _teardownMedia() {
+      this._mediaEpoch++;
       if (this._uplink) this._uplink.close();
       this._uplink = null;
       for (const s of this._remotes.values()) {

@@ -3,7 +3,7 @@
 // admin RemoveUser and DismissRoom, mute events, autoplay refusal and
 // resume(), signaling reconnect after the room service restarts.
 import { join } from 'node:path';
-import { admin, artifactDir, finish, launch, remoteMedia, scenario, seedCall, sleep, startDemo, waitUntil, SDK_APP_ID } from './lib.mjs';
+import { admin, artifactDir, finish, launch, remoteMedia, scenario, seedCall, sleep, startDemo, userSig, waitUntil, SDK_APP_ID } from './lib.mjs';
 
 const out = artifactDir();
 const port = 18090;
@@ -149,6 +149,63 @@ try {
     } finally {
       await strict.close();
     }
+  });
+
+  await check('banned while negotiating: the late publish and subscribe fail (0x1001, 0x4010) and install nothing', async () => {
+    const room5 = 2005;
+    const pub = await seedCall(browser, demo.base, { roomId: room5, userId: 'oscar' });
+    const page = await browser.newPage();
+    page.on('pageerror', (e) => console.log(`[pat pageerror] ${e.message}`));
+    // Hold every answer until the test lets it through, so the ban lands
+    // while both negotiations are under way.
+    await page.addInitScript(() => {
+      window.__held = 0;
+      window.__hold = new Promise((r) => (window.__release = r));
+      const srd = RTCPeerConnection.prototype.setRemoteDescription;
+      RTCPeerConnection.prototype.setRemoteDescription = async function (d) {
+        window.__held++;
+        await window.__hold;
+        return srd.call(this, d);
+      };
+    });
+    await page.goto(`${demo.base}/seed.html`);
+    const sig = await userSig(demo.base, 'pat');
+    await page.evaluate(async (sig) => {
+      window.__out = { events: [] };
+      const c = TRTC.createClient({ mode: 'rtc', sdkAppId: 1400000000, userId: 'pat', userSig: sig });
+      window.c = c;
+      for (const ev of ['client-banned', 'stream-subscribed']) c.on(ev, () => window.__out.events.push(ev));
+      c.on('stream-added', (e) => {
+        c.subscribe(e.stream).then(() => (window.__out.subscribe = 'ok'), (err) => (window.__out.subscribe = err.getCode()));
+      });
+      await c.join({ roomId: 2005 });
+      window.s = TRTC.createStream({ userId: 'pat', audio: true, video: true });
+      await s.initialize();
+      c.publish(s).then(() => (window.__out.publish = 'ok'), (err) => (window.__out.publish = err.getCode()));
+    }, sig);
+    await waitUntil('both answers held', async () => ({ ok: (await page.evaluate(() => window.__held)) === 2 }));
+    const r = await admin(demo.base, 'RemoveUser', { SdkAppId: SDK_APP_ID, RoomId: room5, UserIds: ['pat'] });
+    if (r.status !== 200) throw new Error(JSON.stringify(r));
+    await waitUntil('pat banned', async () => ({ ok: (await page.evaluate(() => window.__out.events)).includes('client-banned') }));
+    await page.evaluate(() => window.__release());
+    const out = await waitUntil('publish and subscribe settle', async () => {
+      const o = await page.evaluate(() => window.__out);
+      return { ok: o.publish !== undefined && o.subscribe !== undefined, ...o };
+    });
+    if (out.publish !== 0x1001 || out.subscribe !== 0x4010 || out.events.includes('stream-subscribed')) throw new Error(JSON.stringify(out));
+    const after = await page.evaluate(async () => ({ stats: await c.getRemoteVideoStats(), videos: document.querySelectorAll('video').length }));
+    if (Object.keys(after.stats).length || after.videos) throw new Error(`media installed after the ban: ${JSON.stringify(after)}`);
+    // Nothing half-installed: the same client joins and publishes again.
+    await page.evaluate(async () => {
+      await c.join({ roomId: 2005 });
+      await c.publish(s);
+    });
+    await waitUntil('oscar sees pat again', async () => {
+      const m = await remoteMedia(pub);
+      return { ok: m.video.pat && m.video.pat.framesDecoded > 5, video: m.video };
+    });
+    await page.close();
+    await pub.close();
   });
 
   await check('API surface: system check, devices, strRoomId, video profile, audio level, unsubscribe, unpublish, error codes', async () => {
