@@ -708,7 +708,6 @@ struct Rig {
     guest: Guest,
     viewer: Option<Viewer>,
     size: (usize, usize),
-    ready: Instant,
 }
 
 impl Rig {
@@ -720,17 +719,21 @@ impl Rig {
 
     /// Scenario 1: the daemon joins by itself at boot; LED_CALL lit.
     async fn auto_join(&mut self) -> Result<String> {
-        let waited = self.guest.wait_state("in-call", 60).await?;
+        let (waited, s) = self
+            .guest
+            .wait_status("state in-call", 60, |s| s["state"] == "in-call")
+            .await?;
         let leds = self.guest.leds().await?;
         ensure!(
             leds == (1, 0),
             "LED_CALL, LED_BANNED = {leds:?}, want (1, 0)"
         );
-        let s = self.guest.status().await?;
         ensure!(s["media"]["first_rtp_ms"].is_number(), "no media sent: {s}");
+        // The daemon's own clock: how long after its start it entered the call.
+        let joined_at = s["uptime_s"].as_f64().unwrap_or(f64::NAN)
+            - s["in_state_s"].as_f64().unwrap_or(f64::NAN);
         Ok(format!(
-            "in call {:.2} s after the guest was up (+{:.2} s polling), LED_CALL=1 LED_BANNED=0, first RTP {} ms after daemon start",
-            self.ready.elapsed().as_secs_f64() - waited.as_secs_f64(),
+            "in call {joined_at:.2} s after the daemon started (seen {:.2} s after the guest was up), LED_CALL=1 LED_BANNED=0, first RTP {} ms after daemon start",
             waited.as_secs_f64(),
             s["media"]["first_rtp_ms"]
         ))
@@ -1121,7 +1124,7 @@ async fn run_arch(arch: Arch) -> Result<usize> {
 
     let t = Instant::now();
     let guest = boot(arch, &prepared, &initrd, &dir, media_port)?;
-    let ready = loop {
+    loop {
         let serial = guest.serial();
         if let Some(line) = serial.lines().find(|l| l.starts_with("HIL-READY")) {
             report(&format!(
@@ -1129,20 +1132,19 @@ async fn run_arch(arch: Arch) -> Result<usize> {
                 arch.name(),
                 t.elapsed().as_secs_f64()
             ));
-            break Instant::now();
+            break;
         }
         ensure!(
             t.elapsed() < Duration::from_secs(180),
             "guest not up in 180 s; serial:\n{serial}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
     let mut rig = Rig {
         arch,
         guest,
         viewer: None,
         size,
-        ready,
     };
 
     let mut failed = 0;
