@@ -236,7 +236,7 @@ async fn device_plays_what_it_receives() {
 }
 
 #[test]
-fn missing_devices_are_startup_errors_naming_them() {
+fn missing_audio_devices_and_non_cameras_are_startup_errors_naming_them() {
     let cfg = |video: &str, audio: &str| {
         DeviceConfig::parse(
             Path::new("d.toml"),
@@ -252,11 +252,30 @@ fn missing_devices_are_startup_errors_naming_them() {
             .expect("fails")
             .to_string()
     };
+    // A camera node that is not a camera is a startup error...
     let e = err(cfg(
-        "source = \"v4l2\"\ndevice = \"/dev/video-none\"",
+        "source = \"v4l2\"\ndevice = \"/dev/null\"",
         "capture = \"synthetic\"\nplayback = \"null\"",
     ));
-    assert!(e.contains("camera /dev/video-none: cannot open"), "{e}");
+    assert!(e.contains("camera /dev/null: not a V4L2 device"), "{e}");
+    // ...but a camera that is not there (yet) is not: the device starts
+    // audio-only, camera marked lost, and picks it up when it appears.
+    let device = Device::open(
+        cfg(
+            "source = \"v4l2\"\ndevice = \"/dev/video-none\"",
+            "capture = \"synthetic\"\nplayback = \"null\"",
+        ),
+        Instant::now(),
+    )
+    .expect("starts without the camera");
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = device.stats().snapshot();
+    assert!(stats.camera_lost, "{stats:?}");
+    assert_eq!(stats.video_frames_captured, 0);
+    assert!(
+        stats.audio_frames_captured > 0,
+        "audio runs meanwhile: {stats:?}"
+    );
     let e = err(cfg(
         "enabled = false",
         "capture = \"alsa\"\ncapture_device = \"hw:CARD=Nope\"\nplayback = \"null\"",

@@ -1,5 +1,6 @@
 //! `callbox device`: opens the camera, microphone and speaker the config
-//! names (every failure a startup error naming the device), starts the
+//! names (every failure a startup error naming the device, but for a
+//! camera that is not there yet: that one starts audio-only), starts the
 //! media threads, joins the room as a TRTC-style client, publishes, and
 //! subscribes to every stream in the room, playing its audio. Call control
 //! (buttons, reconnect, banned state) builds on [`Device::call`].
@@ -13,7 +14,9 @@ use crate::device::config::{
     CaptureKind, DeviceConfig, EncoderKind, PlaybackKind, VideoSourceKind,
 };
 use crate::device::h264::{EncoderSettings, OpenH264Encoder, Passthrough, VideoEncoder};
-use crate::device::pipeline::{Heartbeats, Outputs, Parts, Pipeline};
+use crate::device::pipeline::{
+    CameraParts, Heartbeats, OpenCamera, OpenEncoder, Outputs, Parts, Pipeline,
+};
 use crate::device::stats::{add, MediaStats};
 use crate::device::v4l2::V4l2Camera;
 use crate::device::video_source::{SyntheticCamera, VideoError, VideoSource};
@@ -121,23 +124,69 @@ fn open_camera(c: &DeviceConfig) -> Result<Box<dyn VideoSource>, VideoError> {
 
 fn open_encoder(
     c: &DeviceConfig,
-    camera: &dyn VideoSource,
+    (width, height): (usize, usize),
+    fps: u32,
 ) -> Result<Box<dyn VideoEncoder>, VideoError> {
     let v = &c.video;
-    let (width, height) = camera.size();
     Ok(match v.encoder {
         EncoderKind::Openh264 => Box::new(OpenH264Encoder::new(EncoderSettings {
             width,
             height,
-            fps: camera.fps(),
+            fps,
             bitrate_bps: v.bitrate_start_kbps * 1000,
-            keyframe_interval_frames: v.keyframe_interval_s * camera.fps().max(1),
+            keyframe_interval_frames: v.keyframe_interval_s * fps.max(1),
             library: v.openh264_library.clone(),
         })?),
         EncoderKind::Passthrough => Box::new(Passthrough::new()),
         EncoderKind::V4l2m2m => {
             return Err(VideoError::NotImplemented("the V4L2 M2M hardware encoder"))
         }
+    })
+}
+
+/// The camera and its encoder. A camera that is not there (yet) is no
+/// startup error: USB cameras enumerate late at boot and get unplugged, and
+/// a call appliance should still take calls, audio-only, and pick the camera
+/// up when it appears. The encoder is made for the configured size then,
+/// so encoder problems still fail at startup.
+fn open_video(c: &DeviceConfig, stats: &MediaStats) -> Result<CameraParts, DeviceError> {
+    let config = c.clone();
+    let mut reopen: OpenCamera = Box::new(move || open_camera(&config));
+    let camera = match reopen() {
+        Ok(camera) => Some(camera),
+        Err(e @ VideoError::Gone { .. }) => {
+            log::error!(
+                "video capture failed (code {:#06x}): {e}; starting audio-only, retrying the camera every second",
+                crate::protocol::code::DEVICE_NOT_FOUND
+            );
+            stats.camera_lost.store(true, Relaxed);
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let v = &c.video;
+    let format = camera
+        .as_ref()
+        .map_or(((v.width as usize, v.height as usize), v.fps), |cam| {
+            (cam.size(), cam.fps())
+        });
+    let config = c.clone();
+    let mut new_encoder: OpenEncoder = Box::new(move |size, fps| open_encoder(&config, size, fps));
+    let encoder = new_encoder(format.0, format.1)?;
+    log::info!(
+        "video: {} -> {}",
+        camera.as_ref().map_or_else(
+            || format!("{} (not there yet)", v.device),
+            |cam| cam.describe()
+        ),
+        encoder.describe()
+    );
+    Ok(CameraParts {
+        camera,
+        reopen,
+        encoder,
+        encoder_format: format,
+        new_encoder,
     })
 }
 
@@ -158,12 +207,7 @@ impl Device {
     pub fn open(config: DeviceConfig, started: Instant) -> Result<Device, DeviceError> {
         let stats = Arc::new(MediaStats::default());
         let camera = if config.video.enabled {
-            let camera = open_camera(&config)?;
-            let encoder = open_encoder(&config, camera.as_ref())?;
-            log::info!("video: {} -> {}", camera.describe(), encoder.describe());
-            let c = config.clone();
-            let reopen = Box::new(move || open_camera(&c));
-            Some((camera, reopen as _, encoder))
+            Some(open_video(&config, &stats)?)
         } else {
             None
         };

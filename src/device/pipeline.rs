@@ -141,8 +141,21 @@ impl Drop for Pipeline {
     }
 }
 
-/// The camera as opened, how to reopen it, and its encoder.
-pub type CameraParts = (Box<dyn VideoSource>, OpenCamera, Box<dyn VideoEncoder>);
+/// Makes an encoder for a frame size and rate.
+pub type OpenEncoder =
+    Box<dyn FnMut((usize, usize), u32) -> Result<Box<dyn VideoEncoder>, VideoError> + Send>;
+
+/// The video side of the pipeline.
+pub struct CameraParts {
+    /// The camera, or `None` when it is not there yet (reopened every second).
+    pub camera: Option<Box<dyn VideoSource>>,
+    pub reopen: OpenCamera,
+    pub encoder: Box<dyn VideoEncoder>,
+    /// The size and rate `encoder` was made for: a camera that comes back
+    /// with others gets a new encoder from `new_encoder`.
+    pub encoder_format: ((usize, usize), u32),
+    pub new_encoder: OpenEncoder,
+}
 /// The microphone, its processing stage and its encoder.
 pub type MicrophoneParts = (Box<dyn AudioSource>, Box<dyn AudioProcessor>, OpusEncoder);
 
@@ -173,7 +186,7 @@ impl Pipeline {
             heartbeats.push((name, Arc::clone(&n)));
             n
         };
-        if let Some((camera, reopen, encoder)) = parts.camera {
+        if let Some(camera) = parts.camera {
             let ctx = (
                 Arc::clone(&running),
                 Arc::clone(&keyframe),
@@ -184,7 +197,7 @@ impl Pipeline {
             threads.push(
                 std::thread::Builder::new()
                     .name("callbox-video".into())
-                    .spawn(move || video_loop(camera, reopen, encoder, video_tx, ctx))?,
+                    .spawn(move || video_loop(camera, video_tx, ctx))?,
             );
         }
         if let Some((source, processor, encoder)) = parts.microphone {
@@ -233,28 +246,46 @@ type VideoCtx = (
 type LoopCtx = (Arc<AtomicBool>, Arc<MediaStats>, Arc<AtomicU64>);
 
 fn video_loop(
-    camera: Box<dyn VideoSource>,
-    mut reopen: OpenCamera,
-    mut encoder: Box<dyn VideoEncoder>,
+    parts: CameraParts,
     tx: mpsc::Sender<EncodedVideo>,
     (running, keyframe, bitrate, stats, heartbeat): VideoCtx,
 ) {
-    let mut camera = Some(camera);
+    let CameraParts {
+        mut camera,
+        mut reopen,
+        mut encoder,
+        encoder_format: mut format,
+        mut new_encoder,
+    } = parts;
     let mut out = Vec::new();
     let mut next_keyframe = true;
     while running.load(Relaxed) {
         add(&heartbeat, 1);
         let Some(cam) = camera.as_mut() else {
             std::thread::sleep(Duration::from_secs(1));
-            match reopen() {
-                Ok(c) => {
-                    log::info!("camera back: {}", c.describe());
-                    stats.camera_lost.store(false, Relaxed);
-                    camera = Some(c);
-                    next_keyframe = true;
+            let c = match reopen() {
+                Ok(c) => c,
+                Err(e) => {
+                    log::debug!("camera still unavailable: {e}");
+                    continue;
                 }
-                Err(e) => log::debug!("camera still unavailable: {e}"),
+            };
+            if (c.size(), c.fps()) != format {
+                match new_encoder(c.size(), c.fps()) {
+                    Ok(e) => {
+                        log::info!("new encoder for the camera: {}", e.describe());
+                        (encoder, format) = (e, (c.size(), c.fps()));
+                    }
+                    Err(e) => {
+                        log::error!("video encoder for {}: {e}; still audio only", c.describe());
+                        continue;
+                    }
+                }
             }
+            log::info!("camera back: {}", c.describe());
+            stats.camera_lost.store(false, Relaxed);
+            camera = Some(c);
+            next_keyframe = true;
             continue;
         };
         let duration = Duration::from_secs(1) / cam.fps().max(1);
@@ -379,5 +410,96 @@ fn playout_loop(
                 std::thread::sleep(crate::device::audio::FRAME);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::h264::{EncoderSettings, H264Decoder, OpenH264Encoder};
+    use crate::device::pattern;
+    use crate::device::video_source::SyntheticCamera;
+
+    fn openh264(size: (usize, usize), fps: u32) -> Result<Box<dyn VideoEncoder>, VideoError> {
+        Ok(Box::new(OpenH264Encoder::new(EncoderSettings {
+            width: size.0,
+            height: size.1,
+            fps,
+            bitrate_bps: 500_000,
+            keyframe_interval_frames: 60,
+            library: None,
+        })?))
+    }
+
+    /// level_idc of the first SPS in an Annex-B access unit.
+    fn sps_level(au: &[u8]) -> Option<u8> {
+        au.windows(7)
+            .find(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 7)
+            .map(|w| w[6])
+    }
+
+    /// No camera at start, then one at another size than configured: once
+    /// it appears, its frames are encoded by an encoder made for it (the
+    /// SPS says level 2.1 for 320x240, not the configured 640x480's 3.0),
+    /// and the loss flag clears.
+    #[test]
+    fn a_camera_that_appears_late_at_another_size_gets_its_own_encoder() {
+        let tries = Arc::new(AtomicU64::new(0));
+        let t = Arc::clone(&tries);
+        let reopen: OpenCamera = Box::new(move || {
+            if t.fetch_add(1, Relaxed) < 1 {
+                return Err(VideoError::Gone {
+                    device: "/dev/video9".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+            Ok(Box::new(SyntheticCamera::new(320, 240, 30)))
+        });
+        let stats = Arc::new(MediaStats::default());
+        stats.camera_lost.store(true, Relaxed);
+        let parts = Parts {
+            camera: Some(CameraParts {
+                camera: None,
+                reopen,
+                encoder: openh264((640, 480), 30).unwrap(),
+                encoder_format: ((640, 480), 30),
+                new_encoder: Box::new(openh264),
+            }),
+            microphone: None,
+            speaker: None,
+        };
+        let (pipeline, mut outputs) = Pipeline::start(parts, Arc::clone(&stats)).unwrap();
+        let mut dec = H264Decoder::new().unwrap();
+        let mut decoded = Vec::new();
+        let mut levels = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while decoded.len() < 10 && Instant::now() < deadline {
+            match outputs.video.try_recv() {
+                Ok(unit) => {
+                    levels.extend(sps_level(&unit.data));
+                    if let Ok(Some(got)) =
+                        dec.decode(&unit.data, |f| ((f.width, f.height), pattern::read(f)))
+                    {
+                        decoded.push(got);
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        drop(outputs);
+        drop(pipeline);
+        assert!(tries.load(Relaxed) >= 2, "the camera was retried");
+        assert_eq!(decoded.len(), 10, "frames once the camera appeared");
+        assert!(
+            decoded
+                .iter()
+                .all(|(size, stamp)| *size == (320, 240) && stamp.is_some()),
+            "{decoded:?}"
+        );
+        assert!(
+            !levels.is_empty() && levels.iter().all(|&l| l == 21),
+            "{levels:?}"
+        );
+        assert!(!stats.camera_lost.load(Relaxed));
     }
 }

@@ -227,7 +227,20 @@ impl V4l2Camera {
             device: path.to_owned(),
             reason,
         };
-        let dev = Device::with_path(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let dev = Device::with_path(path).map_err(|e| {
+            // No node, or a node whose device was unplugged: the camera is
+            // not there (yet), which callers may wait out.
+            let absent = e.kind() == std::io::ErrorKind::NotFound
+                || matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENXIO));
+            if absent {
+                VideoError::Gone {
+                    device: path.to_owned(),
+                    source: e,
+                }
+            } else {
+                fail(format!("cannot open: {e}"))
+            }
+        })?;
         let caps = dev
             .query_caps()
             .map_err(|e| fail(format!("not a V4L2 device: {e}")))?;
