@@ -418,13 +418,25 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_camera_is_a_clear_error_naming_it() {
-        let e = V4l2Camera::open("/dev/video-callbox-none", &prefs(&["YUYV"]), 640, 480, 30)
-            .err()
-            .unwrap()
-            .to_string();
+    fn a_missing_camera_is_gone_and_a_non_camera_is_a_clear_error() {
+        let open = |path| {
+            V4l2Camera::open(path, &prefs(&["YUYV"]), 640, 480, 30)
+                .err()
+                .unwrap()
+        };
+        // Gone is what callers wait out (the daemon starts audio-only).
+        let e = open("/dev/video-callbox-none");
+        assert!(matches!(e, VideoError::Gone { .. }), "{e:?}");
         assert!(
-            e.starts_with("camera /dev/video-callbox-none: cannot open"),
+            e.to_string()
+                .starts_with("camera /dev/video-callbox-none is gone: No such file"),
+            "{e}"
+        );
+        let e = open("/dev/null");
+        assert!(matches!(e, VideoError::Camera { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("camera /dev/null: not a V4L2 device"),
             "{e}"
         );
     }
