@@ -728,10 +728,16 @@ impl Rig {
             leds == (1, 0),
             "LED_CALL, LED_BANNED = {leds:?}, want (1, 0)"
         );
-        ensure!(s["media"]["first_rtp_ms"].is_number(), "no media sent: {s}");
         // The daemon's own clock: how long after its start it entered the call.
         let joined_at = s["uptime_s"].as_f64().unwrap_or(f64::NAN)
             - s["in_state_s"].as_f64().unwrap_or(f64::NAN);
+        // The first packet goes out just after the call is up.
+        let (_, s) = self
+            .guest
+            .wait_status("first RTP sent", 5, |s| {
+                s["media"]["first_rtp_ms"].is_number()
+            })
+            .await?;
         Ok(format!(
             "in call {joined_at:.2} s after the daemon started (seen {:.2} s after the guest was up), LED_CALL=1 LED_BANNED=0, first RTP {} ms after daemon start",
             waited.as_secs_f64(),
