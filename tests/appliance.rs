@@ -9,10 +9,10 @@
 mod common;
 
 use callbox::appliance::control::{request, Request};
-use callbox::client::{Client, ClientConfig, JoinRoom, NetConfig};
+use callbox::client::{ClientConfig, NetConfig};
 use callbox::protocol::MediaKind;
 use callbox::room::local::{http_post, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
-use common::{expect_stream_added, sig};
+use common::{joined_with_stream, sig};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
@@ -192,14 +192,7 @@ async fn subscriber_receives(
     window: Duration,
 ) -> (usize, usize, Duration) {
     let t0 = Instant::now();
-    let mut c = Client::connect(room.client_config(user))
-        .await
-        .expect("connect");
-    let existing = c.join(JoinRoom::Num(ROOM_ID)).await.expect("join");
-    let info = match existing.into_iter().find(|s| s.user_id == DEVICE) {
-        Some(s) => s,
-        None => expect_stream_added(&mut c, 10, Some(DEVICE)).await,
-    };
+    let (mut c, info) = joined_with_stream(room.client_config(user), ROOM_ID, DEVICE, 10).await;
     let mut remote = c.subscribe(&info).await.expect("subscribe");
     let (mut video, mut audio, mut first) = (0, 0, None);
     let deadline = tokio::time::Instant::now() + window;

@@ -82,7 +82,8 @@ fn start_device(config: DeviceConfig) -> (oneshot::Sender<()>, tokio::task::Join
 async fn device_publishes_pattern_and_tone_that_decode() {
     let room = room().await;
     let (stop, task) = start_device(device_config(&room, "device-1", "playback = \"null\""));
-    let (mut viewer, stream) = joined_with_stream(&room, "viewer", ROOM, "device-1", 15).await;
+    let (mut viewer, stream) =
+        joined_with_stream(room.client_config("viewer"), ROOM, "device-1", 15).await;
     assert!(stream.audio && stream.video);
     let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
     let got = receive(
@@ -301,7 +302,8 @@ async fn congestion_control_sets_the_encoder_bitrate_within_bounds() {
     config.video.bitrate_start_kbps = 300;
     config.video.bitrate_max_kbps = 600;
     let (stop, task) = start_device(config);
-    let (mut viewer, stream) = joined_with_stream(&room, "viewer-3", ROOM, "device-3", 15).await;
+    let (mut viewer, stream) =
+        joined_with_stream(room.client_config("viewer-3"), ROOM, "device-3", 15).await;
     let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
     let got = receive(
         &mut remote.packets,

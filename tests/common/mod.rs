@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use callbox::client::peer::RemotePacket;
-use callbox::client::{Client, JoinRoom, LocalTrack};
+use callbox::client::{Client, ClientConfig, JoinRoom, LocalTrack};
 use callbox::protocol::{MediaKind, ServerMessage, StreamInfo};
 use callbox::room::local::{loopback_config, LocalRoom};
 use rtc::rtp::codec::h264::H264Packet;
@@ -32,15 +32,12 @@ pub async fn joined(room: &LocalRoom, user: &str, room_id: u32) -> Client {
 /// Join and find `publisher`'s stream: in the join reply when it already
 /// publishes, otherwise from a later `stream-added` (within `secs`).
 pub async fn joined_with_stream(
-    room: &LocalRoom,
-    user: &str,
+    config: ClientConfig,
     room_id: u32,
     publisher: &str,
     secs: u64,
 ) -> (Client, StreamInfo) {
-    let mut c = Client::connect(room.client_config(user))
-        .await
-        .expect("connect");
+    let mut c = Client::connect(config).await.expect("connect");
     let existing = c.join(JoinRoom::Num(room_id)).await.expect("join");
     let stream = match existing.into_iter().find(|s| s.user_id == publisher) {
         Some(s) => s,
