@@ -717,10 +717,9 @@
         if ((e.track.kind === 'audio' && want.audio) || (e.track.kind === 'video' && want.video)) ms.addTrack(e.track);
       };
       const epoch = this._mediaEpoch;
+      const gone = () => this._mediaEpoch !== epoch || this._remotes.get(stream.getId()) !== stream;
       const current = () => {
-        if (this._mediaEpoch !== epoch || this._remotes.get(stream.getId()) !== stream) {
-          throw fail(ErrorCode.REMOTE_STREAM_NOT_EXIST, 'the stream went away while subscribing');
-        }
+        if (gone()) throw fail(ErrorCode.REMOTE_STREAM_NOT_EXIST, 'the stream went away while subscribing');
       };
       try {
         await pc.setLocalDescription(await pc.createOffer());
@@ -733,7 +732,9 @@
       } catch (e) {
         pc.close();
         const err = e instanceof RtcError ? e : fail(ErrorCode.SUBSCRIPTION_TIMEOUT, `subscribe: ${e.message}`);
-        this._emit('error', err);
+        // A stream that went away, or a client pushed out, has its own event
+        // (stream-removed, client-banned); 'error' is for what nothing else tells.
+        if (!gone()) this._emit('error', err);
         throw err;
       }
       this._closeDownlink(stream);

@@ -174,7 +174,7 @@ try {
       window.__out = { events: [] };
       const c = TRTC.createClient({ mode: 'rtc', sdkAppId: 1400000000, userId: 'pat', userSig: sig });
       window.c = c;
-      for (const ev of ['client-banned', 'stream-subscribed']) c.on(ev, () => window.__out.events.push(ev));
+      for (const ev of ['client-banned', 'stream-subscribed', 'error']) c.on(ev, () => window.__out.events.push(ev));
       c.on('stream-added', (e) => {
         c.subscribe(e.stream).then(() => (window.__out.subscribe = 'ok'), (err) => (window.__out.subscribe = err.getCode()));
       });
@@ -192,7 +192,8 @@ try {
       const o = await page.evaluate(() => window.__out);
       return { ok: o.publish !== undefined && o.subscribe !== undefined, ...o };
     });
-    if (out.publish !== 0x1001 || out.subscribe !== 0x4010 || out.events.includes('stream-subscribed')) throw new Error(JSON.stringify(out));
+    // Only client-banned tells the page: no stream-subscribed, no 'error' for the dropped subscribe.
+    if (out.publish !== 0x1001 || out.subscribe !== 0x4010 || out.events.join() !== 'client-banned') throw new Error(JSON.stringify(out));
     const after = await page.evaluate(async () => ({ stats: await c.getRemoteVideoStats(), videos: document.querySelectorAll('video').length }));
     if (Object.keys(after.stats).length || after.videos) throw new Error(`media installed after the ban: ${JSON.stringify(after)}`);
     // Nothing half-installed: the same client joins and publishes again.
