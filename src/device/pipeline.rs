@@ -270,11 +270,12 @@ fn video_loop(
                     continue;
                 }
             };
-            if (c.size(), c.fps()) != format {
-                match new_encoder(c.size(), c.fps()) {
+            let offered = (c.size(), c.fps());
+            if offered != format {
+                match new_encoder(offered.0, offered.1) {
                     Ok(e) => {
                         log::info!("new encoder for the camera: {}", e.describe());
-                        (encoder, format) = (e, (c.size(), c.fps()));
+                        (encoder, format) = (e, offered);
                     }
                     Err(e) => {
                         log::error!("video encoder for {}: {e}; still audio only", c.describe());

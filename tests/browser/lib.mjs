@@ -141,6 +141,7 @@ export function artifactDir() {
   return dir;
 }
 const failures = [];
+const writeFailures = () => writeFileSync(join(artifactDir(), 'failures.txt'), failures.join('\n') + '\n');
 
 /** Run `body`, print one PASS/FAIL line per check; failures are kept for `finish`. */
 export async function scenario(name, body) {
@@ -165,7 +166,7 @@ export function finish(demo, tailLines = 40) {
   if (failures.length) {
     console.log(demo.log.join('').split('\n').slice(-tailLines).join('\n'));
     for (const f of failures) console.log(`FAILED: ${f}`);
-    writeFileSync(join(artifactDir(), 'failures.txt'), failures.join('\n') + '\n');
+    writeFailures();
   }
   process.exit(failures.length ? 1 : 0);
 }
@@ -173,7 +174,7 @@ export function finish(demo, tailLines = 40) {
 // A throw outside any scenario is a failure too, reported the same way.
 process.on('unhandledRejection', (e) => {
   failures.push(`outside a scenario: ${e && e.stack}`);
-  writeFileSync(join(artifactDir(), 'failures.txt'), failures.join('\n') + '\n');
+  writeFailures();
   console.log(`FAILED: outside a scenario: ${e && e.stack}`);
   process.exit(1);
 });
