@@ -14,13 +14,16 @@
 //! loopback ones. `cargo bench --bench device` measures 10 s windows; under
 //! `cargo test` it runs a 2 s smoke pass without the browser part.
 
-use callbox::client::{Client, JoinRoom};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use callbox::client::{Client, RoomId};
 use callbox::device::frame::{i420_len, I420};
 use callbox::device::h264::{EncoderSettings, H264Decoder, OpenH264Encoder, VideoEncoder};
 use callbox::device::pattern::{self, Stamp};
 use callbox::device::video_source::{Frame, Pixels};
 use callbox::protocol::{MediaKind, ServerMessage};
-use callbox::room::local::{demo_user_sig, loopback_config, LocalRoom, DEMO_SDK_APP_ID};
+use callbox::room::local::{loopback_config, DeviceToml, LocalRoom};
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
 use std::io::{BufRead, BufReader};
@@ -92,7 +95,7 @@ async fn rust_glass(room: &LocalRoom, warmup: Duration, window: Duration) -> (us
     let mut c = Client::connect(room.client_config("bench-viewer"))
         .await
         .expect("connect");
-    let existing = c.join(JoinRoom::Num(ROOM)).await.expect("join");
+    let existing = c.join(RoomId::Num(ROOM)).await.expect("join");
     let stream = match existing.into_iter().find(|s| s.user_id == "bench-device") {
         Some(s) => s,
         None => loop {
@@ -164,19 +167,8 @@ fn main() {
     // Re-run inside a loopback-only network namespace (Chromium then gathers 127.0.0.1).
     if full && std::env::var_os("CALLBOX_BENCH_NS").is_none() {
         let me = std::env::current_exe().expect("exe");
-        let root = unsafe { libc::geteuid() } == 0;
-        let mut cmd = Command::new("unshare");
-        if !root {
-            cmd.args(["--user", "--map-root-user"]);
-        }
         let args: Vec<String> = std::env::args().skip(1).collect();
-        let status = cmd
-            .args([
-                "--net",
-                "sh",
-                "-c",
-                "ip link set lo up && exec \"$0\" \"$@\"",
-            ])
+        let status = common::in_loopback_netns("exec \"$0\" \"$@\"")
             .arg(&me)
             .args(&args)
             .env("CALLBOX_BENCH_NS", "1")
@@ -201,17 +193,8 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("callbox-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let cfg = dir.join("device.toml");
-    let sig = demo_user_sig("bench-device");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[room]\nurl = \"{}\"\nsdk_app_id = {DEMO_SDK_APP_ID}\nuser_id = \"bench-device\"\nuser_sig = \"{sig}\"\nroom_id = {ROOM}\n\
-             [network]\nbind = \"127.0.0.1\"\n[video]\nsource = \"synthetic\"\nwidth = 640\nheight = 480\nfps = 30\n\
-             [audio]\ncapture = \"synthetic\"\nplayback = \"null\"\n",
-            room.ws_url()
-        ),
-    )
-    .expect("config");
+    let toml = DeviceToml::loopback(&room.ws_url(), "bench-device", ROOM, 3600);
+    std::fs::write(&cfg, toml.text()).expect("config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_callbox"))
         .args(["device", "--config"])
         .arg(&cfg)

@@ -10,7 +10,7 @@
 //! `--bench` argument) it runs one small case as a smoke test.
 
 use bytes::Bytes;
-use callbox::client::{Client, JoinRoom};
+use callbox::client::{Client, RoomId};
 use callbox::room::local::{loopback_config, LocalRoom};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,7 +91,7 @@ async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
     let mut publisher = Client::connect(room.client_config("pub"))
         .await
         .expect("connect");
-    publisher.join(JoinRoom::Num(1)).await.expect("join");
+    publisher.join(RoomId::Num(1)).await.expect("join");
     let local = publisher.publish(true, true).await.expect("publish");
     let (video, audio) = (
         local.video().cloned().expect("v"),
@@ -105,7 +105,7 @@ async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
         let mut c = Client::connect(room.client_config(&format!("sub{s}")))
             .await
             .expect("connect");
-        let streams = c.join(JoinRoom::Num(1)).await.expect("join");
+        let streams = c.join(RoomId::Num(1)).await.expect("join");
         let info = streams
             .into_iter()
             .find(|x| x.stream_id == stream_id)

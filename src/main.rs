@@ -276,7 +276,7 @@ async fn terminated() {
 
 fn device(config: PathBuf) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let config = callbox::device::config::DeviceConfig::load(&config)?;
+    let config = callbox::appliance::config::ApplianceConfig::load(&config)?;
     init_logging_at(&config.service.log_level);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(callbox::appliance::runner::run(
@@ -324,8 +324,9 @@ fn room(config: PathBuf) -> anyhow::Result<()> {
 
 #[cfg(feature = "room")]
 fn demo(port: u16, room_id: u32, wav: Option<PathBuf>, no_device: bool) -> anyhow::Result<()> {
+    use callbox::appliance::config::ApplianceConfig;
     use callbox::room::local::{
-        loopback_config, LocalRoom, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID, DEMO_SECRET_KEY,
+        loopback_config, DeviceToml, LocalRoom, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID,
     };
     let started = std::time::Instant::now();
     let mut config = loopback_config(None, true);
@@ -347,21 +348,13 @@ fn demo(port: u16, room_id: u32, wav: Option<PathBuf>, no_device: bool) -> anyho
             room.stop().await;
             return anyhow::Ok(());
         }
-        let speaker = match &wav {
-            Some(p) => format!("playback = \"wav\"\nwav_path = {:?}", p.display().to_string()),
-            None => "playback = \"null\"".to_owned(),
-        };
         let socket = std::env::temp_dir().join(format!("callbox-demo-{port}.sock")).display().to_string();
-        let sig = usersig::generate(DEMO_SDK_APP_ID, DEMO_SECRET_KEY, device_user, 30 * 86400, usersig::unix_now(), None);
-        let text = format!(
-            "[room]\nurl = \"{}\"\nsdk_app_id = {DEMO_SDK_APP_ID}\nuser_id = \"{device_user}\"\nuser_sig = \"{sig}\"\nroom_id = {room_id}\n\
-             [network]\nbind = \"127.0.0.1\"\n\
-             [video]\nsource = \"synthetic\"\nwidth = 640\nheight = 480\nfps = 30\n\
-             [audio]\ncapture = \"synthetic\"\ntone_hz = 440\n{speaker}\n\
-             [service]\ncontrol_socket = {socket:?}\n",
-            room.ws_url()
-        );
-        let device_config = callbox::device::config::DeviceConfig::parse(std::path::Path::new("(demo device)"), &text)?;
+        let mut device = DeviceToml::loopback(&room.ws_url(), device_user, room_id, 30 * 86400)
+            .set("service", "control_socket", socket.as_str());
+        if let Some(p) = &wav {
+            device = device.set("audio", "playback", "wav").set("audio", "wav_path", p.display().to_string());
+        }
+        let device_config = ApplianceConfig::parse(std::path::Path::new("(demo device)"), &device.text())?;
         println!("  device:       userId {device_user} in room {room_id}: synthetic test pattern 640x480@30 + 440 Hz tone");
         println!("  control:      callbox ctl --socket {socket} status|call|hangup|mute-audio|unmute-audio");
         println!();

@@ -25,6 +25,71 @@ pub const STR_ROOM_ID_PUNCTUATION: &str = " !#$%&()+-:;<=.>?@[]^_{}|~,";
 /// Longest userId, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 32;
 
+/// Why a request or a connection was refused: the stable, machine-readable
+/// `reason` of an `error` message, beside its TRTC `code`. Clients decide
+/// on this, never on the human `message`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    // The frame itself.
+    BinaryMessage,
+    MessageTooLarge,
+    MalformedJson,
+    MissingType,
+    UnknownType,
+    InvalidFields,
+    // A join.
+    ProtocolVersion,
+    InvalidUserId,
+    InvalidRoomId,
+    UnknownSdkAppId,
+    UsersigBadEncoding,
+    UsersigBadSignature,
+    UsersigWrongApp,
+    UsersigWrongUser,
+    UsersigExpired,
+    // Room rules.
+    NotJoined,
+    AlreadyJoined,
+    AlreadyPublishing,
+    NotPublishing,
+    EmptyPublication,
+    NoSuchStream,
+    OwnStream,
+    AlreadySubscribed,
+    NotSubscribed,
+    NoSuchTrack,
+    // Media.
+    BadSdp,
+    MediaStopped,
+    /// A reason this client does not know (a newer server).
+    #[serde(other)]
+    Other,
+}
+
+impl Reason {
+    /// The userSig itself was refused: retrying with it cannot help.
+    pub fn is_usersig(self) -> bool {
+        matches!(
+            self,
+            Reason::UsersigBadEncoding
+                | Reason::UsersigBadSignature
+                | Reason::UsersigWrongApp
+                | Reason::UsersigWrongUser
+                | Reason::UsersigExpired
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(s)) => f.write_str(&s),
+            _ => f.write_str("other"),
+        }
+    }
+}
+
 /// TRTC Web SDK v4 error codes, as numbers on the wire.
 pub mod code {
     pub const INVALID_PARAMETER: u32 = 0x1000;
@@ -228,6 +293,41 @@ impl ClientMessage {
             | ClientMessage::Ping { id } => *id,
         }
     }
+
+    /// Its `type`; exhaustive, so a new message cannot miss [`MessageType`].
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            ClientMessage::Join { .. } => MessageType::Join,
+            ClientMessage::Publish { .. } => MessageType::Publish,
+            ClientMessage::Unpublish { .. } => MessageType::Unpublish,
+            ClientMessage::Subscribe { .. } => MessageType::Subscribe,
+            ClientMessage::Unsubscribe { .. } => MessageType::Unsubscribe,
+            ClientMessage::Mute { .. } => MessageType::Mute,
+            ClientMessage::Leave { .. } => MessageType::Leave,
+            ClientMessage::Ping { .. } => MessageType::Ping,
+        }
+    }
+}
+
+/// The `type` of every client message, to tell an unknown type from a
+/// known one with bad fields. A test keeps it in step with [`ClientMessage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageType {
+    Join,
+    Publish,
+    Unpublish,
+    Subscribe,
+    Unsubscribe,
+    Mute,
+    Leave,
+    Ping,
+}
+
+impl MessageType {
+    pub fn parse(t: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(t.to_owned())).ok()
+    }
 }
 
 /// Server -> client: replies (with the request `id`) and room events.
@@ -269,7 +369,7 @@ pub enum ServerMessage {
         id: Option<u64>,
         code: u32,
         /// Stable machine-readable cause, e.g. `usersig-expired`.
-        reason: String,
+        reason: Reason,
         message: String,
     },
     PeerJoin {
@@ -308,11 +408,11 @@ pub enum ServerMessage {
 }
 
 impl ServerMessage {
-    pub fn error(id: Option<u64>, code: u32, reason: &str, message: impl Into<String>) -> Self {
+    pub fn error(id: Option<u64>, code: u32, reason: Reason, message: impl Into<String>) -> Self {
         ServerMessage::Error {
             id,
             code,
-            reason: reason.to_owned(),
+            reason,
             message: message.into(),
         }
     }
@@ -334,6 +434,51 @@ impl ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_client_message_type_is_a_known_message_type() {
+        let (sdp, stream_id) = (String::new(), "s1".to_owned());
+        let all = [
+            ClientMessage::Join {
+                id: 1,
+                version: 1,
+                sdk_app_id: 1,
+                user_id: "u".into(),
+                user_sig: "s".into(),
+                room_id: Some(1),
+                str_room_id: None,
+            },
+            ClientMessage::Publish {
+                id: 1,
+                sdp: sdp.clone(),
+                audio: true,
+                video: true,
+            },
+            ClientMessage::Unpublish { id: 1 },
+            ClientMessage::Subscribe {
+                id: 1,
+                stream_id: stream_id.clone(),
+                sdp,
+            },
+            ClientMessage::Unsubscribe { id: 1, stream_id },
+            ClientMessage::Mute {
+                id: 1,
+                kind: MediaKind::Audio,
+                muted: true,
+            },
+            ClientMessage::Leave { id: 1 },
+            ClientMessage::Ping { id: 1 },
+        ];
+        for m in all {
+            let v = serde_json::to_value(&m).unwrap();
+            let t = v["type"].as_str().unwrap();
+            assert_eq!(MessageType::parse(t), Some(m.message_type()), "{t}");
+        }
+        assert_eq!(MessageType::parse("jion"), None);
+        assert_eq!(Reason::UsersigExpired.to_string(), "usersig-expired");
+        let r: Reason = serde_json::from_str("\"from-the-future\"").unwrap();
+        assert_eq!(r, Reason::Other);
+    }
 
     #[test]
     fn join_wire_format_is_camel_case_and_tagged() {

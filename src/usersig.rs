@@ -36,14 +36,15 @@ pub enum UserSigError {
 }
 
 impl UserSigError {
-    /// Stable machine-readable name, carried in signaling errors.
-    pub fn kind(&self) -> &'static str {
+    /// The reason carried in signaling errors.
+    pub fn reason(&self) -> crate::protocol::Reason {
+        use crate::protocol::Reason;
         match self {
-            UserSigError::BadEncoding(_) => "usersig-bad-encoding",
-            UserSigError::BadSignature => "usersig-bad-signature",
-            UserSigError::WrongApp { .. } => "usersig-wrong-app",
-            UserSigError::WrongUser => "usersig-wrong-user",
-            UserSigError::Expired { .. } => "usersig-expired",
+            UserSigError::BadEncoding(_) => Reason::UsersigBadEncoding,
+            UserSigError::BadSignature => Reason::UsersigBadSignature,
+            UserSigError::WrongApp { .. } => Reason::UsersigWrongApp,
+            UserSigError::WrongUser => Reason::UsersigWrongUser,
+            UserSigError::Expired { .. } => Reason::UsersigExpired,
         }
     }
 }

@@ -11,8 +11,10 @@ mod common;
 use callbox::appliance::control::{request, Request};
 use callbox::client::{ClientConfig, NetConfig};
 use callbox::protocol::MediaKind;
-use callbox::room::local::{http_post, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID, DEMO_SECRET_KEY};
-use common::{joined_with_stream, sig};
+use callbox::room::local::{
+    http_post, room_toml, DeviceToml, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID, DEMO_SECRET_KEY,
+};
+use common::{free_port, joined_with_stream, sig};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
@@ -23,13 +25,6 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_callbox");
 const ROOM_ID: u32 = 4321;
 const DEVICE: &str = "appliance-device";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// Kills its process when dropped, so a failing test leaves nothing behind.
 struct Proc(Child);
@@ -54,16 +49,17 @@ struct Room {
 
 impl Room {
     fn new(dir: &Path) -> Room {
-        let (http, udp) = (free_port(), free_port());
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{http}\"\n[media]\nudp_listen = \"127.0.0.1:{udp}\"\n\
-             [admin]\nkey = \"{DEMO_ADMIN_KEY}\"\n[[apps]]\nsdk_app_id = {DEMO_SDK_APP_ID}\nsecret_key = \"{DEMO_SECRET_KEY}\"\n"
+        let (http, udp) = (free_port(false), free_port(false));
+        let (http, udp) = (
+            SocketAddr::from(([127, 0, 0, 1], http)),
+            SocketAddr::from(([127, 0, 0, 1], udp)),
         );
+        let text = room_toml(http, udp, None);
         let config = dir.join("room.toml");
         std::fs::write(&config, text).expect("write room.toml");
         Room {
             config,
-            http: SocketAddr::from(([127, 0, 0, 1], http)),
+            http,
             proc: None,
         }
     }
@@ -219,21 +215,13 @@ async fn daemon_through_control_socket_ban_reconnect_and_dead_media() {
 
     let socket = dir.join("control.sock");
     let device_config = dir.join("device.toml");
-    std::fs::write(
-        &device_config,
-        format!(
-            "[room]\nurl = \"{}\"\nsdk_app_id = {DEMO_SDK_APP_ID}\nuser_id = \"{DEVICE}\"\nuser_sig = \"{}\"\nroom_id = {ROOM_ID}\n\
-             [network]\nbind = \"127.0.0.1\"\n\
-             [video]\nsource = \"synthetic\"\nwidth = 320\nheight = 240\nfps = 15\n\
-             [audio]\ncapture = \"synthetic\"\nplayback = \"null\"\n\
-             [call]\ndead_media_ms = 3000\n\
-             [service]\ncontrol_socket = {:?}\n",
-            room.url(),
-            sig(DEVICE),
-            socket.display().to_string()
-        ),
-    )
-    .expect("write device.toml");
+    let toml = DeviceToml::loopback(&room.url(), DEVICE, ROOM_ID, 3600)
+        .set("video", "width", 320)
+        .set("video", "height", 240)
+        .set("video", "fps", 15)
+        .set("call", "dead_media_ms", 3000)
+        .set("service", "control_socket", socket.display().to_string());
+    std::fs::write(&device_config, toml.text()).expect("write device.toml");
     let mut notify = Notify::bind(&dir.join("notify.sock"));
     let started = Instant::now();
     let daemon = Proc(
@@ -431,17 +419,12 @@ async fn expired_usersig_fails_with_its_reason() {
         now - 3600,
         None,
     );
-    std::fs::write(
-        &config,
-        format!(
-            "[room]\nurl = \"ws://127.0.0.1:{}/ws\"\nsdk_app_id = {DEMO_SDK_APP_ID}\nuser_id = \"{DEVICE}\"\nuser_sig = \"{expired}\"\nroom_id = {ROOM_ID}\n\
-             [video]\nenabled = false\n[audio]\ncapture = \"synthetic\"\nplayback = \"null\"\n\
-             [service]\ncontrol_socket = {:?}\n",
-            free_port(),
-            socket.display().to_string()
-        ),
-    )
-    .expect("write device.toml");
+    let url = format!("ws://127.0.0.1:{}/ws", free_port(false));
+    let toml = DeviceToml::loopback(&url, DEVICE, ROOM_ID, 3600)
+        .set("room", "user_sig", expired)
+        .set("video", "enabled", false)
+        .set("service", "control_socket", socket.display().to_string());
+    std::fs::write(&config, toml.text()).expect("write device.toml");
     let _daemon = Proc(
         Command::new(BIN)
             .args(["device", "--config"])

@@ -4,8 +4,9 @@
 //! candidate is 127.0.0.1 and no traffic leaves the machine.
 //! Prerequisites come from `scripts/deps.sh` (chromium, npm packages).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
@@ -33,19 +34,7 @@ fn run_script(script: &str) {
         .join(script.trim_end_matches(".mjs"));
     let summary = artifacts.join("failures.txt");
     let _ = std::fs::remove_file(&summary);
-    // Root (CI) can make a network namespace directly; others need a user namespace too.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut cmd = Command::new("unshare");
-    if !root {
-        cmd.args(["--user", "--map-root-user"]);
-    }
-    let status = cmd
-        .args([
-            "--net",
-            "sh",
-            "-c",
-            &format!("ip link set lo up && exec node {script}"),
-        ])
+    let status = common::in_loopback_netns(&format!("exec node {script}"))
         .current_dir(&dir)
         .env("CALLBOX_BIN", env!("CARGO_BIN_EXE_callbox"))
         .env("ARTIFACTS", &artifacts)

@@ -2,6 +2,10 @@
 //! service started from a config file (health answered, bad configs refused
 //! with file, key and reason).
 
+mod common;
+
+use callbox::room::local::DeviceToml;
+use common::free_port;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -139,19 +143,11 @@ fn usersig_gen_then_verify_and_each_refusal() {
     assert!(err.starts_with("invalid: expired"), "{err}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn room_serves_health_from_its_config_and_refuses_bad_configs() {
     let dir = std::env::temp_dir().join(format!("callbox-room-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (http, udp) = (free_port(), free_port());
+    let (http, udp) = (free_port(false), free_port(false));
     let good = std::fs::read_to_string("config/room.toml")
         .unwrap()
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}"))
@@ -303,17 +299,16 @@ fn missing_gpio_line_is_a_startup_error_and_probe_reports_it() {
     let dir = std::env::temp_dir().join(format!("callbox-cli-gpio-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("device.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[room]\nurl = \"ws://127.0.0.1:9/ws\"\nsdk_app_id = 1\nuser_id = \"d\"\nuser_sig = \"s\"\nroom_id = 1\n\
-             [video]\nsource = \"synthetic\"\n[audio]\ncapture = \"synthetic\"\nplayback = \"null\"\n\
-             [call]\nbuttons = \"toggle\"\n[gpio]\ncall_button = {{ line = \"BTN_NOPE\" }}\n\
-             [service]\ncontrol_socket = {:?}\n",
-            dir.join("control.sock").display().to_string()
-        ),
-    )
-    .unwrap();
+    let toml = DeviceToml::loopback("ws://127.0.0.1:9/ws", "d", 1, 60)
+        .set("call", "buttons", "toggle")
+        .set_toml("gpio", "call_button", r#"{ line = "BTN_NOPE" }"#)
+        .unwrap()
+        .set(
+            "service",
+            "control_socket",
+            dir.join("control.sock").display().to_string(),
+        );
+    std::fs::write(&cfg, toml.text()).unwrap();
     let (code, _, err) = run(&["device", "--config", cfg.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(

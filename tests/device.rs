@@ -11,7 +11,7 @@ use callbox::device::daemon::Device;
 use callbox::device::h264::H264Decoder;
 use callbox::device::{pattern, tone};
 use callbox::protocol::ServerMessage;
-use callbox::room::local::{LocalRoom, DEMO_SDK_APP_ID};
+use callbox::room::local::{DeviceToml, LocalRoom};
 use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,44 +19,14 @@ use tokio::sync::oneshot;
 
 const ROOM: u32 = 3300;
 
-fn device_config(room: &LocalRoom, user: &str, extra_audio: &str) -> DeviceConfig {
-    device_config_with(room, user, extra_audio, "")
-}
-
-fn device_config_with(
+/// The shared loopback device config, as `tweak` changes it.
+fn device_config(
     room: &LocalRoom,
     user: &str,
-    extra_audio: &str,
-    extra_net: &str,
+    tweak: impl FnOnce(DeviceToml) -> DeviceToml,
 ) -> DeviceConfig {
-    let text = format!(
-        r#"
-[room]
-url = "{url}"
-sdk_app_id = {DEMO_SDK_APP_ID}
-user_id = "{user}"
-user_sig = "{sig}"
-room_id = {ROOM}
-
-[network]
-bind = "127.0.0.1"
-{extra_net}
-
-[video]
-source = "synthetic"
-width = 640
-height = 480
-fps = 30
-
-[audio]
-capture = "synthetic"
-tone_hz = 440
-{extra_audio}
-"#,
-        url = room.ws_url(),
-        sig = sig(user),
-    );
-    DeviceConfig::parse(Path::new("test-device.toml"), &text).expect("config")
+    let toml = tweak(DeviceToml::loopback(&room.ws_url(), user, ROOM, 3600));
+    DeviceConfig::parse(Path::new("test-device.toml"), &toml.text()).expect("config")
 }
 
 /// Run the device's call in the background until the returned sender fires.
@@ -81,7 +51,7 @@ fn start_device(config: DeviceConfig) -> (oneshot::Sender<()>, tokio::task::Join
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_publishes_pattern_and_tone_that_decode() {
     let room = room().await;
-    let (stop, task) = start_device(device_config(&room, "device-1", "playback = \"null\""));
+    let (stop, task) = start_device(device_config(&room, "device-1", |d| d));
     let (mut viewer, stream) =
         joined_with_stream(room.client_config("viewer"), ROOM, "device-1", 15).await;
     assert!(stream.audio && stream.video);
@@ -180,8 +150,10 @@ async fn device_plays_what_it_receives() {
     let dir = std::env::temp_dir().join(format!("callbox-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let wav = dir.join("speaker.wav");
-    let extra = format!("playback = \"wav\"\nwav_path = \"{}\"", wav.display());
-    let (stop, task) = start_device(device_config(&room, "device-2", &extra));
+    let (stop, task) = start_device(device_config(&room, "device-2", |d| {
+        d.set("audio", "playback", "wav")
+            .set("audio", "wav_path", wav.display().to_string())
+    }));
 
     // A Rust publisher sends a 660 Hz tone as Opus, in real time.
     let mut caller = joined(&room, "caller", ROOM).await;
@@ -238,14 +210,15 @@ async fn device_plays_what_it_receives() {
 
 #[test]
 fn missing_audio_devices_and_non_cameras_are_startup_errors_naming_them() {
-    let cfg = |video: &str, audio: &str| {
-        DeviceConfig::parse(
-            Path::new("d.toml"),
-            &format!(
-                "[room]\nurl = \"ws://127.0.0.1:1/ws\"\nsdk_app_id = 1\nuser_id = \"d\"\nuser_sig = \"s\"\nroom_id = 1\n[video]\n{video}\n[audio]\n{audio}\n"
-            ),
-        )
-        .unwrap()
+    let cfg = |tweak: &dyn Fn(DeviceToml) -> DeviceToml| {
+        let toml = tweak(DeviceToml::loopback("ws://127.0.0.1:1/ws", "d", 1, 60));
+        DeviceConfig::parse(Path::new("d.toml"), &toml.text()).unwrap()
+    };
+    let camera = |path: &'static str| {
+        move |d: DeviceToml| {
+            d.set("video", "source", "v4l2")
+                .set("video", "device", path)
+        }
     };
     let err = |c| {
         Device::open(c, Instant::now())
@@ -254,21 +227,12 @@ fn missing_audio_devices_and_non_cameras_are_startup_errors_naming_them() {
             .to_string()
     };
     // A camera node that is not a camera is a startup error...
-    let e = err(cfg(
-        "source = \"v4l2\"\ndevice = \"/dev/null\"",
-        "capture = \"synthetic\"\nplayback = \"null\"",
-    ));
+    let e = err(cfg(&camera("/dev/null")));
     assert!(e.contains("camera /dev/null: not a V4L2 device"), "{e}");
     // ...but a camera that is not there (yet) is not: the device starts
     // audio-only, camera marked lost, and picks it up when it appears.
-    let device = Device::open(
-        cfg(
-            "source = \"v4l2\"\ndevice = \"/dev/video-none\"",
-            "capture = \"synthetic\"\nplayback = \"null\"",
-        ),
-        Instant::now(),
-    )
-    .expect("starts without the camera");
+    let device = Device::open(cfg(&camera("/dev/video-none")), Instant::now())
+        .expect("starts without the camera");
     std::thread::sleep(Duration::from_millis(200));
     let stats = device.stats().snapshot();
     assert!(stats.camera_lost, "{stats:?}");
@@ -277,27 +241,26 @@ fn missing_audio_devices_and_non_cameras_are_startup_errors_naming_them() {
         stats.audio_frames_captured > 0,
         "audio runs meanwhile: {stats:?}"
     );
-    let e = err(cfg(
-        "enabled = false",
-        "capture = \"alsa\"\ncapture_device = \"hw:CARD=Nope\"\nplayback = \"null\"",
-    ));
+    let e = err(cfg(&|d| {
+        d.set("video", "enabled", false)
+            .set("audio", "capture", "alsa")
+            .set("audio", "capture_device", "hw:CARD=Nope")
+    }));
     assert!(e.contains("ALSA device hw:CARD=Nope: cannot open"), "{e}");
-    let e = err(cfg(
-        "enabled = false",
-        "capture = \"synthetic\"\nplayback = \"alsa\"\nplayback_device = \"hw:CARD=Gone\"",
-    ));
+    let e = err(cfg(&|d| {
+        d.set("video", "enabled", false)
+            .set("audio", "playback", "alsa")
+            .set("audio", "playback_device", "hw:CARD=Gone")
+    }));
     assert!(e.contains("ALSA device hw:CARD=Gone"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn congestion_control_sets_the_encoder_bitrate_within_bounds() {
     let room = room().await;
-    let mut config = device_config_with(
-        &room,
-        "device-3",
-        "playback = \"null\"",
-        "congestion_control = true",
-    );
+    let mut config = device_config(&room, "device-3", |d| {
+        d.set("network", "congestion_control", true)
+    });
     config.video.bitrate_min_kbps = 100;
     config.video.bitrate_start_kbps = 300;
     config.video.bitrate_max_kbps = 600;

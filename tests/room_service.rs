@@ -4,8 +4,8 @@
 
 mod common;
 
-use callbox::client::{Client, JoinRoom};
-use callbox::protocol::{code, BanReason, ServerMessage};
+use callbox::client::{Client, RoomId};
+use callbox::protocol::{code, BanReason, Reason, ServerMessage};
 use common::*;
 use serde_json::json;
 use std::time::Duration;
@@ -243,7 +243,7 @@ async fn dismiss_room_disbands_everyone_in_it_and_no_one_else() {
         .expect("carol is still in her room");
     // A string room dismissed by its own action.
     let mut dave = Client::connect(room.client_config("dave")).await.unwrap();
-    dave.join(JoinRoom::Str("lobby".into())).await.unwrap();
+    dave.join(RoomId::Str("lobby".into())).await.unwrap();
     let (status, _) = room
         .admin(
             "DismissRoomByStrRoomId",
@@ -273,7 +273,7 @@ async fn a_second_join_with_the_same_user_id_kicks_the_first() {
 
     let mut second = Client::connect(room.client_config("device")).await.unwrap();
     let streams = second
-        .join(JoinRoom::Num(ROOM))
+        .join(RoomId::Num(ROOM))
         .await
         .expect("second join succeeds");
     assert!(
@@ -322,13 +322,13 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     raw(&c, "{not json");
     let e = expect_event(&mut c, 5, "malformed", err).await;
     assert!(
-        matches!(&e, ServerMessage::Error { code: 0x1000, reason, id: None, .. } if reason == "malformed-json"),
+        matches!(&e, ServerMessage::Error { code: 0x1000, reason, id: None, .. } if *reason == Reason::MalformedJson),
         "{e:?}"
     );
     raw(&c, r#"{"type":"teleport","id":7}"#);
     let e = expect_event(&mut c, 5, "unknown type", err).await;
     assert!(
-        matches!(&e, ServerMessage::Error { reason, id: Some(7), .. } if reason == "unknown-type"),
+        matches!(&e, ServerMessage::Error { reason, id: Some(7), .. } if *reason == Reason::UnknownType),
         "{e:?}"
     );
     raw(
@@ -340,13 +340,13 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     );
     let e = expect_event(&mut c, 5, "oversized", err).await;
     assert!(
-        matches!(&e, ServerMessage::Error { reason, .. } if reason == "message-too-large"),
+        matches!(&e, ServerMessage::Error { reason, .. } if *reason == Reason::MessageTooLarge),
         "{e:?}"
     );
     raw(&c, r#"{"type":"join","id":9}"#);
     let e = expect_event(&mut c, 5, "missing fields", err).await;
     assert!(
-        matches!(&e, ServerMessage::Error { reason, id: Some(9), .. } if reason == "invalid-fields"),
+        matches!(&e, ServerMessage::Error { reason, id: Some(9), .. } if *reason == Reason::InvalidFields),
         "{e:?}"
     );
 
@@ -358,31 +358,31 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
             "forged",
             callbox::usersig::generate(1400000000, "not-the-key", "mallory", 3600, now, None),
             1400000000u64,
-            "usersig-bad-signature",
+            Reason::UsersigBadSignature,
         ),
         (
             "expired",
             callbox::usersig::generate(1400000000, key, "mallory", 60, now - 3600, None),
             1400000000,
-            "usersig-expired",
+            Reason::UsersigExpired,
         ),
         (
             "other user",
             callbox::usersig::generate(1400000000, key, "alice", 3600, now, None),
             1400000000,
-            "usersig-wrong-user",
+            Reason::UsersigWrongUser,
         ),
         (
             "unknown app",
             sig("mallory"),
             1400000001,
-            "unknown-sdk-app-id",
+            Reason::UnknownSdkAppId,
         ),
         (
             "garbage",
             "AAAA".to_owned(),
             1400000000,
-            "usersig-bad-encoding",
+            Reason::UsersigBadEncoding,
         ),
     ];
     for (what, user_sig, app, reason) in cases {
@@ -390,13 +390,13 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         cfg.user_sig = user_sig;
         cfg.sdk_app_id = app;
         let mut bad = Client::connect(cfg).await.unwrap();
-        match bad.join(JoinRoom::Num(ROOM)).await {
+        match bad.join(RoomId::Num(ROOM)).await {
             Err(callbox::client::ClientError::Refused {
                 code, reason: r, ..
             }) => {
                 assert_eq!(
-                    (code, r.as_str()),
-                    (code::JOIN_ROOM_FAILED, reason),
+                    (code, r, r.is_usersig()),
+                    (code::JOIN_ROOM_FAILED, reason, what != "unknown app"),
                     "{what}"
                 )
             }
@@ -413,12 +413,12 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     );
     let e = expect_event(&mut c, 5, "roomId 0", err).await;
     assert!(
-        matches!(&e, ServerMessage::Error { code: 0x4004, reason, .. } if reason == "invalid-room-id"),
+        matches!(&e, ServerMessage::Error { code: 0x4004, reason, .. } if *reason == Reason::InvalidRoomId),
         "{e:?}"
     );
 
     // Bad SDP on publish: refused, connection still usable.
-    c.join(JoinRoom::Num(ROOM))
+    c.join(RoomId::Num(ROOM))
         .await
         .expect("join after all that");
     raw(
@@ -427,7 +427,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     );
     let e = expect_event(&mut c, 5, "bad sdp", err).await;
     assert!(
-        matches!(&e, ServerMessage::Error { code: 0x1000, reason, id: Some(11), .. } if reason == "bad-sdp"),
+        matches!(&e, ServerMessage::Error { code: 0x1000, reason, id: Some(11), .. } if *reason == Reason::BadSdp),
         "{e:?}"
     );
     c.publish(true, true)
@@ -459,7 +459,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     // Still in the room, still serving others.
     let mut other = Client::connect(room.client_config("olivia")).await.unwrap();
     let streams = other
-        .join(JoinRoom::Num(ROOM))
+        .join(RoomId::Num(ROOM))
         .await
         .expect("others can still join");
     assert_eq!(streams.len(), 1, "mallory's publication is listed");
@@ -485,10 +485,7 @@ async fn tls_signaling_with_a_configured_certificate() {
     let mut a = room.client_config("alice");
     a.tls_ca_pem = Some(cert_pem.clone().into_bytes());
     let mut alice = Client::connect(a).await.expect("wss connect");
-    alice
-        .join(JoinRoom::Num(ROOM))
-        .await
-        .expect("join over TLS");
+    alice.join(RoomId::Num(ROOM)).await.expect("join over TLS");
     alice
         .publish(true, true)
         .await
@@ -618,7 +615,7 @@ async fn dev_usersig_endpoint_only_when_enabled() {
     let mut cfg = on.client_config("browser-1");
     cfg.user_sig = sig;
     let mut c = Client::connect(cfg).await.unwrap();
-    c.join(JoinRoom::Num(ROOM))
+    c.join(RoomId::Num(ROOM))
         .await
         .expect("the issued userSig is accepted");
     let (status, _) = http_post(

@@ -1,12 +1,66 @@
-//! The appliance's sections of the device config: `[call]` (what buttons
+//! The whole `device.toml` ([`ApplianceConfig`]): the device's own
+//! sections (`[room]`, `[network]`, `[video]`, `[audio]`, owned by
+//! `crate::device::config`) and the appliance's: `[call]` (what buttons
 //! and losses do), `[gpio]` (which lines are buttons and LEDs) and
-//! `[service]` (control socket, logging). Checked with the rest of the file.
+//! `[service]` (control socket, logging). Every section checks itself;
+//! all problems of the file are reported in one run.
 
 use crate::appliance::controller::{BannedPress, ButtonMode, Policy};
-use crate::config::Problems;
+use crate::config::{self, ConfigError, Problems};
+use crate::device::config::{
+    AudioSection, DeviceConfig, NetworkSection, RoomSection, VideoSection,
+};
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// `device.toml`, as `callbox device` and `callbox probe` read it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceConfig {
+    pub room: RoomSection,
+    #[serde(default)]
+    pub network: NetworkSection,
+    #[serde(default)]
+    pub video: VideoSection,
+    #[serde(default)]
+    pub audio: AudioSection,
+    #[serde(default)]
+    pub call: CallSection,
+    #[serde(default)]
+    pub gpio: GpioSection,
+    #[serde(default)]
+    pub service: ServiceSection,
+}
+
+impl ApplianceConfig {
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        config::load_checked(file, Self::check)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        config::parse_checked(file, text, Self::check)
+    }
+
+    fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        let mut p = Problems::default();
+        self.device().validate(&mut p);
+        self.call.validate(&mut p);
+        self.gpio.validate(&self.call, &mut p);
+        self.service.validate(&mut p);
+        p.into_result(file)
+    }
+
+    /// What the device's media needs of it.
+    pub fn device(&self) -> DeviceConfig {
+        DeviceConfig {
+            room: self.room.clone(),
+            network: self.network.clone(),
+            video: self.video.clone(),
+            audio: self.audio.clone(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -237,5 +291,51 @@ impl ServiceSection {
             "service.control_socket",
             "must be an absolute path",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[room]
+url = "ws://127.0.0.1:8080/ws"
+sdk_app_id = 1400000000
+user_id = "device-1"
+user_sig = "sig"
+room_id = 1234
+
+[video]
+source = "synthetic"
+
+[audio]
+capture = "synthetic"
+playback = "null"
+"#;
+
+    /// Problems in device and appliance sections are reported together,
+    /// each with its key; the device's own parser refuses appliance keys.
+    #[test]
+    fn every_section_is_checked_in_one_run() {
+        let c = ApplianceConfig::parse(Path::new("d.toml"), GOOD).unwrap();
+        assert_eq!(c.device().room.user_id, "device-1");
+        assert!(c.call.auto_join);
+        let bad = GOOD.replace("fps", "x").replace(
+            "[video]",
+            "[call]\nlong_press_ms = 5\n[service]\nlog_level = \"loud\"\n[video]\nfps = 0",
+        );
+        let e = ApplianceConfig::parse(Path::new("d.toml"), &bad).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &e else {
+            panic!("{e}")
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["video.fps", "call.long_press_ms", "service.log_level"],
+            "{e}"
+        );
+        let with_call = format!("{GOOD}\n[call]\nauto_join = false\n");
+        assert!(DeviceConfig::parse(Path::new("d.toml"), &with_call).is_err());
     }
 }

@@ -30,7 +30,7 @@ struct Envelope {
 }
 
 /// A request from a connection, with where its reply goes.
-pub type Pending = (Request, oneshot::Sender<Value>);
+pub type Incoming = (Request, oneshot::Sender<Value>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -58,7 +58,7 @@ pub fn error_reply(message: impl std::fmt::Display) -> Value {
 
 /// Listen on `path` and hand every request to `requests`. A socket file
 /// left by a daemon that died is replaced; a live one is an error.
-pub async fn serve(path: &Path, requests: mpsc::Sender<Pending>) -> Result<(), ControlError> {
+pub async fn serve(path: &Path, requests: mpsc::Sender<Incoming>) -> Result<(), ControlError> {
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
             return Err(ControlError::InUse(path.to_owned()));
@@ -89,7 +89,7 @@ pub async fn serve(path: &Path, requests: mpsc::Sender<Pending>) -> Result<(), C
     Ok(())
 }
 
-async fn connection(stream: UnixStream, requests: mpsc::Sender<Pending>) {
+async fn connection(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = String::new();

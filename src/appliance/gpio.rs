@@ -114,7 +114,12 @@ fn find(key: &'static str, chip: Option<&str>, line: &LineId) -> Result<Found, G
 fn request_error(key: &'static str, found: &Found, line: &LineId, e: gpiocdev::Error) -> GpioError {
     let chip = found.chip.display().to_string();
     // Lost a race for the line after `find` saw it free: EBUSY.
-    let busy = e.to_string().contains("resource busy");
+    use gpiocdev_uapi::{Errno, Error as Uapi};
+    let busy = matches!(
+        e,
+        gpiocdev::Error::Os(Errno(libc::EBUSY))
+            | gpiocdev::Error::Uapi(_, Uapi::Os(Errno(libc::EBUSY)))
+    );
     if busy {
         GpioError::Busy {
             key,

@@ -2,10 +2,12 @@
 //!
 //! - [`controller`]: the call state machine (pure); [`leds`], [`buttons`]:
 //!   LED patterns and press classification (pure).
-//! - [`config`]: the `[call]`, `[gpio]` and `[service]` config sections.
+//! - [`config`]: the whole `device.toml`, with the `[call]`, `[gpio]` and
+//!   `[service]` sections.
 //! - [`gpio`]: buttons and LEDs on the GPIO character device.
 //! - [`notify`]: systemd readiness, status and watchdog.
-//! - [`control`]: the control socket and `callbox ctl`.
+//! - [`control`]: the control socket and `callbox ctl`; [`status`]: its
+//!   reply format.
 //! - [`runner`]: the daemon's main loop tying them together.
 //! - [`probe`]: `callbox probe`, the pre-call device check.
 
@@ -18,3 +20,4 @@ pub mod leds;
 pub mod notify;
 pub mod probe;
 pub mod runner;
+pub mod status;

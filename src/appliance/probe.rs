@@ -3,9 +3,11 @@
 //! name, consumer and direction) and, given a config, whether each thing
 //! it names is there and usable: the TRTC guide's pre-call device check.
 
+use crate::appliance::config::ApplianceConfig;
 use crate::appliance::gpio;
 use crate::config::ConfigError;
-use crate::device::config::{CaptureKind, DeviceConfig, PlaybackKind, VideoSourceKind};
+use crate::device::config::{CaptureKind, PlaybackKind, VideoSourceKind};
+use crate::device::sources;
 use crate::device::v4l2::{self, Sizes};
 use serde::Serialize;
 use std::fmt::Write;
@@ -191,27 +193,27 @@ fn check(checks: &mut Vec<Check>, key: &str, result: Result<String, String>) {
     });
 }
 
-/// Open each device the config names, as the daemon would, and close it.
-fn check_config(c: &DeviceConfig) -> Vec<Check> {
+/// Open each device the config names the way the daemon does (through
+/// [`sources`]), and close it.
+fn check_config(c: &ApplianceConfig) -> Vec<Check> {
     let mut checks = Vec::new();
     let stats = std::sync::Arc::default;
-    let v = &c.video;
+    let (v, a) = (&c.video, &c.audio);
     if v.enabled && v.source == VideoSourceKind::V4l2 {
-        let r = v4l2::V4l2Camera::open(&v.device, &v.formats, v.width, v.height, v.fps)
-            .map(|cam| crate::device::video_source::VideoSource::describe(&cam))
+        let r = sources::open_camera(v)
+            .map(|cam| cam.describe())
             .map_err(|e| e.to_string());
         check(&mut checks, "video.device", r);
     }
-    let a = &c.audio;
     if a.enabled && a.capture == CaptureKind::Alsa {
-        let r = crate::device::alsa_io::AlsaCapture::open(&a.capture_device, stats())
-            .map(|_| format!("{} opens for capture at 48 kHz", a.capture_device))
+        let r = sources::open_microphone(a, stats())
+            .map(|mic| format!("{} opens at 48 kHz", mic.describe()))
             .map_err(|e| e.to_string());
         check(&mut checks, "audio.capture_device", r);
     }
     if a.enabled && a.playback == PlaybackKind::Alsa {
-        let r = crate::device::alsa_io::AlsaPlayback::open(&a.playback_device, stats())
-            .map(|_| format!("{} opens for playback at 48 kHz", a.playback_device))
+        let r = sources::open_speaker(a, stats())
+            .map(|speaker| format!("{} opens at 48 kHz", speaker.describe()))
             .map_err(|e| e.to_string());
         check(&mut checks, "audio.playback_device", r);
     }
@@ -224,7 +226,7 @@ fn check_config(c: &DeviceConfig) -> Vec<Check> {
 
 /// Probe the board; with `config`, also check that config against it.
 pub fn probe(config: Option<&Path>) -> Result<Report, ConfigError> {
-    let config = config.map(DeviceConfig::load).transpose()?;
+    let config = config.map(ApplianceConfig::load).transpose()?;
     let want = config
         .as_ref()
         .map_or((640, 480), |c| (c.video.width, c.video.height));

@@ -1,23 +1,29 @@
-//! The daemon's main loop: opens GPIO, the media devices and the control
-//! socket (any failure is a startup error naming what), tells systemd it is
-//! ready, then feeds the [`Controller`] with button presses, control
-//! commands, call outcomes and timers, and carries out its actions: start
-//! a call, hang up, mute; LEDs, `STATUS=` and the watchdog follow.
+//! The daemon's main loop, as a [`Daemon`] whose methods are its steps:
+//! [`Daemon::open`] opens GPIO, the media devices and the control socket
+//! (any failure is a startup error naming what) and tells systemd it is
+//! ready; then each turn feeds the [`Controller`] what happened (a button
+//! edge, a control request, a call's outcome, a timer), carries out its
+//! actions (start a call, hang up, mute), shows the LEDs and `STATUS=`,
+//! and pings the watchdog while the media threads move;
+//! [`Daemon::shut_down`] leaves the room and turns the LEDs off.
 
 use crate::appliance::buttons::PressTracker;
-use crate::appliance::control::{self, ControlError, Pending, Request};
+use crate::appliance::config::ApplianceConfig;
+use crate::appliance::control::{self, ControlError, Incoming, Request};
 use crate::appliance::controller::{Action, Button, Command, Controller, Input, State};
-use crate::appliance::gpio::{Gpio, GpioError};
+use crate::appliance::gpio::{Edge, Gpio, GpioError};
 use crate::appliance::leds::{Leds, Pattern};
 use crate::appliance::notify::{stalled, Notifier};
-use crate::device::config::DeviceConfig;
+use crate::appliance::status::{CommandDone, LedLevels, RoomStatus, Status};
 use crate::device::daemon::{CallLink, Device, DeviceError};
+use crate::device::pipeline::Heartbeats;
 use crate::device::stats::MediaStats;
 use crate::usersig;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -74,8 +80,8 @@ async fn next_of<T, F: Future<Output = T> + Unpin>(f: Option<&mut F>) -> T {
 
 /// Seconds until the configured userSig expires (negative: expired), if it
 /// can be read at all (the room service judges it either way).
-fn usersig_expires_in(config: &DeviceConfig) -> Option<i64> {
-    let sig = config.user_sig().ok()?;
+fn usersig_expires_in(config: &ApplianceConfig) -> Option<i64> {
+    let sig = config.room.user_sig().ok()?;
     let claims = usersig::decode_unverified(&sig).ok()?;
     Some(claims.expires_at() as i64 - usersig::unix_now() as i64)
 }
@@ -104,283 +110,412 @@ fn call_outcome(result: Result<(), DeviceError>) -> Input {
 
 /// Run the appliance until `stop` resolves.
 pub async fn run(
-    config: DeviceConfig,
+    config: ApplianceConfig,
     started: Instant,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ApplianceError> {
-    let mut gpio = Gpio::open(&config.gpio)?;
-    let socket: PathBuf = config.service.control_socket.clone();
-    let call_config = config.call.clone();
-    let device = Device::open(config.clone(), started)?;
-    let stats = device.stats();
-    let heartbeats = device.heartbeats();
-    let (calls, device_task) = spawn_device(device);
-    let (requests_tx, mut requests) = mpsc::channel::<Pending>(16);
-    control::serve(&socket, requests_tx).await?;
-
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id());
-    let mut controller = Controller::new(call_config.policy(), seed);
-    let long = Duration::from_millis(call_config.long_press_ms);
-    let mut trackers = [
-        (Button::Call, PressTracker::new(long)),
-        (Button::Hangup, PressTracker::new(long)),
-    ];
-    let mut edges = gpio.take_buttons();
-    let (mute_tx, _) = watch::channel(false);
-    let mut notifier = Notifier::from_env();
-    let dead_media = Duration::from_millis(call_config.dead_media_ms);
-    let warn_before = Duration::from_secs(call_config.usersig_warn_days * 86_400);
-
-    let now = Instant::now();
-    let mut leds = controller.leds();
-    let mut led_since = now;
-    gpio.show(&leds, Duration::ZERO);
-    let mut state_since = now;
-    let mut next_usersig_check = now;
-    let watchdog = notifier.watchdog_interval();
-    let mut next_watchdog = watchdog.map(|w| now + w);
-    let mut beats = heartbeats.read();
-    notifier.ready(&controller.status(now));
-    if watchdog.is_some() {
-        notifier.watchdog();
-    }
-    log::info!(
-        "ready in {:.0} ms: {}",
-        started.elapsed().as_secs_f64() * 1000.0,
-        controller.status(now)
-    );
-
-    // The call in progress: its result, its hang-up switch, its join signal.
-    let mut done: Option<oneshot::Receiver<Result<(), DeviceError>>> = None;
-    let mut hangup: Option<oneshot::Sender<()>> = None;
-    let mut joined: Option<oneshot::Receiver<()>> = None;
-    // Commands are answered once fed, with the state they led to.
-    let mut answers: Vec<(Request, oneshot::Sender<Value>)> = Vec::new();
-    let mut inputs = VecDeque::from([Input::Boot]);
+    let mut daemon = Daemon::open(config, started).await?;
     tokio::pin!(stop);
     loop {
-        // Feed everything queued, carrying out actions as they come.
-        while let Some(input) = inputs.pop_front() {
-            let now = Instant::now();
-            let before = controller.state().clone();
-            for action in controller.handle(input, now) {
-                match action {
-                    Action::Join => match usersig_expires_in(&config) {
-                        Some(left) if left <= 0 => inputs.push_back(Input::JoinFailed {
-                            reason: format!(
-                                "userSig expired {} s ago (code {:#06x}); provision a new one",
-                                -left,
-                                crate::protocol::code::JOIN_ROOM_FAILED
-                            ),
-                            retryable: false,
-                        }),
-                        _ => {
-                            let (hangup_tx, hangup_rx) = oneshot::channel();
-                            let (joined_tx, joined_rx) = oneshot::channel();
-                            let (done_tx, done_rx) = oneshot::channel();
-                            let link = CallLink {
-                                joined: Some(joined_tx),
-                                audio_muted: Some(mute_tx.subscribe()),
-                                dead_media: Some(dead_media),
-                            };
-                            // The controller joins only from states with no
-                            // call running, so the task is free.
-                            if calls.try_send((hangup_rx, link, done_tx)).is_err() {
-                                log::error!("E_INTERNAL: the device task is busy or gone");
-                            }
-                            (hangup, joined, done) =
-                                (Some(hangup_tx), Some(joined_rx), Some(done_rx));
-                        }
-                    },
-                    Action::Leave => match hangup.take() {
-                        Some(h) => {
-                            let _ = h.send(());
-                        }
-                        None => inputs.push_back(Input::Left),
-                    },
-                    Action::MuteAudio(m) => {
-                        mute_tx.send_replace(m);
-                    }
-                }
-            }
-            if *controller.state() != before {
-                state_since = now;
-                log::info!(
-                    "call state {} -> {}: {}",
-                    before.name(),
-                    controller.state().name(),
-                    controller.status(now)
-                );
-            }
-        }
-        for (request, reply) in answers.drain(..) {
-            let _ = reply.send(json!({
-                "ok": true,
-                "command": request,
-                "state": controller.state().name(),
-                "status": controller.status(Instant::now()),
-            }));
-        }
-        let now = Instant::now();
-        let new_leds = controller.leds();
-        if new_leds != leds {
-            leds = new_leds;
-            led_since = now;
-        }
-        gpio.show(&leds, now - led_since);
-        notifier.status(&status_text(&controller, &stats, now));
-
-        let mut wake = now + Duration::from_secs(60);
-        let timers = [
-            controller.deadline(),
-            trackers[0].1.deadline(),
-            trackers[1].1.deadline(),
-            animated(&leds).then(|| now + LED_TICK),
-            next_watchdog,
-            Some(next_usersig_check),
-        ];
-        for t in timers.into_iter().flatten() {
-            wake = wake.min(t);
-        }
+        daemon.feed_inputs();
+        daemon.answer_commands();
+        daemon.show();
+        let wake = daemon.next_wake();
         tokio::select! {
             _ = &mut stop => break,
-            Some((request, reply)) = requests.recv() => {
-                let command = match request {
-                    Request::Status => None,
-                    Request::Call => Some(Command::Call),
-                    Request::Hangup => Some(Command::Hangup),
-                    Request::MuteAudio => Some(Command::MuteAudio(true)),
-                    Request::UnmuteAudio => Some(Command::MuteAudio(false)),
-                };
-                if let Some(c) = command {
-                    log::info!("control: {request:?}");
-                    inputs.push_back(Input::Command(c));
-                    answers.push((request, reply));
-                } else {
-                    let snapshot = stats.snapshot();
-                    let copies_per_frame = (snapshot.video_frames_captured > 0)
-                        .then(|| snapshot.frame_copies as f64 / snapshot.video_frames_captured as f64);
-                    let state = controller.state();
-                    let _ = reply.send(json!({
-                        "ok": true,
-                        "state": state.name(),
-                        "ban_reason": match state { State::Banned(r) => Some(r.as_str()), _ => None },
-                        "status": status_text(&controller, &stats, now),
-                        "degraded": snapshot.camera_lost.then_some("camera unavailable: audio only"),
-                        "in_state_s": (now - state_since).as_secs_f64(),
-                        "attempt": controller.attempt(),
-                        "last_error": controller.last_error(),
-                        "audio_muted": controller.audio_muted(),
-                        "leds": {
-                            "call": leds.call.lit(now - led_since),
-                            "banned": leds.banned.lit(now - led_since),
-                            "error": leds.error.lit(now - led_since),
-                        },
-                        "room": {
-                            "url": config.room.url,
-                            "user_id": config.room.user_id,
-                            "room_id": config.room.room_id,
-                            "str_room_id": config.room.str_room_id,
-                        },
-                        "usersig_expires_in_s": usersig_expires_in(&config),
-                        "uptime_s": started.elapsed().as_secs_f64(),
-                        "frame_copies_per_frame": copies_per_frame,
-                        "media": snapshot,
-                    }));
-                }
-            }
-            Some(edge) = edges.recv() => {
-                if let Some((_, t)) = trackers.iter_mut().find(|(b, _)| *b == edge.button) {
-                    if let Some(press) = t.edge(edge.pressed, edge.at) {
-                        log::info!("button {:?}: {press:?} press", edge.button);
-                        inputs.push_back(Input::Button(edge.button, press));
-                    }
-                }
-            }
-            Ok(()) = next_of(joined.as_mut()) => {
-                joined = None;
-                inputs.push_back(Input::Joined);
-            }
-            result = next_of(done.as_mut()) => {
-                (done, hangup, joined) = (None, None, None);
-                let result = result.unwrap_or_else(|_| Err(DeviceError::Threads(std::io::Error::other("the device task ended"))));
-                inputs.push_back(call_outcome(result));
-            }
-            _ = tokio::time::sleep_until(wake.into()) => {
-                let now = Instant::now();
-                inputs.push_back(Input::Tick);
-                for (button, t) in trackers.iter_mut() {
-                    if let Some(press) = t.poll(now) {
-                        log::info!("button {button:?}: held, long press");
-                        inputs.push_back(Input::Button(*button, press));
-                    }
-                }
-                if next_watchdog.is_some_and(|t| now >= t) {
-                    let current = heartbeats.read();
-                    let stuck = stalled(&beats, &current);
-                    if stuck.is_empty() {
-                        notifier.watchdog();
-                    } else {
-                        log::error!(
-                            "E_PIPELINE_STUCK: media thread(s) {stuck:?} made no progress; withholding the watchdog ping so systemd restarts callbox"
-                        );
-                    }
-                    beats = current;
-                    next_watchdog = watchdog.map(|w| now + w);
-                }
-                if now >= next_usersig_check {
-                    next_usersig_check = now + USERSIG_CHECK;
-                    match usersig_expires_in(&config) {
-                        Some(left) if left <= 0 => log::error!("E_USERSIG_EXPIRED: the configured userSig expired {} s ago; the next join will fail", -left),
-                        Some(left) if (left as u64) < warn_before.as_secs() => log::warn!(
-                            "E_USERSIG_EXPIRING: the configured userSig expires in {:.1} h; provision a new one",
-                            left as f64 / 3600.0
-                        ),
-                        _ => {}
-                    }
-                }
-            }
+            Some((request, reply)) = daemon.requests.recv() => daemon.on_request(request, reply),
+            Some(edge) = daemon.edges.recv() => daemon.on_edge(edge),
+            Ok(()) = next_of(daemon.call.joined.as_mut()) => daemon.on_joined(),
+            result = next_of(daemon.call.done.as_mut()) => daemon.on_call_done(result),
+            _ = tokio::time::sleep_until(wake.into()) => daemon.tick(),
         }
     }
-
-    notifier.stopping();
-    if let Some(h) = hangup.take() {
-        let _ = h.send(());
-    }
-    if let Some(d) = done.take() {
-        if tokio::time::timeout(LEAVE_ON_STOP, d).await.is_err() {
-            log::warn!("leaving the room took over {LEAVE_ON_STOP:?}; stopping anyway");
-        }
-    }
-    // Closing the channel ends the device task, which stops the media threads.
-    drop(calls);
-    let _ = tokio::time::timeout(LEAVE_ON_STOP, device_task).await;
-    gpio.show(
-        &Leds {
-            call: Pattern::Off,
-            banned: Pattern::Off,
-            error: Pattern::Off,
-        },
-        Duration::ZERO,
-    );
-    let _ = std::fs::remove_file(&socket);
-    log::info!("stopped");
+    daemon.shut_down().await;
     Ok(())
 }
 
-/// The call state, and what runs degraded: a lost camera leaves audio only
-/// while the camera is retried.
-fn status_text(controller: &Controller, stats: &MediaStats, now: Instant) -> String {
-    let status = controller.status(now);
-    if stats.camera_lost.load(std::sync::atomic::Ordering::Relaxed) {
-        format!(
-            "{status}; camera unavailable (code {:#06x}), audio only",
-            crate::protocol::code::DEVICE_NOT_FOUND
-        )
-    } else {
-        status
+/// The call in progress: its result, its hang-up switch, its join signal.
+#[derive(Default)]
+struct CallHandles {
+    done: Option<oneshot::Receiver<Result<(), DeviceError>>>,
+    hangup: Option<oneshot::Sender<()>>,
+    joined: Option<oneshot::Receiver<()>>,
+}
+
+/// The LEDs shown and since when (patterns that blink count from then).
+struct Shown {
+    leds: Leds,
+    since: Instant,
+}
+
+/// Everything the main loop holds between events.
+struct Daemon {
+    config: ApplianceConfig,
+    started: Instant,
+    gpio: Gpio,
+    socket: PathBuf,
+    calls: mpsc::Sender<CallRequest>,
+    device_task: tokio::task::JoinHandle<()>,
+    requests: mpsc::Receiver<Incoming>,
+    edges: mpsc::UnboundedReceiver<Edge>,
+    controller: Controller,
+    trackers: [(Button, PressTracker); 2],
+    mute: watch::Sender<bool>,
+    notifier: Notifier,
+    stats: Arc<MediaStats>,
+    heartbeats: Heartbeats,
+    /// Heartbeats at the last watchdog check.
+    beats: Vec<(&'static str, u64)>,
+    next_watchdog: Option<Instant>,
+    next_usersig_check: Instant,
+    shown: Shown,
+    state_since: Instant,
+    call: CallHandles,
+    /// Commands are answered once fed, with the state they led to.
+    answers: Vec<(Request, oneshot::Sender<Value>)>,
+    inputs: VecDeque<Input>,
+}
+
+impl Daemon {
+    /// Open GPIO, the device and the control socket; tell systemd we are ready.
+    async fn open(config: ApplianceConfig, started: Instant) -> Result<Daemon, ApplianceError> {
+        let mut gpio = Gpio::open(&config.gpio)?;
+        let device = Device::open(config.device(), started)?;
+        let (stats, heartbeats) = (device.stats(), device.heartbeats());
+        let (calls, device_task) = spawn_device(device);
+        let (requests_tx, requests) = mpsc::channel::<Incoming>(16);
+        let socket = config.service.control_socket.clone();
+        control::serve(&socket, requests_tx).await?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        let controller = Controller::new(config.call.policy(), seed);
+        let long = Duration::from_millis(config.call.long_press_ms);
+        let now = Instant::now();
+        let leds = controller.leds();
+        gpio.show(&leds, Duration::ZERO);
+        let mut notifier = Notifier::from_env();
+        notifier.ready(&controller.status(now));
+        let watchdog = notifier.watchdog_interval();
+        if watchdog.is_some() {
+            notifier.watchdog();
+        }
+        log::info!(
+            "ready in {:.0} ms: {}",
+            started.elapsed().as_secs_f64() * 1000.0,
+            controller.status(now)
+        );
+        Ok(Daemon {
+            edges: gpio.take_buttons(),
+            config,
+            started,
+            gpio,
+            socket,
+            calls,
+            device_task,
+            requests,
+            controller,
+            trackers: [
+                (Button::Call, PressTracker::new(long)),
+                (Button::Hangup, PressTracker::new(long)),
+            ],
+            mute: watch::channel(false).0,
+            notifier,
+            beats: heartbeats.read(),
+            stats,
+            heartbeats,
+            next_watchdog: watchdog.map(|w| now + w),
+            next_usersig_check: now,
+            shown: Shown { leds, since: now },
+            state_since: now,
+            call: CallHandles::default(),
+            answers: Vec::new(),
+            inputs: VecDeque::from([Input::Boot]),
+        })
+    }
+
+    /// Feed everything queued to the controller, carrying out its actions.
+    fn feed_inputs(&mut self) {
+        while let Some(input) = self.inputs.pop_front() {
+            let now = Instant::now();
+            let before = self.controller.state().clone();
+            for action in self.controller.handle(input, now) {
+                self.carry_out(action);
+            }
+            if *self.controller.state() != before {
+                self.state_since = now;
+                log::info!(
+                    "call state {} -> {}: {}",
+                    before.name(),
+                    self.controller.state().name(),
+                    self.controller.status(now)
+                );
+            }
+        }
+    }
+
+    fn carry_out(&mut self, action: Action) {
+        match action {
+            Action::Join => self.start_call(),
+            Action::Leave => match self.call.hangup.take() {
+                Some(h) => {
+                    let _ = h.send(());
+                }
+                None => self.inputs.push_back(Input::Left),
+            },
+            Action::MuteAudio(m) => {
+                self.mute.send_replace(m);
+            }
+        }
+    }
+
+    /// Hand a call to the device task, unless the userSig has expired.
+    fn start_call(&mut self) {
+        if let Some(left) = usersig_expires_in(&self.config).filter(|l| *l <= 0) {
+            self.inputs.push_back(Input::JoinFailed {
+                reason: format!(
+                    "userSig expired {} s ago (code {:#06x}); provision a new one",
+                    -left,
+                    crate::protocol::code::JOIN_ROOM_FAILED
+                ),
+                retryable: false,
+            });
+            return;
+        }
+        let (hangup_tx, hangup_rx) = oneshot::channel();
+        let (joined_tx, joined_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let link = CallLink {
+            joined: Some(joined_tx),
+            audio_muted: Some(self.mute.subscribe()),
+            dead_media: Some(Duration::from_millis(self.config.call.dead_media_ms)),
+        };
+        // The controller joins only from states with no call running, so the task is free.
+        if self.calls.try_send((hangup_rx, link, done_tx)).is_err() {
+            log::error!("E_INTERNAL: the device task is busy or gone");
+        }
+        self.call = CallHandles {
+            done: Some(done_rx),
+            hangup: Some(hangup_tx),
+            joined: Some(joined_rx),
+        };
+    }
+
+    fn answer_commands(&mut self) {
+        let (state, status) = (
+            self.controller.state().name(),
+            self.status_text(Instant::now()),
+        );
+        for (command, reply) in self.answers.drain(..) {
+            let done = CommandDone {
+                ok: true,
+                command,
+                state,
+                status: status.clone(),
+            };
+            let _ = reply.send(serde_json::to_value(done).unwrap_or_default());
+        }
+    }
+
+    /// LEDs and systemd's `STATUS=`.
+    fn show(&mut self) {
+        let now = Instant::now();
+        let leds = self.controller.leds();
+        if leds != self.shown.leds {
+            self.shown = Shown { leds, since: now };
+        }
+        self.gpio.show(&self.shown.leds, now - self.shown.since);
+        let status = self.status_text(now);
+        self.notifier.status(&status);
+    }
+
+    /// When the loop must run again even if nothing happens.
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let timers = [
+            self.controller.deadline(),
+            self.trackers[0].1.deadline(),
+            self.trackers[1].1.deadline(),
+            animated(&self.shown.leds).then(|| now + LED_TICK),
+            self.next_watchdog,
+            Some(self.next_usersig_check),
+        ];
+        timers
+            .into_iter()
+            .flatten()
+            .fold(now + Duration::from_secs(60), Instant::min)
+    }
+
+    fn on_request(&mut self, request: Request, reply: oneshot::Sender<Value>) {
+        let command = match request {
+            Request::Status => {
+                let status = self.status(Instant::now());
+                let _ = reply.send(serde_json::to_value(status).unwrap_or_default());
+                return;
+            }
+            Request::Call => Command::Call,
+            Request::Hangup => Command::Hangup,
+            Request::MuteAudio => Command::MuteAudio(true),
+            Request::UnmuteAudio => Command::MuteAudio(false),
+        };
+        log::info!("control: {request:?}");
+        self.inputs.push_back(Input::Command(command));
+        self.answers.push((request, reply));
+    }
+
+    fn on_edge(&mut self, edge: Edge) {
+        let Some((_, t)) = self.trackers.iter_mut().find(|(b, _)| *b == edge.button) else {
+            return;
+        };
+        if let Some(press) = t.edge(edge.pressed, edge.at) {
+            log::info!("button {:?}: {press:?} press", edge.button);
+            self.inputs.push_back(Input::Button(edge.button, press));
+        }
+    }
+
+    fn on_joined(&mut self) {
+        self.call.joined = None;
+        self.inputs.push_back(Input::Joined);
+    }
+
+    fn on_call_done(&mut self, result: Result<Result<(), DeviceError>, oneshot::error::RecvError>) {
+        self.call = CallHandles::default();
+        let result = result.unwrap_or_else(|_| {
+            Err(DeviceError::Threads(std::io::Error::other(
+                "the device task ended",
+            )))
+        });
+        self.inputs.push_back(call_outcome(result));
+    }
+
+    /// Timers: the controller's, long presses, the watchdog, the userSig.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        self.inputs.push_back(Input::Tick);
+        for (button, t) in self.trackers.iter_mut() {
+            if let Some(press) = t.poll(now) {
+                log::info!("button {button:?}: held, long press");
+                self.inputs.push_back(Input::Button(*button, press));
+            }
+        }
+        if self.next_watchdog.is_some_and(|t| now >= t) {
+            self.check_watchdog(now);
+        }
+        if now >= self.next_usersig_check {
+            self.next_usersig_check = now + USERSIG_CHECK;
+            self.check_usersig();
+        }
+    }
+
+    /// Ping systemd's watchdog only while every media thread moves.
+    fn check_watchdog(&mut self, now: Instant) {
+        let current = self.heartbeats.read();
+        let stuck = stalled(&self.beats, &current);
+        if stuck.is_empty() {
+            self.notifier.watchdog();
+        } else {
+            log::error!(
+                "E_PIPELINE_STUCK: media thread(s) {stuck:?} made no progress; withholding the watchdog ping so systemd restarts callbox"
+            );
+        }
+        self.beats = current;
+        self.next_watchdog = self.notifier.watchdog_interval().map(|w| now + w);
+    }
+
+    fn check_usersig(&self) {
+        let warn_before = self.config.call.usersig_warn_days * 86_400;
+        match usersig_expires_in(&self.config) {
+            Some(left) if left <= 0 => log::error!(
+                "E_USERSIG_EXPIRED: the configured userSig expired {} s ago; the next join will fail",
+                -left
+            ),
+            Some(left) if (left as u64) < warn_before => log::warn!(
+                "E_USERSIG_EXPIRING: the configured userSig expires in {:.1} h; provision a new one",
+                left as f64 / 3600.0
+            ),
+            _ => {}
+        }
+    }
+
+    /// The call state, and what runs degraded: a lost camera leaves audio
+    /// only while the camera is retried.
+    fn status_text(&self, now: Instant) -> String {
+        let status = self.controller.status(now);
+        if self
+            .stats
+            .camera_lost
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            format!(
+                "{status}; camera unavailable (code {:#06x}), audio only",
+                crate::protocol::code::DEVICE_NOT_FOUND
+            )
+        } else {
+            status
+        }
+    }
+
+    fn status(&self, now: Instant) -> Status {
+        let media = self.stats.snapshot();
+        let state = self.controller.state();
+        let lit = |p: Pattern| p.lit(now - self.shown.since);
+        let room = &self.config.room;
+        Status {
+            ok: true,
+            state: state.name(),
+            ban_reason: match state {
+                State::Banned(r) => Some(r.as_str()),
+                _ => None,
+            },
+            status: self.status_text(now),
+            degraded: media
+                .camera_lost
+                .then_some("camera unavailable: audio only"),
+            in_state_s: (now - self.state_since).as_secs_f64(),
+            attempt: self.controller.attempt(),
+            last_error: self.controller.last_error().map(str::to_owned),
+            audio_muted: self.controller.audio_muted(),
+            leds: LedLevels {
+                call: lit(self.shown.leds.call),
+                banned: lit(self.shown.leds.banned),
+                error: lit(self.shown.leds.error),
+            },
+            room: RoomStatus {
+                url: room.url.clone(),
+                user_id: room.user_id.clone(),
+                room_id: room.room_id,
+                str_room_id: room.str_room_id.clone(),
+            },
+            usersig_expires_in_s: usersig_expires_in(&self.config),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            frame_copies_per_frame: (media.video_frames_captured > 0)
+                .then(|| media.frame_copies as f64 / media.video_frames_captured as f64),
+            media,
+        }
+    }
+
+    /// Leave the room (bounded), stop the media threads, LEDs off.
+    async fn shut_down(mut self) {
+        self.notifier.stopping();
+        if let Some(h) = self.call.hangup.take() {
+            let _ = h.send(());
+        }
+        if let Some(d) = self.call.done.take() {
+            if tokio::time::timeout(LEAVE_ON_STOP, d).await.is_err() {
+                log::warn!("leaving the room took over {LEAVE_ON_STOP:?}; stopping anyway");
+            }
+        }
+        // Closing the channel ends the device task, which stops the media threads.
+        drop(self.calls);
+        let _ = tokio::time::timeout(LEAVE_ON_STOP, self.device_task).await;
+        let off = Leds {
+            call: Pattern::Off,
+            banned: Pattern::Off,
+            error: Pattern::Off,
+        };
+        self.gpio.show(&off, Duration::ZERO);
+        let _ = std::fs::remove_file(&self.socket);
+        log::info!("stopped");
     }
 }

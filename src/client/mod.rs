@@ -9,6 +9,8 @@ pub mod liveness;
 pub mod peer;
 pub mod signaling;
 
+/// Where to join: the protocol's room id, numeric or string.
+pub use crate::protocol::RoomId;
 use crate::protocol::{ClientMessage, MediaKind, ServerMessage, StreamInfo, PROTOCOL_VERSION};
 pub use peer::{Congestion, NetConfig};
 use peer::{Downlink, RemotePacket, Uplink};
@@ -31,7 +33,7 @@ pub enum ClientError {
     #[error("refused by the room service ({code:#06x} {reason}): {message}")]
     Refused {
         code: u32,
-        reason: String,
+        reason: crate::protocol::Reason,
         message: String,
     },
     #[error("media: {0}")]
@@ -85,11 +87,18 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
-/// Where to join: numeric `roomId` or `strRoomId`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JoinRoom {
-    Num(u32),
-    Str(String),
+/// Which kinds of a remote stream to receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receive {
+    pub audio: bool,
+    pub video: bool,
+}
+
+impl Receive {
+    pub const BOTH: Receive = Receive {
+        audio: true,
+        video: true,
+    };
 }
 
 /// The local publication: write encoded media into its tracks.
@@ -175,10 +184,10 @@ impl Client {
     }
 
     /// Join a room; returns the streams already published there.
-    pub async fn join(&mut self, room: JoinRoom) -> Result<Vec<StreamInfo>, ClientError> {
+    pub async fn join(&mut self, room: RoomId) -> Result<Vec<StreamInfo>, ClientError> {
         let (room_id, str_room_id) = match room {
-            JoinRoom::Num(n) => (Some(n as i64), None),
-            JoinRoom::Str(s) => (None, Some(s)),
+            RoomId::Num(n) => (Some(n as i64), None),
+            RoomId::Str(s) => (None, Some(s)),
         };
         let c = &self.config;
         let reply = self
@@ -252,9 +261,21 @@ impl Client {
             .map(|_| ())
     }
 
-    /// Subscribe to a remote stream (from `stream-added` or the join reply).
+    /// Subscribe to a remote stream's audio and video (from `stream-added`
+    /// or the join reply).
     pub async fn subscribe(&mut self, info: &StreamInfo) -> Result<RemoteStream, ClientError> {
-        let (mut downlink, sdp) = Downlink::offer(&self.config.net, &self.activity).await?;
+        self.subscribe_to(info, Receive::BOTH).await
+    }
+
+    /// Subscribe to what `receive` asks of a remote stream (TRTC's
+    /// `subscribe(stream, {audio, video})`): only those kinds are negotiated.
+    pub async fn subscribe_to(
+        &mut self,
+        info: &StreamInfo,
+        receive: Receive,
+    ) -> Result<RemoteStream, ClientError> {
+        let (mut downlink, sdp) =
+            Downlink::offer(&self.config.net, &self.activity, receive).await?;
         let stream_id = info.stream_id.clone();
         let negotiated = async {
             let reply = self

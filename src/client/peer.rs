@@ -344,14 +344,13 @@ impl LocalTrack {
             .sample_writer(self.ssrc, self.pt)
             .write_sample(&sample)
             .await
-            .map_err(|e| {
-                let text = e.to_string();
-                // A closed connection's error carries the whole unsent packet.
-                if text.contains("SendError") {
+            .map_err(|e| match e {
+                // The crate reports a closed send queue (and an unbound
+                // track) as `Other`, with the whole unsent packet in the text.
+                webrtc::error::Error::Other(_) => {
                     ClientError::Media("write sample: the peer connection is closed".into())
-                } else {
-                    ClientError::Media(format!("write sample: {text}"))
                 }
+                e => ClientError::Media(format!("write sample: {e}")),
             })
     }
 
@@ -494,9 +493,14 @@ impl Downlink {
     pub async fn offer(
         net: &NetConfig,
         activity: &RoomActivity,
+        receive: super::Receive,
     ) -> Result<(Downlink, String), ClientError> {
         let mut peer = Peer::new(net, None, activity).await?;
-        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        let kinds = [
+            (RtpCodecKind::Audio, receive.audio),
+            (RtpCodecKind::Video, receive.video),
+        ];
+        for kind in kinds.into_iter().filter_map(|(k, on)| on.then_some(k)) {
             peer.pc
                 .add_transceiver_from_kind(
                     kind,

@@ -20,7 +20,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// WebSocket pings keep [`RoomActivity`] fresh while the room is quiet.
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
+type AwaitingReply = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
 
 /// TLS for `wss://`: system roots plus the given PEM CAs, aws-lc-rs crypto
 /// chosen explicitly (several providers are linked in).
@@ -52,7 +52,7 @@ fn tls_connector(extra_ca_pem: Option<&[u8]>) -> Result<tokio_tungstenite::Conne
 /// A connected signaling channel. Dropping it closes the WebSocket.
 pub struct Signaling {
     out: mpsc::UnboundedSender<Message>,
-    pending: Pending,
+    pending: AwaitingReply,
     next_id: AtomicU64,
 }
 
@@ -84,7 +84,7 @@ impl Signaling {
         let (mut ws_tx, mut ws_rx) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (events_tx, events) = mpsc::unbounded_channel();
-        let pending: Pending = Arc::default();
+        let pending: AwaitingReply = Arc::default();
         activity.touch();
         tokio::spawn(async move {
             let mut ping = tokio::time::interval(PING_INTERVAL);

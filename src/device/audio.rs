@@ -26,6 +26,8 @@ pub enum AudioError {
     Wav { path: PathBuf, source: hound::Error },
     #[error("Opus: {0}")]
     Opus(#[from] opus::Error),
+    #[error("audio.wav_path: the wav playback sink needs a path")]
+    NoWavPath,
 }
 
 /// One 20 ms frame of microphone audio per call, blocking until it is there.
@@ -40,15 +42,16 @@ pub trait AudioSink: Send {
     fn describe(&self) -> String;
 }
 
-/// Between capture and encoder: echo cancellation and noise suppression
-/// belong here (a later issue).
+/// Between capture and encoder: where echo cancellation and noise
+/// suppression belong.
 pub trait AudioProcessor: Send {
     fn process(&mut self, frame: &mut [i16]);
 }
 
-pub struct PassThrough;
+/// The processing stage that leaves the microphone's audio as it is.
+pub struct NoProcessing;
 
-impl AudioProcessor for PassThrough {
+impl AudioProcessor for NoProcessing {
     fn process(&mut self, _frame: &mut [i16]) {}
 }
 

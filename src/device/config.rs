@@ -1,13 +1,19 @@
-//! The device's config file (`callbox device --config device.toml`): where
-//! to join, and which camera, microphone and speaker to use. Unknown keys
-//! and bad values are refused before anything starts, each with its key.
+//! The device's sections of `device.toml`: where to join (`[room]`,
+//! `[network]`) and which camera, microphone and speaker to use (`[video]`,
+//! `[audio]`). Each section checks itself; the whole file (with the
+//! appliance's `[call]`, `[gpio]`, `[service]`) is
+//! `crate::appliance::config::ApplianceConfig`. Unknown keys and bad values
+//! are refused before anything starts, each with its key.
 
-use crate::appliance::config::{CallSection, GpioSection, ServiceSection};
 use crate::config::{self, ConfigError, Problems, Secret};
+use crate::device::v4l2::PixelFormat;
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+/// What the device's media needs: where to join and with which devices.
+/// Parsed on its own (tests, library users) or as part of the appliance's
+/// config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
@@ -18,12 +24,6 @@ pub struct DeviceConfig {
     pub video: VideoSection,
     #[serde(default)]
     pub audio: AudioSection,
-    #[serde(default)]
-    pub call: CallSection,
-    #[serde(default)]
-    pub gpio: GpioSection,
-    #[serde(default)]
-    pub service: ServiceSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,7 +95,7 @@ pub struct VideoSection {
     pub height: u32,
     pub fps: u32,
     /// V4L2 fourccs in order of preference.
-    pub formats: Vec<String>,
+    pub formats: Vec<PixelFormat>,
     pub encoder: EncoderKind,
     /// Cisco's libopenh264.so, loaded at run time instead of the built-in encoder.
     pub openh264_library: Option<PathBuf>,
@@ -114,10 +114,7 @@ impl Default for VideoSection {
             width: 640,
             height: 480,
             fps: 30,
-            formats: crate::device::v4l2::SUPPORTED
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            formats: PixelFormat::ALL.to_vec(),
             encoder: EncoderKind::Openh264,
             openh264_library: None,
             bitrate_min_kbps: 150,
@@ -177,133 +174,162 @@ impl Default for AudioSection {
 
 impl DeviceConfig {
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        config::load_checked(file, Self::validate)
+        config::load_checked(file, |c: &Self, f| c.check(f))
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        config::parse_checked(file, text, Self::validate)
+        config::parse_checked(file, text, |c: &Self, f| c.check(f))
     }
 
-    /// The userSig, from the file when `user_sig_file` is set.
-    pub fn user_sig(&self) -> Result<String, String> {
-        match (&self.room.user_sig, &self.room.user_sig_file) {
+    /// Every section's problems.
+    pub fn validate(&self, p: &mut Problems) {
+        self.room.validate(p);
+        self.video.validate(p);
+        self.audio.validate(p);
+    }
+
+    fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        let mut p = Problems::default();
+        self.validate(&mut p);
+        p.into_result(file)
+    }
+
+    /// The room to join.
+    pub fn join_room(&self) -> crate::client::RoomId {
+        match (&self.room.str_room_id, self.room.room_id) {
+            (Some(s), _) => crate::client::RoomId::Str(s.clone()),
+            (None, n) => crate::client::RoomId::Num(n.unwrap_or(0)),
+        }
+    }
+}
+
+/// Why the configured userSig cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum UserSigUnavailable {
+    #[error("room.user_sig_file {}: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("room.user_sig: set user_sig or user_sig_file")]
+    Missing,
+}
+
+impl RoomSection {
+    /// The userSig, from the file when `user_sig_file` is set (read each
+    /// time, so a re-provisioned file is used at the next join).
+    pub fn user_sig(&self) -> Result<String, UserSigUnavailable> {
+        match (&self.user_sig, &self.user_sig_file) {
             (Some(s), _) => Ok(s.expose().to_owned()),
             (None, Some(f)) => std::fs::read_to_string(f)
                 .map(|s| s.trim().to_owned())
-                .map_err(|e| format!("{}: {e}", f.display())),
-            (None, None) => Err("no user_sig or user_sig_file".into()),
+                .map_err(|source| UserSigUnavailable::File {
+                    path: f.clone(),
+                    source,
+                }),
+            (None, None) => Err(UserSigUnavailable::Missing),
         }
     }
 
-    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
-        let mut p = Problems::default();
-        let r = &self.room;
+    pub fn validate(&self, p: &mut Problems) {
         p.check(
-            r.url.starts_with("ws://") || r.url.starts_with("wss://"),
+            self.url.starts_with("ws://") || self.url.starts_with("wss://"),
             "room.url",
             "must start with ws:// or wss://",
         );
-        match (&r.user_sig, &r.user_sig_file) {
+        match (&self.user_sig, &self.user_sig_file) {
             (Some(_), Some(_)) => p.add("room.user_sig", "set user_sig or user_sig_file, not both"),
             (None, None) => p.add("room.user_sig", "set user_sig or user_sig_file"),
             (None, Some(f)) => p.check_file("room.user_sig_file", f),
             _ => {}
         }
-        if let Err(e) = crate::protocol::validate_user_id(&r.user_id) {
+        if let Err(e) = crate::protocol::validate_user_id(&self.user_id) {
             p.add("room.user_id", e.to_string());
         }
-        if let Err(e) =
-            crate::protocol::RoomId::from_fields(r.room_id.map(i64::from), r.str_room_id.as_deref())
-        {
+        if let Err(e) = crate::protocol::RoomId::from_fields(
+            self.room_id.map(i64::from),
+            self.str_room_id.as_deref(),
+        ) {
             p.add("room.room_id", e.to_string());
         }
-        if let Some(ca) = &r.ca_file {
+        if let Some(ca) = &self.ca_file {
             p.check_file("room.ca_file", ca);
         }
-        let v = &self.video;
-        if v.enabled {
-            p.check(
-                v.width >= 16
-                    && v.height >= 16
-                    && v.width % 2 == 0
-                    && v.height % 2 == 0
-                    && v.width <= 4096
-                    && v.height <= 4096,
-                "video.width",
-                format!(
-                    "{}x{}: even sizes from 16x16 to 4096x4096",
-                    v.width, v.height
-                ),
-            );
-            p.check((1..=60).contains(&v.fps), "video.fps", "1 to 60");
-            p.check(
-                !v.formats.is_empty(),
-                "video.formats",
-                "at least one format",
-            );
-            for f in &v.formats {
-                p.check(
-                    crate::device::v4l2::SUPPORTED.contains(&f.as_str()),
-                    "video.formats",
-                    format!(
-                        "{f} is not one of {}",
-                        crate::device::v4l2::SUPPORTED.join(", ")
-                    ),
-                );
-            }
-            p.check(
-                v.bitrate_min_kbps >= 30
-                    && v.bitrate_min_kbps <= v.bitrate_start_kbps
-                    && v.bitrate_start_kbps <= v.bitrate_max_kbps,
-                "video.bitrate_start_kbps",
-                "need 30 <= bitrate_min_kbps <= bitrate_start_kbps <= bitrate_max_kbps",
-            );
-            p.check(
-                (1..=60).contains(&v.keyframe_interval_s),
-                "video.keyframe_interval_s",
-                "1 to 60",
-            );
-            p.check(
-                v.encoder != EncoderKind::V4l2m2m,
-                "video.encoder",
-                "v4l2m2m (the hardware encoder) is not implemented yet; use openh264",
-            );
-            p.check(
-                !(v.source == VideoSourceKind::Synthetic && v.encoder == EncoderKind::Passthrough),
-                "video.encoder",
-                "passthrough needs an H.264 camera; the synthetic source is raw",
-            );
-            if let Some(lib) = &v.openh264_library {
-                p.check_file("video.openh264_library", lib);
-            }
+    }
+}
+
+impl VideoSection {
+    pub fn validate(&self, p: &mut Problems) {
+        if !self.enabled {
+            return;
         }
-        let a = &self.audio;
-        if a.enabled {
-            p.check(
-                a.sample_rate == 48_000,
-                "audio.sample_rate",
-                "only 48000 is supported",
-            );
-            p.check(
-                (6..=510).contains(&a.bitrate_kbps),
-                "audio.bitrate_kbps",
-                "6 to 510",
-            );
-            p.check(
-                (20.0..=20_000.0).contains(&a.tone_hz),
-                "audio.tone_hz",
-                "20 to 20000",
-            );
-            p.check(
-                a.playback != PlaybackKind::Wav || a.wav_path.is_some(),
-                "audio.wav_path",
-                "the wav playback sink needs wav_path",
-            );
+        let (w, h) = (self.width, self.height);
+        p.check(
+            (16..=4096).contains(&w) && (16..=4096).contains(&h) && w % 2 == 0 && h % 2 == 0,
+            "video.width",
+            format!("{w}x{h}: even sizes from 16x16 to 4096x4096"),
+        );
+        p.check((1..=60).contains(&self.fps), "video.fps", "1 to 60");
+        p.check(
+            !self.formats.is_empty(),
+            "video.formats",
+            "at least one format",
+        );
+        p.check(
+            self.bitrate_min_kbps >= 30
+                && self.bitrate_min_kbps <= self.bitrate_start_kbps
+                && self.bitrate_start_kbps <= self.bitrate_max_kbps,
+            "video.bitrate_start_kbps",
+            "need 30 <= bitrate_min_kbps <= bitrate_start_kbps <= bitrate_max_kbps",
+        );
+        p.check(
+            (1..=60).contains(&self.keyframe_interval_s),
+            "video.keyframe_interval_s",
+            "1 to 60",
+        );
+        p.check(
+            self.encoder != EncoderKind::V4l2m2m,
+            "video.encoder",
+            "v4l2m2m (the hardware encoder) is not implemented yet; use openh264",
+        );
+        p.check(
+            !(self.source == VideoSourceKind::Synthetic
+                && self.encoder == EncoderKind::Passthrough),
+            "video.encoder",
+            "passthrough needs an H.264 camera; the synthetic source is raw",
+        );
+        if let Some(lib) = &self.openh264_library {
+            p.check_file("video.openh264_library", lib);
         }
-        self.call.validate(&mut p);
-        self.gpio.validate(&self.call, &mut p);
-        self.service.validate(&mut p);
-        p.into_result(file)
+    }
+}
+
+impl AudioSection {
+    pub fn validate(&self, p: &mut Problems) {
+        if !self.enabled {
+            return;
+        }
+        p.check(
+            self.sample_rate == 48_000,
+            "audio.sample_rate",
+            "only 48000 is supported",
+        );
+        p.check(
+            (6..=510).contains(&self.bitrate_kbps),
+            "audio.bitrate_kbps",
+            "6 to 510",
+        );
+        p.check(
+            (20.0..=20_000.0).contains(&self.tone_hz),
+            "audio.tone_hz",
+            "20 to 20000",
+        );
+        p.check(
+            self.playback != PlaybackKind::Wav || self.wav_path.is_some(),
+            "audio.wav_path",
+            "the wav playback sink needs wav_path",
+        );
     }
 }
 
@@ -332,7 +358,7 @@ playback = "null"
         let c = DeviceConfig::parse(Path::new("d.toml"), GOOD).unwrap();
         assert_eq!((c.video.width, c.video.height, c.video.fps), (640, 480, 30));
         assert_eq!(c.audio.sample_rate, 48_000);
-        assert_eq!(c.user_sig().unwrap(), "sig");
+        assert_eq!(c.room.user_sig().unwrap(), "sig");
         assert!(!format!("{c:?}").contains("\"sig\""));
     }
 
@@ -342,7 +368,7 @@ playback = "null"
             .replace("room_id = 1234", "room_id = 1234\nstr_room_id = \"x\"")
             .replace(
                 "source = \"synthetic\"",
-                "source = \"synthetic\"\nwidth = 641\nencoder = \"v4l2m2m\"\nformats = [\"RGB3\"]",
+                "source = \"synthetic\"\nwidth = 641\nencoder = \"v4l2m2m\"",
             )
             .replace(
                 "playback = \"null\"",
@@ -355,7 +381,6 @@ playback = "null"
             "room.room_id",
             "video.width",
             "video.encoder",
-            "video.formats",
             "audio.sample_rate",
             "audio.wav_path",
         ] {
@@ -370,5 +395,15 @@ playback = "null"
         )
         .unwrap_err();
         assert!(e.to_string().contains("video.colour (line"), "{e}");
+        let e = DeviceConfig::parse(
+            Path::new("d.toml"),
+            &GOOD.replace("[video]", "[video]\nformats = [\"YUYV\", \"RGB3\"]"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Parse { key, reason, .. }
+                if key.starts_with("video.formats") && reason.contains("RGB3")),
+            "{e}"
+        );
     }
 }

@@ -1,30 +1,31 @@
-//! `callbox device`: opens the camera, microphone and speaker the config
-//! names (every failure a startup error naming the device, but for a
-//! camera that is not there yet: that one starts audio-only), starts the
-//! media threads, joins the room as a TRTC-style client, publishes, and
-//! subscribes to every stream in the room, playing its audio. Call control
-//! (buttons, reconnect, banned state) builds on [`Device::call`].
+//! The device in a call: [`Device::open`] opens the camera, microphone
+//! and speaker the config names (through [`sources`]; every failure a
+//! startup error naming the device, but for a camera that is not there
+//! yet: that one starts audio-only) and starts the media threads;
+//! [`Device::call`] joins the room as a TRTC-style client, publishes, and
+//! subscribes to every stream in the room, playing its audio. A call is a
+//! [`Call`] whose methods are its steps. Call control (buttons,
+//! reconnect, banned state) is the appliance's, around it.
 
-use crate::client::{Client, ClientConfig, ClientError, Congestion, JoinRoom, NetConfig};
-use crate::device::alsa_io::{AlsaCapture, AlsaPlayback};
-use crate::device::audio::{
-    AudioError, AudioSink, AudioSource, NullSink, OpusEncoder, PassThrough, ToneSource, WavSink,
+use crate::client::{
+    Client, ClientConfig, ClientError, Congestion, LocalTrack, NetConfig, Receive,
 };
-use crate::device::config::{
-    CaptureKind, DeviceConfig, EncoderKind, PlaybackKind, VideoSourceKind,
-};
-use crate::device::h264::{EncoderSettings, OpenH264Encoder, Passthrough, VideoEncoder};
+use crate::device::audio::{AudioError, NoProcessing, OpusEncoder};
+use crate::device::config::DeviceConfig;
 use crate::device::pipeline::{
-    CameraParts, Heartbeats, OpenCamera, OpenEncoder, Outputs, Parts, Pipeline,
+    CameraParts, EncodedVideo, Heartbeats, OpenCamera, OpenEncoder, Outputs, Parts, Pipeline,
 };
+use crate::device::sources;
 use crate::device::stats::{add, MediaStats};
-use crate::device::v4l2::V4l2Camera;
-use crate::device::video_source::{SyntheticCamera, VideoError, VideoSource};
+use crate::device::video_source::VideoError;
 use crate::protocol::{BanReason, MediaKind, ServerMessage, StreamInfo};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 /// How long a dead uplink waits for the room's reason (a ban) before the
 /// call ends as a connection failure.
@@ -45,9 +46,16 @@ pub enum DeviceError {
     Video(#[from] VideoError),
     #[error(transparent)]
     Audio(#[from] AudioError),
-    /// A file or value the config names cannot be used (userSig file, CA file, WAV path).
+    /// A file the config names cannot be read (userSig file, CA file).
+    #[error("config: {key}: {}: {source}", .path.display())]
+    Config {
+        key: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config: {0}")]
-    Config(String),
+    UserSig(#[from] crate::device::config::UserSigUnavailable),
     #[error("{0}")]
     Client(#[from] ClientError),
     #[error("pushed out of the room: {0:?}")]
@@ -66,7 +74,7 @@ impl DeviceError {
         use crate::protocol::code;
         match self {
             DeviceError::Video(_) | DeviceError::Audio(_) => code::DEVICE_NOT_FOUND,
-            DeviceError::Config(_) => code::INVALID_PARAMETER,
+            DeviceError::Config { .. } | DeviceError::UserSig(_) => code::INVALID_PARAMETER,
             DeviceError::Client(e) => e.code(),
             DeviceError::Banned(_) => code::CLIENT_BANNED,
             DeviceError::Threads(_) => code::UNKNOWN,
@@ -78,10 +86,8 @@ impl DeviceError {
     /// refuses, nor for config that names unusable files.
     pub fn retryable(&self) -> bool {
         match self {
-            DeviceError::Client(ClientError::Refused { reason, .. }) => {
-                !reason.starts_with("usersig-")
-            }
-            DeviceError::Config(_) | DeviceError::Banned(_) => false,
+            DeviceError::Client(ClientError::Refused { reason, .. }) => !reason.is_usersig(),
+            DeviceError::Config { .. } | DeviceError::UserSig(_) | DeviceError::Banned(_) => false,
             _ => true,
         }
     }
@@ -100,58 +106,14 @@ pub struct CallLink {
     pub dead_media: Option<Duration>,
 }
 
-fn open_camera(c: &DeviceConfig) -> Result<Box<dyn VideoSource>, VideoError> {
-    let v = &c.video;
-    Ok(match v.source {
-        VideoSourceKind::Synthetic => Box::new(SyntheticCamera::new(
-            v.width as usize,
-            v.height as usize,
-            v.fps,
-        )),
-        VideoSourceKind::V4l2 => {
-            let mut formats = v.formats.clone();
-            // A passthrough device wants the camera's H.264; a raw encoder cannot use it.
-            match v.encoder {
-                EncoderKind::Passthrough => formats.retain(|f| f == "H264"),
-                _ => formats.retain(|f| f != "H264"),
-            }
-            Box::new(V4l2Camera::open(
-                &v.device, &formats, v.width, v.height, v.fps,
-            )?)
-        }
-    })
-}
-
-fn open_encoder(
-    c: &DeviceConfig,
-    (width, height): (usize, usize),
-    fps: u32,
-) -> Result<Box<dyn VideoEncoder>, VideoError> {
-    let v = &c.video;
-    Ok(match v.encoder {
-        EncoderKind::Openh264 => Box::new(OpenH264Encoder::new(EncoderSettings {
-            width,
-            height,
-            fps,
-            bitrate_bps: v.bitrate_start_kbps * 1000,
-            keyframe_interval_frames: v.keyframe_interval_s * fps.max(1),
-            library: v.openh264_library.clone(),
-        })?),
-        EncoderKind::Passthrough => Box::new(Passthrough::new()),
-        EncoderKind::V4l2m2m => {
-            return Err(VideoError::NotImplemented("the V4L2 M2M hardware encoder"))
-        }
-    })
-}
-
 /// The camera and its encoder. A camera that is not there (yet) is no
 /// startup error: USB cameras enumerate late at boot and get unplugged, and
 /// a call appliance should still take calls, audio-only, and pick the camera
 /// up when it appears. The encoder is made for the configured size then,
 /// so encoder problems still fail at startup.
 fn open_video(c: &DeviceConfig, stats: &MediaStats) -> Result<CameraParts, DeviceError> {
-    let config = c.clone();
-    let mut reopen: OpenCamera = Box::new(move || open_camera(&config));
+    let video = c.video.clone();
+    let mut reopen: OpenCamera = Box::new(move || sources::open_camera(&video));
     let camera = match reopen() {
         Ok(camera) => Some(camera),
         Err(e @ VideoError::Gone { .. }) => {
@@ -170,8 +132,9 @@ fn open_video(c: &DeviceConfig, stats: &MediaStats) -> Result<CameraParts, Devic
         .map_or(((v.width as usize, v.height as usize), v.fps), |cam| {
             (cam.size(), cam.fps())
         });
-    let config = c.clone();
-    let mut new_encoder: OpenEncoder = Box::new(move |size, fps| open_encoder(&config, size, fps));
+    let video = c.video.clone();
+    let mut new_encoder: OpenEncoder =
+        Box::new(move |size, fps| sources::open_encoder(&video, size, fps));
     let encoder = new_encoder(format.0, format.1)?;
     log::info!(
         "video: {} -> {}",
@@ -213,25 +176,8 @@ impl Device {
         };
         let a = &config.audio;
         let (microphone, speaker) = if a.enabled {
-            let source: Box<dyn AudioSource> = match a.capture {
-                CaptureKind::Synthetic => Box::new(ToneSource::new(a.tone_hz)),
-                CaptureKind::Alsa => {
-                    Box::new(AlsaCapture::open(&a.capture_device, Arc::clone(&stats))?)
-                }
-            };
-            let sink: Box<dyn AudioSink> = match a.playback {
-                PlaybackKind::Null => Box::new(NullSink::new()),
-                PlaybackKind::Wav => {
-                    let path = a
-                        .wav_path
-                        .as_deref()
-                        .ok_or_else(|| DeviceError::Config("audio.wav_path is required".into()))?;
-                    Box::new(WavSink::create(path)?)
-                }
-                PlaybackKind::Alsa => {
-                    Box::new(AlsaPlayback::open(&a.playback_device, Arc::clone(&stats))?)
-                }
-            };
+            let source = sources::open_microphone(a, Arc::clone(&stats))?;
+            let sink = sources::open_speaker(a, Arc::clone(&stats))?;
             log::info!(
                 "audio: {} -> Opus {} kbit/s; remote audio -> {}",
                 source.describe(),
@@ -240,21 +186,19 @@ impl Device {
             );
             let encoder = OpusEncoder::new(a.bitrate_kbps as i32 * 1000)?;
             (
-                Some((source, Box::new(PassThrough) as _, encoder)),
+                Some((source, Box::new(NoProcessing) as _, encoder)),
                 Some(sink),
             )
         } else {
             (None, None)
         };
-        let (pipeline, outputs) = Pipeline::start(
-            Parts {
-                camera,
-                microphone,
-                speaker,
-            },
-            Arc::clone(&stats),
-        )
-        .map_err(DeviceError::Threads)?;
+        let parts = Parts {
+            camera,
+            microphone,
+            speaker,
+        };
+        let (pipeline, outputs) =
+            Pipeline::start(parts, Arc::clone(&stats)).map_err(DeviceError::Threads)?;
         Ok(Device {
             config,
             stats,
@@ -275,20 +219,19 @@ impl Device {
     pub fn client_config(&self) -> Result<ClientConfig, DeviceError> {
         let c = &self.config;
         let v = &c.video;
-        let tls_ca_pem =
-            match &c.room.ca_file {
-                Some(f) => Some(std::fs::read(f).map_err(|e| {
-                    DeviceError::Config(format!("room.ca_file {}: {e}", f.display()))
-                })?),
-                None => None,
-            };
+        let tls_ca_pem = match &c.room.ca_file {
+            Some(f) => Some(std::fs::read(f).map_err(|source| DeviceError::Config {
+                key: "room.ca_file",
+                path: f.clone(),
+                source,
+            })?),
+            None => None,
+        };
         Ok(ClientConfig {
             url: c.room.url.clone(),
             sdk_app_id: c.room.sdk_app_id,
             user_id: c.room.user_id.clone(),
-            user_sig: c
-                .user_sig()
-                .map_err(|e| DeviceError::Config(format!("userSig: {e}")))?,
+            user_sig: c.room.user_sig()?,
             net: NetConfig {
                 bind: c.network.bind,
                 ice_servers: c.network.ice_servers.clone(),
@@ -302,13 +245,6 @@ impl Device {
         })
     }
 
-    fn room(&self) -> JoinRoom {
-        match (&self.config.room.str_room_id, self.config.room.room_id) {
-            (Some(s), _) => JoinRoom::Str(s.clone()),
-            (None, n) => JoinRoom::Num(n.unwrap_or(0)),
-        }
-    }
-
     /// One call: join, publish, play the room, until `hangup` resolves
     /// (then leave; also while still joining) or the room ends it (banned,
     /// signaling lost, media dead).
@@ -318,71 +254,84 @@ impl Device {
         mut link: CallLink,
     ) -> Result<(), DeviceError> {
         tokio::pin!(hangup);
-        let config = self.client_config()?;
-        let room = self.room();
-        let (a, v) = (self.config.audio.enabled, self.config.video.enabled);
-        let mut client = None;
-        let joining = async {
-            let c = client.insert(Client::connect(config).await?);
-            let existing = c.join(room.clone()).await?;
-            log::info!("joined {room:?} as {}", c.user_id());
-            c.publish(a, v).await?;
-            Ok::<_, DeviceError>(existing)
-        };
-        let existing = tokio::select! {
-            r = joining => r,
-            _ = &mut hangup => {
-                if let Some(mut c) = client {
-                    let _ = c.leave().await;
-                }
-                return Ok(());
-            }
-        };
-        let Some(mut client) = client else {
-            return existing.map(|_| ());
-        };
-        let existing = match existing {
-            Ok(e) => e,
-            Err(e) => {
-                client.close_media().await;
-                return Err(e);
-            }
+        let (client, existing) = tokio::select! {
+            joined = self.join_and_publish() => joined?,
+            _ = &mut hangup => return Ok(()),
         };
         if let Some(j) = link.joined.take() {
             let _ = j.send(());
         }
-        let (video, audio) = {
-            let local = client
-                .local_stream()
-                .ok_or(ClientError::InvalidOperation("not publishing"))?;
-            (local.video().cloned(), local.audio().cloned())
-        };
-        log::info!(
-            "publishing {}{}",
-            if a { "audio " } else { "" },
-            if v { "video" } else { "" }
-        );
-        // Drop media encoded while not in a call: the call starts live.
-        while self.outputs.video.try_recv().is_ok() {}
-        while self.outputs.audio.try_recv().is_ok() {}
-        self.pipeline.keyframe.store(true, Relaxed);
+        let mut call = Call::start(self, client, link, existing)?;
+        let result = call.run(hangup).await;
+        call.finish().await;
+        result
+    }
 
-        let (sub_tx, mut sub_rx) = mpsc::unbounded_channel::<StreamInfo>();
-        for s in existing {
-            let _ = sub_tx.send(s);
+    /// Connect, join and publish. A hang-up while this runs drops it,
+    /// which closes the half-made connection.
+    async fn join_and_publish(&self) -> Result<(Client, Vec<StreamInfo>), DeviceError> {
+        let config = self.client_config()?;
+        let room = self.config.join_room();
+        let (a, v) = (self.config.audio.enabled, self.config.video.enabled);
+        let mut client = Client::connect(config).await?;
+        let joined = async {
+            let existing = client.join(room.clone()).await?;
+            log::info!("joined {room} as {}", client.user_id());
+            client.publish(a, v).await?;
+            Ok::<_, DeviceError>(existing)
         }
-        let playback = self.pipeline.playback.clone();
-        let keyframe = Arc::clone(&self.pipeline.keyframe);
-        let stats = Arc::clone(&self.stats);
-        let first_packet = |stats: &MediaStats, started: Instant| {
-            if stats.first_rtp_us.load(Relaxed) == 0 {
-                let us = started.elapsed().as_micros() as u64;
-                stats.first_rtp_us.store(us.max(1), Relaxed);
-                log::info!("first RTP packet {:.0} ms after start", us as f64 / 1000.0);
+        .await;
+        match joined {
+            Ok(existing) => {
+                let kinds = [(a, "audio"), (v, "video")];
+                let what: Vec<_> = kinds.iter().filter(|k| k.0).map(|k| k.1).collect();
+                log::info!("publishing {}", what.join(" "));
+                Ok((client, existing))
             }
-        };
+            Err(e) => {
+                client.close_media().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One call in progress: the client, its tracks, and what the call loop
+/// tracks between events. Each `select!` arm of [`Call::run`] is one step.
+struct Call<'d> {
+    device: &'d mut Device,
+    client: Client,
+    video: Option<LocalTrack>,
+    audio: Option<LocalTrack>,
+    /// Streams to subscribe to, one per loop turn so media keeps flowing.
+    to_subscribe: VecDeque<StreamInfo>,
+    keyframe_task: Option<tokio::task::JoinHandle<()>>,
+    muted: watch::Receiver<bool>,
+    audio_muted: bool,
+    dead_media: Option<Duration>,
+    /// Set once a track write fails: media stops, and the call ends unless
+    /// the room explains (a ban) within UPLINK_GRACE.
+    uplink_lost: Option<(tokio::time::Instant, String)>,
+}
+
+impl<'d> Call<'d> {
+    fn start(
+        device: &'d mut Device,
+        client: Client,
+        mut link: CallLink,
+        existing: Vec<StreamInfo>,
+    ) -> Result<Self, DeviceError> {
+        let local = client
+            .local_stream()
+            .ok_or(ClientError::InvalidOperation("not publishing"))?;
+        let (video, audio) = (local.video().cloned(), local.audio().cloned());
+        // Drop media encoded while not in a call: the call starts live.
+        while device.outputs.video.try_recv().is_ok() {}
+        while device.outputs.audio.try_recv().is_ok() {}
+        device.pipeline.keyframe.store(true, Relaxed);
         let keyframe_task = video.clone().map(|track| {
-            let (keyframe, stats) = (Arc::clone(&keyframe), Arc::clone(&stats));
+            let keyframe = Arc::clone(&device.pipeline.keyframe);
+            let stats = Arc::clone(&device.stats);
             tokio::spawn(async move {
                 while track.keyframe_requested().await.is_some() {
                     add(&stats.keyframe_requests, 1);
@@ -390,115 +339,211 @@ impl Device {
                 }
             })
         });
-        let (_unmuted, never_muted) = watch::channel(false);
-        let mut muted = link.audio_muted.take().unwrap_or(never_muted);
-        let mut audio_muted = false;
+        let mut muted = link
+            .audio_muted
+            .take()
+            .unwrap_or_else(|| watch::channel(false).1);
         // Apply a mute set before this call (e.g. kept across a reconnect).
         muted.mark_changed();
+        Ok(Call {
+            device,
+            client,
+            video,
+            audio,
+            to_subscribe: existing.into(),
+            keyframe_task,
+            muted,
+            audio_muted: false,
+            dead_media: link.dead_media,
+            uplink_lost: None,
+        })
+    }
+
+    /// Until hang-up (then leave) or the room ends the call.
+    async fn run(
+        &mut self,
+        hangup: impl std::future::Future<Output = ()>,
+    ) -> Result<(), DeviceError> {
+        tokio::pin!(hangup);
         let mut liveness = tokio::time::interval(Duration::from_millis(250));
-        // Set once a track write fails: media stops, and the call ends unless
-        // the room explains within UPLINK_GRACE.
-        let mut uplink_lost: Option<(tokio::time::Instant, String)> = None;
-        let result = loop {
-            if let Some(t) = client.local_stream().and_then(|l| l.target_bitrate()) {
-                self.pipeline.bitrate.store(t, Relaxed);
-                self.stats.target_bitrate_bps.store(t, Relaxed);
-            }
-            tokio::select! {
+        loop {
+            self.follow_bitrate();
+            let lost_at = self.uplink_lost.as_ref().map(|l| l.0);
+            let step = tokio::select! {
                 _ = &mut hangup => {
-                    let _ = client.leave().await;
-                    break Ok(());
+                    let _ = self.client.leave().await;
+                    ControlFlow::Break(Ok(()))
                 }
-                Some(unit) = self.outputs.video.recv() => {
-                    if let (Some(t), None) = (&video, &uplink_lost) {
-                        first_packet(&stats, self.started);
-                        if let Err(e) = t.write(unit.data, unit.duration).await {
-                            uplink_lost = Some(uplink_failed("video", e));
-                        }
-                    }
-                }
-                // The room closes a pushed-out client's connections as it tells
-                // it why; give its word time to arrive before reconnecting.
-                _ = tokio::time::sleep_until(uplink_lost.as_ref().map_or_else(tokio::time::Instant::now, |l| l.0)), if uplink_lost.is_some() => {
-                    let e = uplink_lost.take().map(|l| l.1).unwrap_or_default();
-                    break Err(DeviceError::UplinkClosed(e));
-                }
-                Ok(()) = muted.changed() => {
-                    let m = *muted.borrow_and_update();
-                    if m != audio_muted {
-                        audio_muted = m;
-                        log::info!("microphone {}", if m { "muted" } else { "unmuted" });
-                        if let Err(e) = client.mute(MediaKind::Audio, m).await {
-                            log::warn!("mute-audio (code {:#06x}): {e}", e.code());
-                        }
-                    }
-                }
-                _ = liveness.tick(), if link.dead_media.is_some() => {
-                    let limit = link.dead_media.unwrap_or(Duration::MAX);
-                    if let Some(silence) = client.room_silence().filter(|s| *s > limit) {
-                        log::error!("E_MEDIA_DEAD: nothing from the room for {silence:.1?} (code {:#06x})", crate::protocol::code::ICE_TRANSPORT_ERROR);
-                        break Err(DeviceError::MediaDead(silence));
-                    }
-                }
-                Some(packet) = self.outputs.audio.recv() => {
-                    if audio_muted {
-                        continue;
-                    }
-                    if let (Some(t), None) = (&audio, &uplink_lost) {
-                        first_packet(&stats, self.started);
-                        match t.write(packet, crate::device::audio::FRAME).await {
-                            Ok(()) => add(&stats.audio_packets_sent, 1),
-                            Err(e) => uplink_lost = Some(uplink_failed("audio", e)),
-                        }
-                    }
-                }
-                Some(info) = sub_rx.recv() => {
-                    if info.user_id == client.user_id() {
-                        continue;
-                    }
-                    match client.subscribe(&info).await {
-                        Ok(remote) => {
-                            log::info!("subscribed to {} ({})", info.user_id, info.stream_id);
-                            if let Err(e) = playback.add_stream(&info.stream_id) {
-                                log::error!("cannot play {}: {e}", info.stream_id);
-                            }
-                            let (playback, stats, id) = (playback.clone(), Arc::clone(&stats), info.stream_id.clone());
-                            let mut packets = remote.packets;
-                            tokio::spawn(async move {
-                                while let Some(p) = packets.recv().await {
-                                    if p.kind == MediaKind::Audio && !p.packet.payload.is_empty() {
-                                        add(&stats.audio_packets_received, 1);
-                                        playback.push(&id, p.packet.header.sequence_number, p.packet.payload);
-                                    }
-                                }
-                            });
-                        }
-                        Err(e) => log::error!("subscribe to {} failed (code {:#06x}): {e}", info.user_id, e.code()),
-                    }
-                }
-                ev = client.next_event() => match ev {
-                    None => break Err(DeviceError::Client(ClientError::SignalClosed)),
-                    Some(ServerMessage::StreamAdded { stream }) => { let _ = sub_tx.send(stream); }
-                    Some(ServerMessage::StreamRemoved { stream_id, user_id }) => {
-                        log::info!("{user_id} stopped publishing");
-                        playback.remove_stream(&stream_id);
-                        let _ = client.unsubscribe(&stream_id).await;
-                    }
-                    Some(ServerMessage::ClientBanned { reason, message }) => {
-                        log::error!("client-banned {reason:?} (code {:#06x}): {message}", crate::protocol::code::CLIENT_BANNED);
-                        break Err(DeviceError::Banned(reason));
-                    }
-                    Some(ServerMessage::PeerJoin { user_id }) => log::info!("peer-join {user_id}"),
-                    Some(ServerMessage::PeerLeave { user_id }) => log::info!("peer-leave {user_id}"),
-                    Some(other) => log::debug!("event {other:?}"),
-                },
+                Some(unit) = self.device.outputs.video.recv() => self.on_video(unit).await,
+                Some(packet) = self.device.outputs.audio.recv() => self.on_audio(packet).await,
+                _ = sleep_until(lost_at), if lost_at.is_some() => self.uplink_closed(),
+                Ok(()) = self.muted.changed() => self.on_mute().await,
+                _ = liveness.tick(), if self.dead_media.is_some() => self.check_liveness(),
+                _ = std::future::ready(()), if !self.to_subscribe.is_empty() => self.subscribe_next().await,
+                event = self.client.next_event() => self.on_room_event(event).await,
+            };
+            if let ControlFlow::Break(result) = step {
+                return result;
             }
+        }
+    }
+
+    /// Congestion control's target, for the encoder and the status.
+    fn follow_bitrate(&self) {
+        if let Some(t) = self.client.local_stream().and_then(|l| l.target_bitrate()) {
+            self.device.pipeline.bitrate.store(t, Relaxed);
+            self.device.stats.target_bitrate_bps.store(t, Relaxed);
+        }
+    }
+
+    fn first_packet(&self) {
+        let stats = &self.device.stats;
+        if stats.first_rtp_us.load(Relaxed) == 0 {
+            let us = self.device.started.elapsed().as_micros() as u64;
+            stats.first_rtp_us.store(us.max(1), Relaxed);
+            log::info!("first RTP packet {:.0} ms after start", us as f64 / 1000.0);
+        }
+    }
+
+    async fn on_video(&mut self, unit: EncodedVideo) -> Step {
+        if let (Some(t), None) = (&self.video, &self.uplink_lost) {
+            self.first_packet();
+            if let Err(e) = t.write(unit.data, unit.duration).await {
+                self.uplink_lost = Some(uplink_failed("video", e));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    async fn on_audio(&mut self, packet: Bytes) -> Step {
+        if self.audio_muted {
+            return ControlFlow::Continue(());
+        }
+        if let (Some(t), None) = (&self.audio, &self.uplink_lost) {
+            self.first_packet();
+            match t.write(packet, crate::device::audio::FRAME).await {
+                Ok(()) => add(&self.device.stats.audio_packets_sent, 1),
+                Err(e) => self.uplink_lost = Some(uplink_failed("audio", e)),
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The room closes a pushed-out client's connections as it tells it
+    /// why; its word had UPLINK_GRACE to arrive, and did not.
+    fn uplink_closed(&mut self) -> Step {
+        let e = self.uplink_lost.take().map(|l| l.1).unwrap_or_default();
+        ControlFlow::Break(Err(DeviceError::UplinkClosed(e)))
+    }
+
+    async fn on_mute(&mut self) -> Step {
+        let m = *self.muted.borrow_and_update();
+        if m != self.audio_muted {
+            self.audio_muted = m;
+            log::info!("microphone {}", if m { "muted" } else { "unmuted" });
+            if let Err(e) = self.client.mute(MediaKind::Audio, m).await {
+                log::warn!("mute-audio (code {:#06x}): {e}", e.code());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn check_liveness(&self) -> Step {
+        let limit = self.dead_media.unwrap_or(Duration::MAX);
+        match self.client.room_silence().filter(|s| *s > limit) {
+            Some(silence) => {
+                log::error!(
+                    "E_MEDIA_DEAD: nothing from the room for {silence:.1?} (code {:#06x})",
+                    crate::protocol::code::ICE_TRANSPORT_ERROR
+                );
+                ControlFlow::Break(Err(DeviceError::MediaDead(silence)))
+            }
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    /// Subscribe to the next stream's audio (the device has no screen, so
+    /// it negotiates no video) and feed its packets to the playout.
+    async fn subscribe_next(&mut self) -> Step {
+        let Some(info) = self.to_subscribe.pop_front() else {
+            return ControlFlow::Continue(());
         };
-        if let Some(t) = keyframe_task {
+        if info.user_id == self.client.user_id() {
+            return ControlFlow::Continue(());
+        }
+        let receive = Receive {
+            audio: true,
+            video: false,
+        };
+        match self.client.subscribe_to(&info, receive).await {
+            Ok(remote) => {
+                log::info!("subscribed to {} ({})", info.user_id, info.stream_id);
+                let playback = self.device.pipeline.playback.clone();
+                if let Err(e) = playback.add_stream(&info.stream_id) {
+                    log::error!("cannot play {}: {e}", info.stream_id);
+                }
+                let stats = Arc::clone(&self.device.stats);
+                let mut packets = remote.packets;
+                tokio::spawn(async move {
+                    while let Some(p) = packets.recv().await {
+                        if p.kind == MediaKind::Audio && !p.packet.payload.is_empty() {
+                            add(&stats.audio_packets_received, 1);
+                            let seq = p.packet.header.sequence_number;
+                            playback.push(&info.stream_id, seq, p.packet.payload);
+                        }
+                    }
+                });
+            }
+            Err(e) => log::error!(
+                "subscribe to {} failed (code {:#06x}): {e}",
+                info.user_id,
+                e.code()
+            ),
+        }
+        ControlFlow::Continue(())
+    }
+
+    async fn on_room_event(&mut self, event: Option<ServerMessage>) -> Step {
+        match event {
+            None => return ControlFlow::Break(Err(ClientError::SignalClosed.into())),
+            Some(ServerMessage::StreamAdded { stream }) => self.to_subscribe.push_back(stream),
+            Some(ServerMessage::StreamRemoved { stream_id, user_id }) => {
+                log::info!("{user_id} stopped publishing");
+                self.to_subscribe.retain(|s| s.stream_id != stream_id);
+                self.device.pipeline.playback.remove_stream(&stream_id);
+                let _ = self.client.unsubscribe(&stream_id).await;
+            }
+            Some(ServerMessage::ClientBanned { reason, message }) => {
+                log::error!(
+                    "client-banned {reason:?} (code {:#06x}): {message}",
+                    crate::protocol::code::CLIENT_BANNED
+                );
+                return ControlFlow::Break(Err(DeviceError::Banned(reason)));
+            }
+            Some(ServerMessage::PeerJoin { user_id }) => log::info!("peer-join {user_id}"),
+            Some(ServerMessage::PeerLeave { user_id }) => log::info!("peer-leave {user_id}"),
+            Some(other) => log::debug!("event {other:?}"),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Stop the keyframe relay, close the connections, silence the speaker.
+    async fn finish(mut self) {
+        if let Some(t) = self.keyframe_task.take() {
             t.abort();
         }
-        client.close_media().await;
-        playback.clear();
-        result
+        self.client.close_media().await;
+        self.device.pipeline.playback.clear();
+    }
+}
+
+/// What a step of the call loop says: go on, or the call's result.
+type Step = ControlFlow<Result<(), DeviceError>>;
+
+/// Sleep until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,6 +1,7 @@
 //! The device: camera, microphone and speaker to and from a room.
 //!
-//! - [`config`]: the device's TOML config.
+//! - [`config`]: the device's sections of the TOML config.
+//! - [`sources`]: config kind -> camera, encoder, microphone, speaker.
 //! - [`frame`], [`convert`], [`pattern`]: raw frames, buffer pool, pixel
 //!   format conversion, the synthetic test pattern.
 //! - [`video_source`], [`v4l2`]: where frames come from.
@@ -20,6 +21,7 @@ pub mod h264;
 pub mod jitter;
 pub mod pattern;
 pub mod pipeline;
+pub mod sources;
 pub mod stats;
 pub mod tone;
 pub mod v4l2;

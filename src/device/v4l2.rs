@@ -14,8 +14,71 @@ use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
-/// Pixel formats callbox can take from a camera, by V4L2 fourcc.
-pub const SUPPORTED: [&str; 5] = ["YU12", "NV12", "YUYV", "MJPG", "H264"];
+/// A pixel format callbox can take from a camera, named by its V4L2 fourcc
+/// in config files and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum PixelFormat {
+    Yu12,
+    Nv12,
+    Yuyv,
+    Mjpg,
+    H264,
+}
+
+impl PixelFormat {
+    /// Every supported format, in the default order of preference.
+    pub const ALL: [PixelFormat; 5] = [Self::Yu12, Self::Nv12, Self::Yuyv, Self::Mjpg, Self::H264];
+
+    pub fn fourcc(self) -> &'static str {
+        match self {
+            Self::Yu12 => "YU12",
+            Self::Nv12 => "NV12",
+            Self::Yuyv => "YUYV",
+            Self::Mjpg => "MJPG",
+            Self::H264 => "H264",
+        }
+    }
+
+    pub fn from_fourcc(fourcc: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.fourcc() == fourcc)
+    }
+
+    /// Whether frames in it are already encoded (a raw encoder cannot take them).
+    pub fn is_coded(self) -> bool {
+        self == Self::H264
+    }
+}
+
+impl std::fmt::Display for PixelFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.fourcc())
+    }
+}
+
+impl TryFrom<String> for PixelFormat {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::from_fourcc(&s).ok_or_else(|| {
+            let all: Vec<_> = Self::ALL.iter().map(|f| f.fourcc()).collect();
+            format!("{s} is not one of {}", all.join(", "))
+        })
+    }
+}
+
+impl From<PixelFormat> for String {
+    fn from(f: PixelFormat) -> String {
+        f.fourcc().to_owned()
+    }
+}
+
+fn names(formats: &[PixelFormat]) -> String {
+    formats
+        .iter()
+        .map(|f| f.fourcc())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Sizes a camera offers for one format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,20 +95,22 @@ pub enum Sizes {
 /// What the negotiation picked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
-    pub fourcc: String,
+    pub format: PixelFormat,
     pub width: u32,
     pub height: u32,
 }
 
 /// Pick the first preferred format the camera offers, at the size nearest
-/// the wanted one (exact if offered). `Err` names what the camera has.
+/// the wanted one (exact if offered). `offered` is by fourcc, as the
+/// camera names them (including formats callbox cannot take). `Err` names
+/// what the camera has.
 pub fn negotiate(
     offered: &[(String, Sizes)],
-    preferred: &[String],
+    preferred: &[PixelFormat],
     want: (u32, u32),
 ) -> Result<Choice, String> {
-    for fmt in preferred {
-        let Some((_, sizes)) = offered.iter().find(|(f, _)| f == fmt) else {
+    for &fmt in preferred {
+        let Some((_, sizes)) = offered.iter().find(|(f, _)| f == fmt.fourcc()) else {
             continue;
         };
         let (width, height) = match sizes {
@@ -68,7 +133,7 @@ pub fn negotiate(
             }
         };
         return Ok(Choice {
-            fourcc: fmt.clone(),
+            format: fmt,
             width,
             height,
         });
@@ -81,7 +146,7 @@ pub fn negotiate(
         } else {
             have.join(", ")
         },
-        preferred.join(", ")
+        names(preferred)
     ))
 }
 
@@ -123,7 +188,7 @@ pub struct V4l2Camera {
     stream: v4l::io::mmap::Stream<'static>,
     _dev: Device,
     layout: Layout,
-    fourcc: String,
+    format: PixelFormat,
     width: usize,
     height: usize,
     stride: usize,
@@ -191,6 +256,11 @@ pub fn frame_rates(dev: &Device, fourcc: &str, (w, h): (u32, u32)) -> Vec<f64> {
     rates
 }
 
+fn fourcc_bytes(f: PixelFormat) -> [u8; 4] {
+    let b = f.fourcc().as_bytes();
+    [b[0], b[1], b[2], b[3]]
+}
+
 fn fourcc_str(f: FourCC) -> String {
     f.str()
         .map(str::to_owned)
@@ -218,7 +288,7 @@ impl V4l2Camera {
     /// Open the camera and start streaming in the best format it offers for the request.
     pub fn open(
         path: &str,
-        preferred: &[String],
+        preferred: &[PixelFormat],
         width: u32,
         height: u32,
         fps: u32,
@@ -247,29 +317,21 @@ impl V4l2Camera {
         let offered = offered_formats(&dev, (width, height))
             .map_err(|e| fail(format!("cannot list formats ({}): {e}", caps.card)))?;
         let choice = negotiate(&offered, preferred, (width, height)).map_err(fail)?;
+        let format = choice.format;
         let want = v4l::Format::new(
             choice.width,
             choice.height,
-            FourCC::new(
-                choice
-                    .fourcc
-                    .as_bytes()
-                    .try_into()
-                    .map_err(|_| fail(format!("bad fourcc {}", choice.fourcc)))?,
-            ),
+            FourCC::new(&fourcc_bytes(format)),
         );
         let got = dev.set_format(&want).map_err(|e| {
             fail(format!(
-                "cannot set {} {}x{}: {e}",
-                choice.fourcc, choice.width, choice.height
+                "cannot set {format} {}x{}: {e}",
+                choice.width, choice.height
             ))
         })?;
-        let fourcc = fourcc_str(got.fourcc);
-        if fourcc != choice.fourcc {
-            return Err(fail(format!(
-                "asked for {}, driver gave {fourcc}",
-                choice.fourcc
-            )));
+        let given = fourcc_str(got.fourcc);
+        if given != format.fourcc() {
+            return Err(fail(format!("asked for {format}, driver gave {given}")));
         }
         let got_fps = match dev.set_params(&v4l::video::capture::Parameters::with_fps(fps)) {
             Ok(p) if p.interval.numerator > 0 => p.interval.denominator / p.interval.numerator,
@@ -279,27 +341,26 @@ impl V4l2Camera {
         if w % 2 != 0 || h % 2 != 0 {
             return Err(fail(format!("{w}x{h}: odd sizes are not supported")));
         }
-        let layout = match fourcc.as_str() {
-            "YU12" => Layout::I420,
-            "NV12" => Layout::Convert(Converter::Nv12),
-            "YUYV" => Layout::Convert(Converter::Yuyv),
-            "MJPG" => Layout::Convert(Converter::Mjpeg(MjpegDecoder::new())),
-            "H264" => Layout::H264,
-            other => return Err(fail(format!("format {other} is not supported"))),
+        let layout = match format {
+            PixelFormat::Yu12 => Layout::I420,
+            PixelFormat::Nv12 => Layout::Convert(Converter::Nv12),
+            PixelFormat::Yuyv => Layout::Convert(Converter::Yuyv),
+            PixelFormat::Mjpg => Layout::Convert(Converter::Mjpeg(MjpegDecoder::new())),
+            PixelFormat::H264 => Layout::H264,
         };
         let stream = v4l::io::mmap::Stream::with_buffers(&dev, Type::VideoCapture, 4)
             .map_err(|e| fail(format!("cannot map buffers: {e}")))?;
         log::info!(
-            "camera {path} ({}): {fourcc} {w}x{h} @{got_fps} fps (asked {width}x{height} @{fps}, formats {})",
+            "camera {path} ({}): {format} {w}x{h} @{got_fps} fps (asked {width}x{height} @{fps}, formats {})",
             caps.card,
-            preferred.join(",")
+            names(preferred)
         );
         Ok(V4l2Camera {
             path: path.to_owned(),
             stream,
             _dev: dev,
             layout,
-            fourcc,
+            format,
             width: w,
             height: h,
             stride: got.stride as usize,
@@ -367,7 +428,7 @@ impl VideoSource for V4l2Camera {
     fn describe(&self) -> String {
         format!(
             "V4L2 {} {} {}x{} @{} fps",
-            self.path, self.fourcc, self.width, self.height, self.fps
+            self.path, self.format, self.width, self.height, self.fps
         )
     }
 }
@@ -376,8 +437,10 @@ impl VideoSource for V4l2Camera {
 mod tests {
     use super::*;
 
-    fn prefs(p: &[&str]) -> Vec<String> {
-        p.iter().map(|s| s.to_string()).collect()
+    fn prefs(p: &[&str]) -> Vec<PixelFormat> {
+        p.iter()
+            .map(|s| PixelFormat::from_fourcc(s).expect("supported"))
+            .collect()
     }
 
     #[test]
@@ -396,7 +459,7 @@ mod tests {
         assert_eq!(
             c,
             Choice {
-                fourcc: "YUYV".into(),
+                format: PixelFormat::Yuyv,
                 width: 640,
                 height: 360
             }

@@ -1,5 +1,7 @@
-//! A room service started inside this process on ephemeral loopback ports:
-//! what `callbox demo`, the integration tests and the benchmarks run.
+//! A room service started inside this process on ephemeral loopback ports,
+//! and the config files for one ([`room_toml`]) and for a device that
+//! joins it ([`DeviceToml`]): what `callbox demo`, the integration tests,
+//! the hardware-in-the-loop guest and the benchmarks run, spelled once.
 
 use crate::config::Secret;
 use crate::room::config::{
@@ -27,6 +29,91 @@ pub fn demo_user_sig(user: &str) -> String {
         crate::usersig::unix_now(),
         None,
     )
+}
+
+/// `room.toml` for the demo app: HTTP on `listen`, media on `udp_listen`,
+/// advertised as `advertise` when the clients see another address.
+pub fn room_toml(
+    listen: SocketAddr,
+    udp_listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+) -> String {
+    let advertise = advertise.map_or(String::new(), |a| format!("advertise = \"{a}\"\n"));
+    format!(
+        "[server]\nlisten = \"{listen}\"\n\n[media]\nudp_listen = \"{udp_listen}\"\n{advertise}\n\
+         [admin]\nkey = \"{DEMO_ADMIN_KEY}\"\n\n\
+         [[apps]]\nsdk_app_id = {DEMO_SDK_APP_ID}\nsecret_key = \"{DEMO_SECRET_KEY}\"\n"
+    )
+}
+
+/// A whole `device.toml` for a device of the demo app: it starts as a
+/// device on loopback with a synthetic camera (640x480 at 30 fps) and
+/// microphone (a 440 Hz tone) and no speaker, and callers set what their
+/// case needs.
+#[derive(Debug, Clone)]
+pub struct DeviceToml(toml::Table);
+
+impl DeviceToml {
+    /// Joining `room_id` at `ws_url` as `user_id`, with a userSig valid for
+    /// `valid_s` seconds.
+    pub fn loopback(ws_url: &str, user_id: &str, room_id: u32, valid_s: u64) -> Self {
+        let sig = crate::usersig::generate(
+            DEMO_SDK_APP_ID,
+            DEMO_SECRET_KEY,
+            user_id,
+            valid_s,
+            crate::usersig::unix_now(),
+            None,
+        );
+        DeviceToml(toml::Table::new())
+            .set("room", "url", ws_url)
+            .set("room", "sdk_app_id", DEMO_SDK_APP_ID as i64)
+            .set("room", "user_id", user_id)
+            .set("room", "user_sig", sig)
+            .set("room", "room_id", i64::from(room_id))
+            .set("network", "bind", "127.0.0.1")
+            .set("video", "source", "synthetic")
+            .set("video", "width", 640)
+            .set("video", "height", 480)
+            .set("video", "fps", 30)
+            .set("audio", "capture", "synthetic")
+            .set("audio", "tone_hz", 440)
+            .set("audio", "playback", "null")
+    }
+
+    /// Set `key` of `[section]` (replacing it).
+    pub fn set(mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        let table = self
+            .0
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = table {
+            t.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+
+    /// Set `key` of `[section]` to a TOML value written out, e.g. an inline
+    /// table `{ line = "BTN_CALL" }`.
+    pub fn set_toml(self, section: &str, key: &str, value: &str) -> Result<Self, toml::de::Error> {
+        let mut t = toml::from_str::<toml::Table>(&format!("v = {value}"))?;
+        Ok(match t.remove("v") {
+            Some(v) => self.set(section, key, v),
+            None => self,
+        })
+    }
+
+    /// Remove `key` of `[section]`.
+    pub fn unset(mut self, section: &str, key: &str) -> Self {
+        if let Some(toml::Value::Table(t)) = self.0.get_mut(section) {
+            t.remove(key);
+        }
+        self
+    }
+
+    pub fn text(&self) -> String {
+        toml::to_string(&self.0).unwrap_or_default()
+    }
 }
 
 /// A running in-process room service; stopped on drop.

@@ -5,7 +5,9 @@
 //! [`serve`] takes its listener, media socket and shutdown future from the
 //! caller, so tests bind port 0 and stop the service cleanly.
 
-use crate::protocol::{self, code, ClientMessage, RoomId, ServerMessage, PROTOCOL_VERSION};
+use crate::protocol::{
+    self, code, ClientMessage, MessageType, Reason, RoomId, ServerMessage, PROTOCOL_VERSION,
+};
 use crate::room::admin;
 use crate::room::config::RoomConfig;
 use crate::room::hub::SharedHub;
@@ -222,7 +224,7 @@ async fn connection(state: AppState, socket: WebSocket) {
                 let _ = out_tx.send(ServerMessage::error(
                     None,
                     code::INVALID_PARAMETER,
-                    "binary-message",
+                    Reason::BinaryMessage,
                     "signaling messages are JSON text",
                 ));
                 continue;
@@ -248,7 +250,7 @@ async fn request(state: &AppState, conn: ConnId, text: &str) -> Option<ServerMes
         return Some(ServerMessage::error(
             None,
             code::INVALID_PARAMETER,
-            "message-too-large",
+            Reason::MessageTooLarge,
             format!(
                 "messages are limited to {} bytes",
                 protocol::MAX_MESSAGE_BYTES
@@ -277,16 +279,15 @@ fn parse_error(text: &str, e: &serde_json::Error) -> ServerMessage {
         .as_ref()
         .map(|v| v.get("type").and_then(|t| t.as_str()))
     {
-        None => ("malformed-json", format!("not JSON: {e}")),
+        None => (Reason::MalformedJson, format!("not JSON: {e}")),
         Some(None) => (
-            "missing-type",
+            Reason::MissingType,
             "a message needs a string \"type\"".to_owned(),
         ),
-        // serde names the tag it does not know; the variants stay the one list.
-        Some(Some(t)) if e.to_string().starts_with("unknown variant") => {
-            ("unknown-type", format!("unknown message type {t:?}"))
+        Some(Some(t)) if MessageType::parse(t).is_none() => {
+            (Reason::UnknownType, format!("unknown message type {t:?}"))
         }
-        Some(Some(t)) => ("invalid-fields", format!("bad {t} message: {e}")),
+        Some(Some(t)) => (Reason::InvalidFields, format!("bad {t} message: {e}")),
     };
     log::warn!("E_SIGNAL_BAD_MESSAGE: {reason}: {message}");
     ServerMessage::error(id, code::INVALID_PARAMETER, reason, message)
@@ -295,15 +296,15 @@ fn parse_error(text: &str, e: &serde_json::Error) -> ServerMessage {
 /// A refused request: TRTC code, stable reason, human message.
 struct Refusal {
     code: u32,
-    reason: String,
+    reason: Reason,
     message: String,
 }
 
 impl Refusal {
-    fn new(code: u32, reason: &str, message: impl Into<String>) -> Self {
+    fn new(code: u32, reason: Reason, message: impl Into<String>) -> Self {
         Refusal {
             code,
-            reason: reason.to_owned(),
+            reason,
             message: message.into(),
         }
     }
@@ -327,9 +328,9 @@ impl From<crate::room::state::RoomError> for Refusal {
 fn sfu_refusal(e: SfuError) -> Refusal {
     match e {
         SfuError::BadSdp(_) | SfuError::Refused(_) => {
-            Refusal::new(code::INVALID_PARAMETER, "bad-sdp", e.to_string())
+            Refusal::new(code::INVALID_PARAMETER, Reason::BadSdp, e.to_string())
         }
-        SfuError::Stopped => Refusal::new(code::UNKNOWN, "media-stopped", e.to_string()),
+        SfuError::Stopped => Refusal::new(code::UNKNOWN, Reason::MediaStopped, e.to_string()),
     }
 }
 
@@ -453,22 +454,22 @@ fn authenticate(
     room_id: Option<i64>,
     str_room_id: Option<String>,
 ) -> Result<RoomId, Refusal> {
-    let fail = |reason: &str, message: String| {
+    let fail = |reason: Reason, message: String| {
         log::warn!("E_JOIN_REFUSED: {reason}: {message}");
         Refusal::new(code::JOIN_ROOM_FAILED, reason, message)
     };
     if version != PROTOCOL_VERSION {
         return Err(fail(
-            "protocol-version",
+            Reason::ProtocolVersion,
             format!("protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"),
         ));
     }
-    protocol::validate_user_id(user_id).map_err(|e| fail("invalid-user-id", e.to_string()))?;
+    protocol::validate_user_id(user_id).map_err(|e| fail(Reason::InvalidUserId, e.to_string()))?;
     let room = RoomId::from_fields(room_id, str_room_id.as_deref())
-        .map_err(|e| fail("invalid-room-id", e.to_string()))?;
+        .map_err(|e| fail(Reason::InvalidRoomId, e.to_string()))?;
     let key = state.config.app_key(sdk_app_id).ok_or_else(|| {
         fail(
-            "unknown-sdk-app-id",
+            Reason::UnknownSdkAppId,
             format!("sdkAppId {sdk_app_id} is not served here"),
         )
     })?;
@@ -479,6 +480,6 @@ fn authenticate(
         user_id,
         usersig::unix_now(),
     )
-    .map_err(|e| fail(e.kind(), format!("userSig refused: {e}")))?;
+    .map_err(|e| fail(e.reason(), format!("userSig refused: {e}")))?;
     Ok(room)
 }

@@ -4,7 +4,7 @@
 //! that the caller drains with [`Rooms::poll_effect`] and carries out. No I/O,
 //! no clock; authentication happens before [`Rooms::join`] is called.
 
-use crate::protocol::{code, BanReason, MediaKind, RoomId, ServerMessage, StreamInfo};
+use crate::protocol::{code, BanReason, MediaKind, Reason, RoomId, ServerMessage, StreamInfo};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// One signaling connection (one TRTC client).
@@ -64,18 +64,18 @@ impl RoomError {
         }
     }
 
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            RoomError::NotJoined => "not-joined",
-            RoomError::AlreadyJoined => "already-joined",
-            RoomError::AlreadyPublishing => "already-publishing",
-            RoomError::NotPublishing => "not-publishing",
-            RoomError::EmptyPublication => "empty-publication",
-            RoomError::NoSuchStream(_) => "no-such-stream",
-            RoomError::OwnStream => "own-stream",
-            RoomError::AlreadySubscribed(_) => "already-subscribed",
-            RoomError::NotSubscribed(_) => "not-subscribed",
-            RoomError::NoSuchTrack(_) => "no-such-track",
+            RoomError::NotJoined => Reason::NotJoined,
+            RoomError::AlreadyJoined => Reason::AlreadyJoined,
+            RoomError::AlreadyPublishing => Reason::AlreadyPublishing,
+            RoomError::NotPublishing => Reason::NotPublishing,
+            RoomError::EmptyPublication => Reason::EmptyPublication,
+            RoomError::NoSuchStream(_) => Reason::NoSuchStream,
+            RoomError::OwnStream => Reason::OwnStream,
+            RoomError::AlreadySubscribed(_) => Reason::AlreadySubscribed,
+            RoomError::NotSubscribed(_) => Reason::NotSubscribed,
+            RoomError::NoSuchTrack(_) => Reason::NoSuchTrack,
         }
     }
 }
@@ -583,7 +583,7 @@ mod tests {
         let e = r.subscribe(2, "nope").unwrap_err();
         assert_eq!(
             (e.code(), e.reason()),
-            (code::REMOTE_STREAM_NOT_EXIST, "no-such-stream")
+            (code::REMOTE_STREAM_NOT_EXIST, Reason::NoSuchStream)
         );
         assert_eq!(r.subscribe(1, "s1"), Err(RoomError::OwnStream));
         // Another room cannot see the stream.

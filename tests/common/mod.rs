@@ -4,13 +4,46 @@
 
 use bytes::Bytes;
 use callbox::client::peer::RemotePacket;
-use callbox::client::{Client, ClientConfig, JoinRoom, LocalTrack};
+use callbox::client::{Client, ClientConfig, LocalTrack, RoomId};
 use callbox::protocol::{MediaKind, ServerMessage, StreamInfo};
 use callbox::room::local::{loopback_config, LocalRoom};
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// A port free on loopback now, for TCP and, with `udp`, under the same
+/// number for UDP too (the HIL guest's media port is forwarded as itself).
+pub fn free_port(udp: bool) -> u16 {
+    use std::net::Ipv4Addr;
+    loop {
+        let tcp = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        if !udp || std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `sh -c script` in a new network namespace with only loopback up, so
+/// Chromium gathers 127.0.0.1 and nothing leaves the machine. Root (CI)
+/// makes the namespace directly; others need a user namespace too.
+/// Arguments added to the command are the script's `$0 $@`.
+pub fn in_loopback_netns(script: &str) -> std::process::Command {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = std::process::Command::new("unshare");
+    if !root {
+        cmd.args(["--user", "--map-root-user"]);
+    }
+    cmd.args([
+        "--net",
+        "sh",
+        "-c",
+        &format!("ip link set lo up && {script}"),
+    ]);
+    cmd
+}
 
 pub async fn room() -> LocalRoom {
     let _ = env_logger::builder().is_test(true).try_init();
@@ -19,13 +52,14 @@ pub async fn room() -> LocalRoom {
         .expect("room service starts")
 }
 
+#[allow(unused_imports)]
 pub use callbox::room::local::demo_user_sig as sig;
 
 pub async fn joined(room: &LocalRoom, user: &str, room_id: u32) -> Client {
     let mut c = Client::connect(room.client_config(user))
         .await
         .expect("connect");
-    c.join(JoinRoom::Num(room_id)).await.expect("join");
+    c.join(RoomId::Num(room_id)).await.expect("join");
     c
 }
 
@@ -38,7 +72,7 @@ pub async fn joined_with_stream(
     secs: u64,
 ) -> (Client, StreamInfo) {
     let mut c = Client::connect(config).await.expect("connect");
-    let existing = c.join(JoinRoom::Num(room_id)).await.expect("join");
+    let existing = c.join(RoomId::Num(room_id)).await.expect("join");
     let stream = match existing.into_iter().find(|s| s.user_id == publisher) {
         Some(s) => s,
         None => expect_stream_added(&mut c, secs, Some(publisher)).await,

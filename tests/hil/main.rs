@@ -1,0 +1,195 @@
+//! Hardware in the loop: the callbox daemon on a real Debian kernel under
+//! qemu, against real drivers: vivid (camera), snd-aloop (microphone and
+//! speaker) and gpio-sim (buttons and LEDs), on x86_64 and on arm64 with the
+//! cross-compiled aarch64 build.
+//!
+//! Inside the guest the room service and the daemon run from provisioned
+//! config files, started at boot as on a board. The room's media port is
+//! advertised as 127.0.0.1:P and forwarded from the host's 127.0.0.1:P (as is
+//! signaling), so the subscriber here on the host meets the device through the
+//! room without any traffic leaving this machine. The test drives the board
+//! through a small agent in the guest: button presses are gpio-sim pulls, LEDs
+//! are read back from gpio-sim, tones go in and out of the loopback card.
+//!
+//! The kernel, its modules and the out-of-tree gpio-sim module are prepared
+//! once by `tests/hil/prepare.sh` and cached under `target/hil/cache/<ABI>`.
+//! `HIL_ARCHES=x86_64` runs one leg; `HIL_ACCEL=tcg|kvm` forces the accelerator.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod host;
+mod provision;
+mod qemu;
+mod scenarios;
+mod viewer;
+
+use host::*;
+use provision::*;
+use qemu::*;
+use scenarios::*;
+use viewer::*;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use bytes::Bytes;
+use callbox::client::{Client, ClientConfig, NetConfig, RemoteStream, RoomId};
+use callbox::device::audio::{OpusDecoder, OpusEncoder, FRAME, FRAME_SAMPLES, SAMPLE_RATE};
+use callbox::device::h264::H264Decoder;
+use callbox::device::tone;
+use callbox::protocol::ServerMessage;
+use callbox::room::local::{http_post, room_toml, DeviceToml, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID};
+use common::{expect_event, free_port, receive, Received};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const ROOM_ID: u32 = 4242;
+const DEVICE: &str = "device-1";
+const GUEST_HTTP: u16 = 8080;
+const GUEST_AGENT: u16 = 5555;
+const MIC_HZ: f64 = 440.0;
+const SPEAKER_HZ: f64 = 660.0;
+const LONG_PRESS_MS: u64 = 1500;
+/// vivid's picture: its webcam input at 640x360, 30 fps (both guests keep
+/// up with it under TCG on 2 cores).
+const VIDEO_SIZE: (usize, usize) = (640, 360);
+
+/// Scenario lines go straight to stderr so they show even when the test
+/// harness captures output.
+fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "hil: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardware_in_the_loop() {
+    let only = std::env::var("HIL_ARCHES").unwrap_or_else(|_| "x86_64 arm64".into());
+    let mut failures = Vec::new();
+    for arch in [Arch::X86_64, Arch::Arm64] {
+        if !only.split_whitespace().any(|a| a == arch.name()) {
+            continue;
+        }
+        if arch == Arch::Arm64 {
+            if let Some(why) = arm64_unavailable() {
+                report(&format!("arm64: SKIPPED: {why}"));
+                continue;
+            }
+        }
+        match run_arch(arch).await {
+            Ok(0) => {}
+            Ok(n) => failures.push(format!("{}: {n} scenario(s) failed", arch.name())),
+            Err(e) => failures.push(format!("{}: {e:#}", arch.name())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+async fn run_arch(arch: Arch) -> Result<usize> {
+    let prepared = prepare(arch)?;
+    let binary = match arch {
+        Arch::X86_64 => PathBuf::from(env!("CARGO_BIN_EXE_callbox")),
+        Arch::Arm64 => build_arm64()?,
+    };
+    let dir = work_dir().join(format!("run-{}", arch.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("share"))?;
+    let initrd = dir.join("initrd.gz");
+    run(Command::new(repo().join("tests/hil/initramfs.sh"))
+        .arg(arch.name())
+        .arg(&prepared)
+        .arg(&binary)
+        .arg(&initrd))?;
+
+    let size = VIDEO_SIZE;
+    let media_port = free_port(true);
+    let share = dir.join("share");
+    std::fs::write(share.join("room.toml"), guest_room_toml(media_port))?;
+    std::fs::write(share.join("device.toml"), device_toml(size, "YU12")?)?;
+    std::fs::write(share.join("device-yuyv.toml"), device_toml(size, "YUYV")?)?;
+    write_tone(&share.join("mic.wav"), MIC_HZ, 30)?;
+
+    let t = Instant::now();
+    let guest = boot(arch, &prepared, &initrd, &dir, media_port)?;
+    loop {
+        let serial = guest.serial();
+        if let Some(line) = serial.lines().find(|l| l.starts_with("HIL-READY")) {
+            report(&format!(
+                "{}: guest up in {:.1} s ({line}); daemon started by /init",
+                arch.name(),
+                t.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(180),
+            "guest not up in 180 s; serial:\n{serial}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut rig = Rig {
+        arch,
+        guest,
+        viewer: None,
+        size,
+    };
+
+    let (mut ran, mut failed) = (0, 0);
+    macro_rules! scenario {
+        ($n:expr, $name:expr, $f:ident) => {
+            ran += 1;
+            let t = Instant::now();
+            match rig.$f().await {
+                Ok(detail) => report(&format!(
+                    "{} scenario {} {}: ok in {:.2} s: {detail}",
+                    rig.arch.name(),
+                    $n,
+                    $name,
+                    t.elapsed().as_secs_f64()
+                )),
+                Err(e) => {
+                    failed += 1;
+                    report(&format!(
+                        "{} scenario {} {}: FAILED after {:.2} s: {e:#}",
+                        rig.arch.name(),
+                        $n,
+                        $name,
+                        t.elapsed().as_secs_f64()
+                    ));
+                }
+            }
+        };
+    }
+    scenario!(1, "auto_join", auto_join);
+    scenario!(2, "subscriber_decodes_video_and_440hz", subscriber_decodes);
+    scenario!(3, "speaker_plays_subscriber_tone", speaker_plays);
+    scenario!(4, "hangup_and_call_buttons", buttons);
+    scenario!(5, "ban_then_long_press", ban_and_long_press);
+    scenario!(6, "camera_unplug_and_back", camera_unplug);
+    scenario!(7, "zero_copy_yu12_one_pass_yuyv", zero_copy);
+    scenario!(8, "boot_without_camera", boot_without_camera);
+
+    if failed > 0 {
+        let log = rig.guest.device_log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        report(&format!(
+            "{}: daemon log (last 40 lines, newest first):\n{}",
+            arch.name(),
+            tail.join("\n")
+        ));
+    }
+    if let Some(v) = rig.viewer.take() {
+        let mut c = v.client;
+        let _ = c.leave().await;
+    }
+    let _ = rig.guest.sh("sync; poweroff -f").await;
+    report(&format!(
+        "{}: {} of {ran} scenarios passed, {:.1} s from boot",
+        arch.name(),
+        ran - failed,
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(failed)
+}

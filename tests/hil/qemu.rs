@@ -1,0 +1,241 @@
+//! The guest: qemu with the accelerator that works here, its serial log, forwarded
+//! ports, and the agent that runs commands inside.
+
+use super::*;
+
+/// KVM when it runs a guest here, TCG otherwise. Some hosts have a /dev/kvm
+/// that hangs a normal kernel, so KVM is proven by booting the kernel to its
+/// "no root" panic within seconds.
+pub(crate) fn accel(arch: Arch, kernel: &Path) -> &'static str {
+    static KVM: OnceLock<bool> = OnceLock::new();
+    if let Ok(forced) = std::env::var("HIL_ACCEL") {
+        return if forced == "kvm" { "kvm" } else { "tcg" };
+    }
+    if arch != Arch::X86_64 || !cfg!(target_arch = "x86_64") {
+        return "tcg";
+    }
+    let works = *KVM.get_or_init(|| {
+        let t = Instant::now();
+        let openable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        let works = openable
+            && Command::new("timeout")
+                .arg("15")
+                .arg("qemu-system-x86_64")
+                .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults"])
+                .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+                .arg("-kernel")
+                .arg(kernel)
+                .args(["-append", "console=ttyS0 panic=-1"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Kernel panic"));
+        report(&format!(
+            "KVM probe: {} ({:.1} s)",
+            if works {
+                "works"
+            } else {
+                "unusable here, using TCG"
+            },
+            t.elapsed().as_secs_f64()
+        ));
+        works
+    });
+    if works {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+/// The running guest: qemu, its serial log, and the forwarded ports.
+pub(crate) struct Guest {
+    pub(crate) qemu: Child,
+    pub(crate) dir: PathBuf,
+    pub(crate) agent: SocketAddr,
+    pub(crate) http: SocketAddr,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}
+
+impl Guest {
+    pub(crate) fn share(&self) -> PathBuf {
+        self.dir.join("share")
+    }
+
+    pub(crate) fn serial(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serial.log")).unwrap_or_default()
+    }
+
+    pub(crate) fn device_log(&self) -> String {
+        std::fs::read_to_string(self.share().join("device.log")).unwrap_or_default()
+    }
+
+    /// Run a shell command in the guest: (exit status, output).
+    pub(crate) async fn sh(&self, cmd: &str) -> Result<(i32, String)> {
+        let exchange = async {
+            let mut s = tokio::net::TcpStream::connect(self.agent).await?;
+            s.write_all(format!("{cmd}\n").as_bytes()).await?;
+            let mut lines = BufReader::new(s).lines();
+            let mut out = String::new();
+            while let Some(line) = lines.next_line().await? {
+                if let Some(code) = line.strip_prefix("HIL-EXIT ") {
+                    return Ok((code.trim().parse().unwrap_or(-1), out));
+                }
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Err(anyhow!("agent closed without an exit status"))
+        };
+        tokio::time::timeout(Duration::from_secs(60), exchange)
+            .await
+            .map_err(|_| anyhow!("guest command timed out: {cmd}"))?
+            .with_context(|| format!("guest command: {cmd}"))
+    }
+
+    /// Run a command that must succeed; its output.
+    pub(crate) async fn ok(&self, cmd: &str) -> Result<String> {
+        let (code, out) = self.sh(cmd).await?;
+        ensure!(code == 0, "`{cmd}` exited {code}: {out}");
+        Ok(out)
+    }
+
+    pub(crate) async fn status(&self) -> Result<Value> {
+        let out = self.ok("callbox ctl status").await?;
+        serde_json::from_str(&out).with_context(|| format!("status JSON: {out}"))
+    }
+
+    /// Poll the daemon's status until `done` holds: the time it took and
+    /// that status.
+    pub(crate) async fn wait_status(
+        &self,
+        what: &str,
+        secs: u64,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<(Duration, Value)> {
+        let t = Instant::now();
+        loop {
+            // The control socket appears once the daemon is up.
+            let s = match self.status().await {
+                Ok(s) if done(&s) => return Ok((t.elapsed(), s)),
+                Ok(s) => s.to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            if t.elapsed() > Duration::from_secs(secs) {
+                bail!("{what}: not within {secs} s; status {s}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(crate) async fn wait_state(&self, state: &str, secs: u64) -> Result<Duration> {
+        let what = format!("state {state}");
+        Ok(self
+            .wait_status(&what, secs, |s| s["state"] == state)
+            .await?
+            .0)
+    }
+
+    /// A gpio-sim line's level: what the daemon drives on an LED.
+    pub(crate) async fn line(&self, name: &str) -> Result<u8> {
+        let out = self.ok(&format!("cat /run/gpio/{name}/value")).await?;
+        out.trim().parse().with_context(|| format!("{name}: {out}"))
+    }
+
+    pub(crate) async fn leds(&self) -> Result<(u8, u8)> {
+        Ok((self.line("LED_CALL").await?, self.line("LED_BANNED").await?))
+    }
+
+    /// Press a button: the line is pulled up (pressed) for `hold`, then down.
+    pub(crate) async fn press(&self, name: &str, hold: Duration) -> Result<()> {
+        self.ok(&format!(
+            "echo pull-up > /run/gpio/{name}/pull; sleep {:.3}; echo pull-down > /run/gpio/{name}/pull",
+            hold.as_secs_f64()
+        ))
+        .await
+        .map(drop)
+    }
+}
+
+pub(crate) fn boot(
+    arch: Arch,
+    prepared: &Path,
+    initrd: &Path,
+    dir: &Path,
+    media_port: u16,
+) -> Result<Guest> {
+    let agent_port = free_port(false);
+    let http_port = free_port(false);
+    let kernel = prepared.join("vmlinux");
+    let accel = accel(arch, &kernel);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut cmd = match arch {
+        Arch::X86_64 => {
+            let mut c = Command::new("qemu-system-x86_64");
+            // PVH boot of the ELF kernel with qboot: no BIOS, no decompressor.
+            c.args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
+                .args(["-bios", "/usr/share/qemu/qboot.rom"]);
+            c
+        }
+        Arch::Arm64 => {
+            let mut c = Command::new("qemu-system-aarch64");
+            c.args(["-M", "virt", "-cpu", "cortex-a72"]);
+            c
+        }
+    };
+    let console = if arch == Arch::X86_64 {
+        "ttyS0"
+    } else {
+        "ttyAMA0"
+    };
+    let share = dir.join("share");
+    let serial = std::fs::File::create(dir.join("serial.log"))?;
+    cmd.args(["-accel", accel, "-smp", "2", "-m", "1024", "-nodefaults"])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!("console={console} panic=-1 quiet hil.time={now}"))
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=n0,hostfwd=tcp:127.0.0.1:{agent_port}-:{GUEST_AGENT},\
+             hostfwd=tcp:127.0.0.1:{http_port}-:{GUEST_HTTP},\
+             hostfwd=udp:127.0.0.1:{media_port}-:{media_port}"
+        ))
+        .args(["-device", "virtio-net-pci,netdev=n0"])
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=share,security_model=none,id=share",
+            share.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(serial.try_clone()?)
+        .stderr(serial);
+    let qemu = cmd.spawn().context("starting qemu")?;
+    report(&format!("{}: booting ({accel})", arch.name()));
+    Ok(Guest {
+        qemu,
+        dir: dir.to_owned(),
+        agent: SocketAddr::from((Ipv4Addr::LOCALHOST, agent_port)),
+        http: SocketAddr::from((Ipv4Addr::LOCALHOST, http_port)),
+    })
+}

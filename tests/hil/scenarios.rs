@@ -1,0 +1,451 @@
+//! The scenarios, one method each, each returning its report line.
+
+use super::*;
+
+/// Everything a scenario needs.
+pub(crate) struct Rig {
+    pub(crate) arch: Arch,
+    pub(crate) guest: Guest,
+    pub(crate) viewer: Option<Viewer>,
+    pub(crate) size: (usize, usize),
+}
+
+impl Rig {
+    pub(crate) fn viewer(&mut self) -> Result<&mut Viewer> {
+        self.viewer
+            .as_mut()
+            .ok_or_else(|| anyhow!("no subscriber (scenario 2 failed)"))
+    }
+
+    /// Scenario 1: the daemon joins by itself at boot; LED_CALL lit.
+    pub(crate) async fn auto_join(&mut self) -> Result<String> {
+        let (waited, s) = self
+            .guest
+            .wait_status("state in-call", 60, |s| s["state"] == "in-call")
+            .await?;
+        let leds = self.guest.leds().await?;
+        ensure!(
+            leds == (1, 0),
+            "LED_CALL, LED_BANNED = {leds:?}, want (1, 0)"
+        );
+        // The daemon's own clock: how long after its start it entered the call.
+        let joined_at = s["uptime_s"].as_f64().unwrap_or(f64::NAN)
+            - s["in_state_s"].as_f64().unwrap_or(f64::NAN);
+        // The first packet goes out just after the call is up.
+        let (_, s) = self
+            .guest
+            .wait_status("first RTP sent", 5, |s| {
+                s["media"]["first_rtp_ms"].is_number()
+            })
+            .await?;
+        Ok(format!(
+            "in call {joined_at:.2} s after the daemon started (seen {:.2} s after the guest was up), LED_CALL=1 LED_BANNED=0, first RTP {} ms after daemon start",
+            waited.as_secs_f64(),
+            s["media"]["first_rtp_ms"]
+        ))
+    }
+
+    /// Scenario 2: the host subscriber decodes vivid's picture and the
+    /// microphone's 440 Hz.
+    pub(crate) async fn subscriber_decodes(&mut self) -> Result<String> {
+        // The microphone: a tone played into the loopback, for the rest of the run.
+        self.guest
+            .ok("(while true; do aplay -q -D hw:Loopback,0,0 /share/mic.wav; done) > /dev/null 2>&1 &")
+            .await?;
+        let t = Instant::now();
+        let mut viewer = Viewer::join(self.guest.http).await?;
+        viewer.subscribe_device(10).await?;
+        let subscribed = t.elapsed();
+        // Let the tone reach the encoder before listening.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got = viewer.receive(4.0).await?;
+        self.viewer = Some(viewer);
+        let video = ensure_video(&got, self.size, 20, 4.0)?;
+        let f = audio_frequency(&got)?;
+        ensure!(
+            (f - MIC_HZ).abs() <= 5.0,
+            "audio decodes to {f:.1} Hz, want {MIC_HZ}"
+        );
+        let media = &self.guest.status().await?["media"];
+        Ok(format!(
+            "subscribed in {:.2} s; {video}; audio {} packets, tone {f:.1} Hz; daemon encode p50 {} ms p99 {} ms, {} capture xruns",
+            subscribed.as_secs_f64(),
+            got.audio_payloads.len(),
+            media["encode_ms_p50"],
+            media["encode_ms_p99"],
+            media["capture_xruns"]
+        ))
+    }
+
+    /// Scenario 3: the subscriber's tone comes out of the daemon's speaker.
+    pub(crate) async fn speaker_plays(&mut self) -> Result<String> {
+        let viewer = self.viewer()?;
+        let local = viewer.client.publish(true, false).await?;
+        let track = local
+            .audio()
+            .cloned()
+            .ok_or_else(|| anyhow!("no audio track"))?;
+        let mut enc = OpusEncoder::new(32_000)?;
+        let mut t = tone::Tone::new(SPEAKER_HZ, SAMPLE_RATE, 0.3);
+        let mut frame = vec![0i16; FRAME_SAMPLES];
+        let mut tick = tokio::time::interval(FRAME);
+        for i in 0..300 {
+            tick.tick().await;
+            t.fill(&mut frame);
+            let packet = Bytes::copy_from_slice(enc.encode(&frame)?);
+            track.write(packet, FRAME).await?;
+            // Record the speaker once the daemon has had a second to subscribe.
+            if i == 50 {
+                self.guest
+                    .ok("arecord -q -D hw:Loopback,1,1 -f S16_LE -r 48000 -c 1 -d 3 /share/speaker.wav > /share/arecord.log 2>&1 &")
+                    .await?;
+            }
+        }
+        let viewer = self.viewer()?;
+        viewer.client.unpublish().await?;
+        self.guest
+            .ok("while pidof arecord > /dev/null; do sleep 0.1; done")
+            .await?;
+        let wav = self.guest.share().join("speaker.wav");
+        let samples: Vec<i16> = hound::WavReader::open(&wav)
+            .with_context(|| format!("{}", wav.display()))?
+            .samples::<i16>()
+            .collect::<Result<_, _>>()?;
+        let loud = samples.iter().filter(|s| s.unsigned_abs() > 3000).count();
+        ensure!(
+            loud > SAMPLE_RATE as usize / 2,
+            "the speaker recording is silent ({} samples, {loud} loud)",
+            samples.len()
+        );
+        // An underrun (a late packet on an emulated CPU) leaves a gap, which
+        // would bias a count of cycles over the whole take: measure the
+        // longest unbroken stretch, and report the gaps.
+        let (run, gaps) = longest_unbroken(&samples);
+        let f =
+            tone::frequency(run, SAMPLE_RATE).ok_or_else(|| anyhow!("no tone in the recording"))?;
+        ensure!(
+            (f - SPEAKER_HZ).abs() <= 5.0,
+            "recorded {f:.1} Hz, want {SPEAKER_HZ}"
+        );
+        let s = self.guest.status().await?;
+        Ok(format!(
+            "recorded {:.1} s from hw:Loopback,1,1: {f:.1} Hz over {:.2} s unbroken, {gaps} gap(s); daemon received {} audio packets, {} playback underruns",
+            samples.len() as f64 / SAMPLE_RATE as f64,
+            run.len() as f64 / SAMPLE_RATE as f64,
+            s["media"]["audio_packets_received"],
+            s["media"]["playback_underruns"]
+        ))
+    }
+
+    /// Scenario 4: hang up and call with the buttons.
+    pub(crate) async fn buttons(&mut self) -> Result<String> {
+        let t = Instant::now();
+        self.guest
+            .press("BTN_HANGUP", Duration::from_millis(200))
+            .await?;
+        let left = self.guest.wait_state("idle", 10).await? + Duration::from_millis(200);
+        ensure!(
+            self.guest.line("LED_CALL").await? == 0,
+            "LED_CALL still lit after hangup"
+        );
+        self.viewer()?.expect_device_gone(10).await?;
+        let gone = t.elapsed();
+
+        let t = Instant::now();
+        self.guest
+            .press("BTN_CALL", Duration::from_millis(200))
+            .await?;
+        let joined = self.guest.wait_state("in-call", 20).await? + Duration::from_millis(200);
+        ensure!(
+            self.guest.line("LED_CALL").await? == 1,
+            "LED_CALL dark in the call"
+        );
+        let viewer = self.viewer()?;
+        viewer.subscribe_device(15).await?;
+        let got = viewer.receive(3.0).await?;
+        let video = ensure_video(&got, self.size, 10, 3.0)?;
+        ensure!(!got.audio_payloads.is_empty(), "no audio after rejoining");
+        Ok(format!(
+            "hangup press -> idle {:.2} s, LED_CALL=0, subscriber saw the stream go {:.2} s; call press -> in call {:.2} s, LED_CALL=1; media again {:.2} s after the press: {video}, {} audio packets",
+            left.as_secs_f64(),
+            gone.as_secs_f64(),
+            joined.as_secs_f64(),
+            t.elapsed().as_secs_f64() - 3.0,
+            got.audio_payloads.len()
+        ))
+    }
+
+    /// Scenario 5: RemoveUser bans the device until a long call press.
+    pub(crate) async fn ban_and_long_press(&mut self) -> Result<String> {
+        let t = Instant::now();
+        let (code, body) = http_post(
+            self.guest.http,
+            "/api/admin/RemoveUser",
+            Some(DEMO_ADMIN_KEY),
+            &json!({"SdkAppId": DEMO_SDK_APP_ID, "RoomId": ROOM_ID, "UserIds": [DEVICE]})
+                .to_string(),
+        )
+        .await?;
+        ensure!(code == 200, "RemoveUser: {code} {body}");
+        self.guest.wait_state("banned", 10).await?;
+        let banned = t.elapsed();
+        let s = self.guest.status().await?;
+        ensure!(
+            s["ban_reason"] == "banned",
+            "ban reason {}",
+            s["ban_reason"]
+        );
+        let leds = self.guest.leds().await?;
+        ensure!(
+            leds == (0, 1),
+            "LED_CALL, LED_BANNED = {leds:?}, want (0, 1)"
+        );
+        let viewer = self.viewer()?;
+        let mut stale = viewer.remote.take();
+        viewer.expect_device_gone(10).await?;
+        // Media stopped: nothing more arrives on the old subscription.
+        if let Some(r) = stale.as_mut() {
+            while r.packets.try_recv().is_ok() {}
+            let more = receive(
+                &mut r.packets,
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+            )
+            .await;
+            let n = more.video_frames.len() + more.audio_payloads.len();
+            ensure!(n == 0, "{n} media units still arrived after the ban");
+        }
+        let sent = self.guest.status().await?["media"]["audio_packets_sent"].clone();
+
+        // long-only: a short press leaves it banned.
+        self.guest
+            .press("BTN_CALL", Duration::from_millis(200))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = self.guest.status().await?;
+        ensure!(
+            s["state"] == "banned",
+            "a short press cleared the ban: {}",
+            s["state"]
+        );
+        ensure!(
+            s["media"]["audio_packets_sent"] == sent,
+            "the daemon sent audio while banned"
+        );
+
+        self.guest
+            .press("BTN_CALL", Duration::from_millis(LONG_PRESS_MS + 500))
+            .await?;
+        let rejoined = self.guest.wait_state("in-call", 20).await?;
+        let leds = self.guest.leds().await?;
+        ensure!(
+            leds == (1, 0),
+            "after the long press LED_CALL, LED_BANNED = {leds:?}"
+        );
+        let viewer = self.viewer()?;
+        viewer.subscribe_device(15).await?;
+        let got = viewer.receive(2.0).await?;
+        let video = ensure_video(&got, self.size, 5, 2.0)?;
+        Ok(format!(
+            "RemoveUser -> banned {:.2} s, LED_BANNED=1 LED_CALL=0, no media for 2 s; short press ignored; {:.1} s hold -> in call {:.2} s after release, LEDs (1, 0), {video}",
+            banned.as_secs_f64(),
+            (LONG_PRESS_MS + 500) as f64 / 1000.0,
+            rejoined.as_secs_f64(),
+        ))
+    }
+
+    /// Scenario 6: the camera goes away and comes back during the call.
+    pub(crate) async fn camera_unplug(&mut self) -> Result<String> {
+        // The daemon holds /dev/video0 open, and the kernel refuses to unload
+        // a driver whose device is open, as it would for any camera in use.
+        let (code, out) = self.guest.sh("rmmod vivid").await?;
+        ensure!(code != 0, "rmmod vivid succeeded with the camera open?");
+        let refused = out.trim().to_owned();
+        // So the camera is unplugged the way a USB camera goes: the driver
+        // unbinds the device (the removal half of rmmod); then the module
+        // unloads once the daemon has let go of it.
+        let t = Instant::now();
+        self.guest
+            .ok("echo vivid.0 > /sys/bus/platform/drivers/vivid/unbind")
+            .await?;
+        let (_, lost) = self
+            .guest
+            .wait_status("camera loss noticed", 10, |s| {
+                s["media"]["camera_lost"] == true
+            })
+            .await?;
+        let noticed = t.elapsed();
+        ensure!(
+            lost["state"] == "in-call",
+            "the call ended: {}",
+            lost["state"]
+        );
+        ensure!(
+            lost["degraded"].is_string(),
+            "status shows no degradation: {lost}"
+        );
+        let log = self.guest.device_log();
+        let logged = log
+            .lines()
+            .find(|l| l.contains("ERROR") && l.contains("video capture failed (code 0x1003)"))
+            .ok_or_else(|| anyhow!("no logged error with a code"))?
+            .to_owned();
+        let mut unloaded = false;
+        for _ in 0..50 {
+            if self.guest.sh("rmmod vivid").await?.0 == 0 {
+                unloaded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(unloaded, "rmmod vivid still refused after the unplug");
+        ensure!(
+            self.guest.sh("test -e /dev/video0").await?.0 != 0,
+            "/dev/video0 still exists"
+        );
+        // Audio continues meanwhile.
+        let viewer = self.viewer()?;
+        let r = viewer.receive(0.3).await?; // drain video still in flight
+        drop(r);
+        let during = viewer.receive(2.0).await?;
+        ensure!(
+            during.audio_payloads.len() >= 50,
+            "audio stalled without the camera: {} packets in 2 s",
+            during.audio_payloads.len()
+        );
+        let f = audio_frequency(&during)?;
+        ensure!(
+            (f - MIC_HZ).abs() <= 5.0,
+            "audio during the outage: {f:.1} Hz"
+        );
+        ensure!(
+            during.video_frames.is_empty(),
+            "{} video frames arrived with the camera gone",
+            during.video_frames.len()
+        );
+
+        let t = Instant::now();
+        self.guest.ok("modprobe vivid").await?;
+        let (_, s) = self
+            .guest
+            .wait_status("camera back", 10, |s| s["media"]["camera_lost"] == false)
+            .await?;
+        let back = t.elapsed();
+        ensure!(
+            s["state"] == "in-call" && s["degraded"].is_null(),
+            "after modprobe: {s}"
+        );
+        let got = self.viewer()?.receive(3.0).await?;
+        let video = ensure_video(&got, self.size, 10, 3.0)?;
+        Ok(format!(
+            "rmmod with the camera open: refused ({refused}); unbind -> camera_lost in {:.2} s, still in call, status degraded, log: \"{}\"; rmmod ok; audio went on ({} packets/2 s, {f:.1} Hz, 0 video); modprobe -> camera back in {:.2} s, same daemon (uptime {:.0} s), {video}",
+            noticed.as_secs_f64(),
+            logged.split("] ").nth(1).unwrap_or(&logged),
+            during.audio_payloads.len(),
+            back.as_secs_f64(),
+            s["uptime_s"].as_f64().unwrap_or(0.0),
+        ))
+    }
+
+    /// Scenario 7: YU12 is encoded from the driver's buffers; YUYV costs
+    /// exactly one conversion pass per frame.
+    pub(crate) async fn zero_copy(&mut self) -> Result<String> {
+        // The camera, should scenario 6 have left it unloaded.
+        self.guest.ok("modprobe vivid").await?;
+        let s = self.guest.status().await?;
+        let media = &s["media"];
+        ensure!(
+            s["frame_copies_per_frame"] == 0.0,
+            "YU12: frame_copies_per_frame {}",
+            s["frame_copies_per_frame"]
+        );
+        let yu12 = format!(
+            "YU12: {} frames captured, {} copies (0 per frame)",
+            media["video_frames_captured"], media["frame_copies"]
+        );
+        ensure!(
+            self.guest
+                .device_log()
+                .contains(&format!("YU12 {}x{} @30 fps", self.size.0, self.size.1)),
+            "the camera was not opened as YU12"
+        );
+
+        // The same board provisioned for YUYV: restart the service.
+        self.guest.ok("hil-device stop").await?;
+        self.viewer()?.expect_device_gone(10).await?;
+        self.guest
+            .ok("hil-device start /etc/callbox/device-yuyv.toml")
+            .await?;
+        self.guest.wait_state("in-call", 30).await?;
+        let viewer = self.viewer()?;
+        viewer.subscribe_device(15).await?;
+        let got = viewer.receive(2.0).await?;
+        let video = ensure_video(&got, self.size, 5, 2.0)?;
+        let s = self.guest.status().await?;
+        let media = &s["media"];
+        let (captured, copies) = (
+            media["video_frames_captured"].as_u64().unwrap_or(0),
+            media["frame_copies"].as_u64().unwrap_or(u64::MAX),
+        );
+        ensure!(
+            captured > 0 && copies == captured,
+            "YUYV: {copies} copies for {captured} frames"
+        );
+        ensure!(
+            self.guest
+                .device_log()
+                .contains(&format!("YUYV {}x{} @30 fps", self.size.0, self.size.1)),
+            "the camera was not opened as YUYV"
+        );
+        Ok(format!(
+            "{yu12}; YUYV: {captured} frames, {copies} passes (frame_copies_per_frame {}), {video}",
+            s["frame_copies_per_frame"]
+        ))
+    }
+
+    /// Scenario 8: the service starts while the camera is not there (a USB
+    /// camera still enumerating, or unplugged): it joins audio-only,
+    /// degraded, and picks the camera up when it appears.
+    pub(crate) async fn boot_without_camera(&mut self) -> Result<String> {
+        self.guest.ok("hil-device stop").await?;
+        self.viewer()?.expect_device_gone(10).await?;
+        self.guest.ok("rmmod vivid").await?;
+        self.guest.ok("hil-device start").await?;
+        let (joined, s) = self
+            .guest
+            .wait_status("in-call without a camera", 30, |s| s["state"] == "in-call")
+            .await?;
+        ensure!(
+            s["media"]["camera_lost"] == true && s["degraded"].is_string(),
+            "not degraded: {s}"
+        );
+        let log = self.guest.device_log();
+        ensure!(
+            log.contains("/dev/video0 is gone") && log.contains("starting audio-only"),
+            "no logged error for the missing camera"
+        );
+        let viewer = self.viewer()?;
+        viewer.subscribe_device(15).await?;
+        let during = viewer.receive(2.0).await?;
+        let f = audio_frequency(&during)?;
+        ensure!(
+            (f - MIC_HZ).abs() <= 5.0 && during.video_frames.is_empty(),
+            "audio-only: {f:.1} Hz, {} video frames",
+            during.video_frames.len()
+        );
+        let t = Instant::now();
+        self.guest.ok("modprobe vivid").await?;
+        self.guest
+            .wait_status("camera found", 10, |s| s["media"]["camera_lost"] == false)
+            .await?;
+        let found = t.elapsed();
+        let got = self.viewer()?.receive(3.0).await?;
+        let video = ensure_video(&got, self.size, 10, 3.0)?;
+        Ok(format!(
+            "no /dev/video0: in call (degraded) {:.2} s after start, {} audio packets/2 s at {f:.1} Hz, 0 video; modprobe -> camera found in {:.2} s, {video}",
+            joined.as_secs_f64(),
+            during.audio_payloads.len(),
+            found.as_secs_f64()
+        ))
+    }
+}
