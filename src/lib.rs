@@ -7,6 +7,53 @@
 //! - [`device`]: the device's media: capture, encode, publish, subscribe, play.
 //! - [`appliance`]: the device as an appliance: call state machine, GPIO
 //!   buttons and LEDs, systemd, control socket, probe.
+//! - [`config`]: what every config file shares (errors naming file and key).
+//!
+//! # Data flows
+//!
+//! Each flow as the functions it passes, in order. Threads are named;
+//! everything else runs on the tokio runtime.
+//!
+//! **Camera frame -> RTP** (thread `callbox-video`, then the call task):
+//! `device::sources::open_camera` -> `VideoSource::next_frame` (a `Frame`
+//! borrowing the driver's buffer, or one conversion pass into a pooled
+//! buffer) -> `VideoEncoder::encode` in `pipeline::video_loop` ->
+//! `EncodedVideo` on `Outputs::video` -> `daemon::Call::on_video` ->
+//! `LocalTrack::write` (the webrtc crate packetizes H.264, SRTP) -> room.
+//! Back-channels into the same loop: a PLI/FIR from the room ->
+//! `LocalTrack::keyframe_requested` (task started in `Call::start`) ->
+//! `Pipeline::keyframe` -> the next frame is an IDR; congestion control
+//! (TWCC + GCC) -> `LocalStream::target_bitrate` -> `Call::follow_bitrate`
+//! -> `Pipeline::bitrate` -> `VideoEncoder::set_bitrate`.
+//!
+//! **Microphone -> Opus** (thread `callbox-mic`): `AudioSource::read` (20 ms,
+//! ALSA or the tone) -> `AudioProcessor::process` -> `OpusEncoder::encode`
+//! in `pipeline::audio_loop` -> `Outputs::audio` -> `Call::on_audio` (dropped
+//! while muted) -> `LocalTrack::write`.
+//!
+//! **Remote audio -> speaker**: `stream-added` -> `Call::on_room_event` ->
+//! `Call::subscribe_next` -> `Client::subscribe_to` (audio only: the
+//! device shows no video) -> `Downlink::finish` delivers `RemotePacket`s ->
+//! `Playback::push` into the stream's `JitterBuffer`; thread
+//! `callbox-speaker`, every 20 ms: `pipeline::playout_loop` ->
+//! `Playback::mix` (`OpusDecoder::decode`, or `conceal` on loss, `mix_into`)
+//! -> `AudioSink::write`.
+//!
+//! **userSig -> verdict**: `Client::join` sends `ClientMessage::Join` ->
+//! `room::server::handle` -> `authenticate` -> `usersig::verify` (base64,
+//! zlib, HMAC-SHA256, app, user, expiry) -> on refusal
+//! `UserSigError::reason` -> `ServerMessage::Error` with a
+//! `protocol::Reason` -> `ClientError::Refused` -> `DeviceError::retryable`
+//! (false for a userSig reason) -> `runner::call_outcome` ->
+//! `Controller::handle` (state `failed`, no retry, error LED).
+//!
+//! **Button -> LED**: the kernel debounces and timestamps the edge
+//! (`appliance::gpio::Gpio`) -> `Daemon::on_edge` -> `PressTracker::edge`
+//! (or `poll` for a long press while held) -> `Input::Button` ->
+//! `Controller::handle` -> `Action::Join`/`Leave` (`Daemon::carry_out`
+//! hands the call to the device task) and a new state ->
+//! `Controller::leds` -> `Daemon::show` -> `Gpio::show` (`Pattern::lit`
+//! at this moment of the pattern).
 
 pub mod appliance;
 pub mod client;

@@ -1,11 +1,11 @@
-//! The daemon's main loop, as a [`Daemon`] whose methods are its steps:
-//! [`Daemon::open`] opens GPIO, the media devices and the control socket
+//! The daemon's main loop, as a `Daemon` whose methods are its steps:
+//! `Daemon::open` opens GPIO, the media devices and the control socket
 //! (any failure is a startup error naming what) and tells systemd it is
 //! ready; then each turn feeds the [`Controller`] what happened (a button
 //! edge, a control request, a call's outcome, a timer), carries out its
 //! actions (start a call, hang up, mute), shows the LEDs and `STATUS=`,
 //! and pings the watchdog while the media threads move;
-//! [`Daemon::shut_down`] leaves the room and turns the LEDs off.
+//! `Daemon::shut_down` leaves the room and turns the LEDs off.
 
 use crate::appliance::buttons::PressTracker;
 use crate::appliance::config::ApplianceConfig;

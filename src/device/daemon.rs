@@ -4,7 +4,7 @@
 //! yet: that one starts audio-only) and starts the media threads;
 //! [`Device::call`] joins the room as a TRTC-style client, publishes, and
 //! subscribes to every stream in the room, playing its audio. A call is a
-//! [`Call`] whose methods are its steps. Call control (buttons,
+//! `Call` whose methods are its steps. Call control (buttons,
 //! reconnect, banned state) is the appliance's, around it.
 
 use crate::client::{

@@ -13,7 +13,7 @@
 
 use crate::protocol::RoomId;
 use crate::room::config::RoomConfig;
-use crate::room::server::AppState;
+use crate::room::hub::AppState;
 use crate::room::state::RoomKey;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};

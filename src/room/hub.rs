@@ -1,6 +1,7 @@
 //! The hub: the room state machine plus the I/O its effects need (each
 //! connection's outgoing queue and the SFU). Signaling and admin handlers go
 //! through it; every state change is followed by carrying out its effects.
+//! [`AppState`] is what both handler sets share: the config and the hub.
 
 use crate::protocol::ServerMessage;
 use crate::room::sfu::Sfu;
@@ -10,6 +11,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 
 pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
+
+/// What the signaling and admin handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<crate::room::config::RoomConfig>,
+    pub hub: SharedHub,
+}
 
 pub struct Hub {
     pub rooms: Rooms,

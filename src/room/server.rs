@@ -10,7 +10,7 @@ use crate::protocol::{
 };
 use crate::room::admin;
 use crate::room::config::RoomConfig;
-use crate::room::hub::SharedHub;
+use crate::room::hub::{AppState, SharedHub};
 use crate::room::sfu::{Role, Sfu, SfuError};
 use crate::room::state::ConnId;
 use crate::usersig;
@@ -30,12 +30,6 @@ use tokio::sync::mpsc;
 /// Hard cap on a WebSocket frame; larger than the protocol limit so an
 /// oversized message gets a protocol error instead of a dropped connection.
 const WS_FRAME_LIMIT: usize = 1024 * 1024;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<RoomConfig>,
-    pub hub: SharedHub,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
