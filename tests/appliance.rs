@@ -205,200 +205,275 @@ async fn subscriber_receives(
     (video, audio, first.unwrap_or(window))
 }
 
+/// One phase of the daemon test: its report line.
+async fn phase(name: &str, report: impl std::future::Future<Output = String>) {
+    let line = report.await;
+    println!("appliance: {name}: {line}");
+}
+
+/// The room service and the daemon under test, with what observes them.
+struct Rig {
+    dir: PathBuf,
+    room: Room,
+    socket: PathBuf,
+    notify: Notify,
+    daemon: Option<Proc>,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let dir = std::env::temp_dir().join(format!("callbox-appliance-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut room = Room::new(&dir);
+        room.start().await;
+        let socket = dir.join("control.sock");
+        let notify = Notify::bind(&dir.join("notify.sock"));
+        Rig {
+            dir,
+            room,
+            socket,
+            notify,
+            daemon: None,
+        }
+    }
+
+    /// READY=1 once devices are open, then it joins by itself (auto_join).
+    async fn ready_then_in_call(&mut self) -> String {
+        let device_config = self.dir.join("device.toml");
+        let toml = DeviceToml::loopback(&self.room.url(), DEVICE, ROOM_ID, 3600)
+            .set("video", "width", 320)
+            .set("video", "height", 240)
+            .set("video", "fps", 15)
+            .set("call", "dead_media_ms", 3000)
+            .set(
+                "service",
+                "control_socket",
+                self.socket.display().to_string(),
+            );
+        std::fs::write(&device_config, toml.text()).expect("write device.toml");
+        let started = Instant::now();
+        self.daemon = Some(Proc(
+            Command::new(BIN)
+                .args(["device", "--config"])
+                .arg(&device_config)
+                .env("NOTIFY_SOCKET", self.dir.join("notify.sock"))
+                .env("WATCHDOG_USEC", "1000000")
+                .env("RUST_LOG", "info")
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn callbox device"),
+        ));
+        while self.notify.count("READY=1") == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no READY=1: {:?}",
+                self.notify.drain()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ready = started.elapsed();
+        let joined = wait_state(&self.socket, "in-call", 10).await;
+        format!(
+            "READY=1 after {:.0} ms, in call {:.0} ms later",
+            ready.as_secs_f64() * 1000.0,
+            joined.as_secs_f64() * 1000.0
+        )
+    }
+
+    /// A subscriber gets video and audio; status, watchdog and STATUS= agree.
+    async fn media_flows(&mut self) -> String {
+        let (video, audio, _) =
+            subscriber_receives(&self.room, "watcher-1", Duration::from_secs(2)).await;
+        assert!(
+            video > 20 && audio > 50,
+            "media at the subscriber: {video} video, {audio} audio packets"
+        );
+        let s = status(&self.socket).await;
+        assert_eq!(s["leds"]["call"], true);
+        assert!(
+            s["media"]["audio_packets_sent"].as_u64() > Some(50),
+            "{s:#}"
+        );
+        assert_eq!(
+            s["frame_copies_per_frame"], 0.0,
+            "synthetic frames are encoded in place"
+        );
+        // The watchdog pings come from the running media loop (every 0.5 s here).
+        let pings = self.notify.count("WATCHDOG=1");
+        assert!(pings >= 2, "{:?}", self.notify.drain());
+        assert!(
+            self.notify.statuses().iter().any(|s| s == "in call"),
+            "{:?}",
+            self.notify.statuses()
+        );
+        format!("{video} video and {audio} audio packets in 2 s, call LED on, 0 copies per frame, {pings} WATCHDOG=1")
+    }
+
+    /// Mute, then unmute: the state shows in the status, the call stays up.
+    async fn mute_and_unmute(&mut self) -> String {
+        let r = request(&self.socket, Request::MuteAudio)
+            .await
+            .expect("ctl");
+        assert_eq!(
+            (r["ok"].clone(), r["state"].clone()),
+            (json!(true), json!("in-call"))
+        );
+        assert_eq!(status(&self.socket).await["audio_muted"], true);
+        request(&self.socket, Request::UnmuteAudio)
+            .await
+            .expect("ctl");
+        "muted and unmuted in the call".into()
+    }
+
+    /// RemoveUser -> Banned{banned}; it stays out until told.
+    async fn removed_user_stays_out(&mut self) -> String {
+        let (code, body) = http_post(
+            self.room.http,
+            "/api/admin/RemoveUser",
+            Some(DEMO_ADMIN_KEY),
+            &json!({"SdkAppId": DEMO_SDK_APP_ID, "RoomId": ROOM_ID, "UserIds": [DEVICE]})
+                .to_string(),
+        )
+        .await
+        .expect("admin API");
+        assert_eq!(code, 200, "{body}");
+        let t = wait_state(&self.socket, "banned", 5).await;
+        let s = status(&self.socket).await;
+        assert_eq!(s["ban_reason"], "banned");
+        assert_eq!(
+            (s["leds"]["call"].clone(), s["leds"]["banned"].clone()),
+            (json!(false), json!(true))
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            status(&self.socket).await["state"],
+            "banned",
+            "never rejoins by itself"
+        );
+        assert!(self
+            .notify
+            .statuses()
+            .iter()
+            .any(|s| s.starts_with("banned (banned)")));
+        format!(
+            "banned {:.0} ms after RemoveUser, banned LED on, still out 1.5 s later",
+            t.as_secs_f64() * 1000.0
+        )
+    }
+
+    async fn call_rejoins(&mut self) -> String {
+        let r = request(&self.socket, Request::Call).await.expect("ctl");
+        assert_eq!(r["state"], "joining");
+        let t = wait_state(&self.socket, "in-call", 10).await;
+        format!(
+            "rejoined {:.0} ms after `ctl call`",
+            t.as_secs_f64() * 1000.0
+        )
+    }
+
+    /// Room service restarted -> reconnecting -> in call, media back in 3 s.
+    async fn room_restart_reconnects(&mut self) -> String {
+        self.room.stop();
+        let lost = wait_state(&self.socket, "reconnecting", 5).await;
+        let up = self.room.start().await;
+        wait_state(&self.socket, "in-call", 10).await;
+        let in_call = up.elapsed();
+        let (video, _, first) =
+            subscriber_receives(&self.room, "watcher-2", Duration::from_secs(1)).await;
+        let media_back = up.elapsed() - Duration::from_secs(1) + first;
+        assert!(video > 5, "media after the restart: {video} video packets");
+        assert!(
+            media_back <= Duration::from_secs(3),
+            "target: media back within 3 s of the room being reachable, took {media_back:?}"
+        );
+        format!(
+            "reconnecting {:.0} ms after the kill; in call {:.0} ms and video at a new subscriber {:.0} ms after the room was reachable",
+            lost.as_secs_f64() * 1000.0,
+            in_call.as_secs_f64() * 1000.0,
+            media_back.as_secs_f64() * 1000.0
+        )
+    }
+
+    /// Room service frozen (SIGSTOP): signaling stays open, media stops;
+    /// the dead-media check notices within 5 s.
+    async fn frozen_room_is_dead_media(&mut self) -> String {
+        let room = self.room.proc.as_ref().expect("room running");
+        let frozen = Instant::now();
+        signal(room, libc::SIGSTOP);
+        wait_state(&self.socket, "reconnecting", 8).await;
+        let detected = frozen.elapsed();
+        assert!(
+            detected <= Duration::from_secs(5),
+            "dead media detected after {detected:?}"
+        );
+        let s = status(&self.socket).await;
+        assert!(
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("nothing from the room")),
+            "{s:#}"
+        );
+        let thawed = Instant::now();
+        signal(room, libc::SIGCONT);
+        wait_state(&self.socket, "in-call", 40).await;
+        format!(
+            "dead media detected after {:.0} ms; thawed, in call again after {:.0} ms",
+            detected.as_secs_f64() * 1000.0,
+            thawed.elapsed().as_secs_f64() * 1000.0
+        )
+    }
+
+    /// Hangup -> idle; the call LED goes out.
+    async fn hangup(&mut self) -> String {
+        let r = request(&self.socket, Request::Hangup).await.expect("ctl");
+        assert_eq!(r["state"], "leaving");
+        let t = wait_state(&self.socket, "idle", 5).await;
+        assert_eq!(status(&self.socket).await["leds"]["call"], false);
+        format!(
+            "idle {:.0} ms after `ctl hangup`, call LED off",
+            t.as_secs_f64() * 1000.0
+        )
+    }
+
+    /// SIGTERM: STOPPING=1, a clean exit, the socket removed.
+    async fn sigterm(&mut self) -> String {
+        let mut daemon = self.daemon.take().expect("daemon running");
+        signal(&daemon, libc::SIGTERM);
+        let t0 = Instant::now();
+        let exit = loop {
+            if let Some(s) = daemon.0.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "daemon did not stop on SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(exit.success(), "{exit:?}");
+        assert!(self.notify.count("STOPPING=1") >= 1);
+        assert!(!self.socket.exists(), "control socket removed on exit");
+        let _ = std::fs::remove_dir_all(&self.dir);
+        format!(
+            "exit 0 {:.0} ms after SIGTERM, STOPPING=1, socket removed",
+            t0.elapsed().as_secs_f64() * 1000.0
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_through_control_socket_ban_reconnect_and_dead_media() {
-    let dir = std::env::temp_dir().join(format!("callbox-appliance-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut room = Room::new(&dir);
-    room.start().await;
-
-    let socket = dir.join("control.sock");
-    let device_config = dir.join("device.toml");
-    let toml = DeviceToml::loopback(&room.url(), DEVICE, ROOM_ID, 3600)
-        .set("video", "width", 320)
-        .set("video", "height", 240)
-        .set("video", "fps", 15)
-        .set("call", "dead_media_ms", 3000)
-        .set("service", "control_socket", socket.display().to_string());
-    std::fs::write(&device_config, toml.text()).expect("write device.toml");
-    let mut notify = Notify::bind(&dir.join("notify.sock"));
-    let started = Instant::now();
-    let daemon = Proc(
-        Command::new(BIN)
-            .args(["device", "--config"])
-            .arg(&device_config)
-            .env("NOTIFY_SOCKET", dir.join("notify.sock"))
-            .env("WATCHDOG_USEC", "1000000")
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn callbox device"),
-    );
-
-    // READY=1 once devices are open, then joins by itself (auto_join).
-    while notify.count("READY=1") == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no READY=1: {:?}",
-            notify.drain()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    println!(
-        "READY=1 after {:.0} ms",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
-    let joined = wait_state(&socket, "in-call", 10).await;
-    println!(
-        "in call {:.0} ms after READY",
-        joined.as_secs_f64() * 1000.0
-    );
-    let (video, audio, _) = subscriber_receives(&room, "watcher-1", Duration::from_secs(2)).await;
-    assert!(
-        video > 20 && audio > 50,
-        "media at the subscriber: {video} video, {audio} audio packets"
-    );
-    let s = status(&socket).await;
-    assert_eq!(s["leds"]["call"], true);
-    assert!(
-        s["media"]["audio_packets_sent"].as_u64() > Some(50),
-        "{s:#}"
-    );
-    assert_eq!(
-        s["frame_copies_per_frame"], 0.0,
-        "synthetic frames are encoded in place"
-    );
-    // The watchdog pings come from the running media loop (every 0.5 s here).
-    assert!(notify.count("WATCHDOG=1") >= 2, "{:?}", notify.drain());
-    assert!(
-        notify.statuses().iter().any(|s| s == "in call"),
-        "{:?}",
-        notify.statuses()
-    );
-
-    // Mute, then unmute: state in the status, the call stays up.
-    let r = request(&socket, Request::MuteAudio).await.expect("ctl");
-    assert_eq!(
-        (r["ok"].clone(), r["state"].clone()),
-        (json!(true), json!("in-call"))
-    );
-    assert_eq!(status(&socket).await["audio_muted"], true);
-    request(&socket, Request::UnmuteAudio).await.expect("ctl");
-
-    // RemoveUser -> Banned{banned}; it stays out until told.
-    let (code, body) = http_post(
-        room.http,
-        "/api/admin/RemoveUser",
-        Some(DEMO_ADMIN_KEY),
-        &json!({"SdkAppId": DEMO_SDK_APP_ID, "RoomId": ROOM_ID, "UserIds": [DEVICE]}).to_string(),
-    )
-    .await
-    .expect("admin API");
-    assert_eq!(code, 200, "{body}");
-    wait_state(&socket, "banned", 5).await;
-    let s = status(&socket).await;
-    assert_eq!(s["ban_reason"], "banned");
-    assert_eq!(
-        (s["leds"]["call"].clone(), s["leds"]["banned"].clone()),
-        (json!(false), json!(true))
-    );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        status(&socket).await["state"],
-        "banned",
-        "never rejoins by itself"
-    );
-    assert!(notify
-        .statuses()
-        .iter()
-        .any(|s| s.starts_with("banned (banned)")));
-
-    // call -> rejoins.
-    let r = request(&socket, Request::Call).await.expect("ctl");
-    assert_eq!(r["state"], "joining");
-    let t = wait_state(&socket, "in-call", 10).await;
-    println!(
-        "rejoined {:.0} ms after `ctl call`",
-        t.as_secs_f64() * 1000.0
-    );
-
-    // Room service restarted -> reconnecting -> in call again.
-    room.stop();
-    let lost = wait_state(&socket, "reconnecting", 5).await;
-    println!(
-        "room service killed: reconnecting after {:.0} ms",
-        lost.as_secs_f64() * 1000.0
-    );
-    let up = room.start().await;
-    wait_state(&socket, "in-call", 10).await;
-    let in_call = up.elapsed();
-    let (video, _, first) = subscriber_receives(&room, "watcher-2", Duration::from_secs(1)).await;
-    let media_back = up.elapsed() - Duration::from_secs(1) + first;
-    println!(
-        "room service restarted: device in call {:.0} ms, its video at a new subscriber {:.0} ms after the room was reachable",
-        in_call.as_secs_f64() * 1000.0,
-        media_back.as_secs_f64() * 1000.0
-    );
-    assert!(video > 5, "media after the restart: {video} video packets");
-    assert!(
-        media_back <= Duration::from_secs(3),
-        "target: media back within 3 s of the room being reachable, took {media_back:?}"
-    );
-
-    // Room service frozen (SIGSTOP): signaling stays open, media stops;
-    // the dead-media check notices within 5 s.
-    let frozen = Instant::now();
-    signal(room.proc.as_ref().expect("room running"), libc::SIGSTOP);
-    wait_state(&socket, "reconnecting", 8).await;
-    let detected = frozen.elapsed();
-    println!(
-        "room service frozen: dead media detected after {:.0} ms",
-        detected.as_secs_f64() * 1000.0
-    );
-    assert!(
-        detected <= Duration::from_secs(5),
-        "dead media detected after {detected:?}"
-    );
-    let s = status(&socket).await;
-    assert!(
-        s["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("nothing from the room")),
-        "{s:#}"
-    );
-    let thawed = Instant::now();
-    signal(room.proc.as_ref().expect("room running"), libc::SIGCONT);
-    wait_state(&socket, "in-call", 40).await;
-    println!(
-        "room service thawed: in call again after {:.0} ms",
-        thawed.elapsed().as_secs_f64() * 1000.0
-    );
-
-    // Hangup -> idle; the call LED goes out.
-    let r = request(&socket, Request::Hangup).await.expect("ctl");
-    assert_eq!(r["state"], "leaving");
-    wait_state(&socket, "idle", 5).await;
-    assert_eq!(status(&socket).await["leds"]["call"], false);
-
-    // SIGTERM: STOPPING=1, a clean exit, the socket removed.
-    signal(&daemon, libc::SIGTERM);
-    let mut daemon = daemon;
-    let t0 = Instant::now();
-    let exit = loop {
-        if let Some(s) = daemon.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "daemon did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(exit.success(), "{exit:?}");
-    assert!(notify.count("STOPPING=1") >= 1);
-    assert!(!socket.exists(), "control socket removed on exit");
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut rig = Rig::start().await;
+    phase("start", rig.ready_then_in_call()).await;
+    phase("media", rig.media_flows()).await;
+    phase("mute", rig.mute_and_unmute()).await;
+    phase("RemoveUser", rig.removed_user_stays_out()).await;
+    phase("ctl call", rig.call_rejoins()).await;
+    phase("room restarted", rig.room_restart_reconnects()).await;
+    phase("room frozen", rig.frozen_room_is_dead_media()).await;
+    phase("hangup", rig.hangup()).await;
+    phase("SIGTERM", rig.sigterm()).await;
 }
 
 /// An expired userSig: the daemon fails with that reason (error LED on)

@@ -25,11 +25,12 @@ pub enum GpioError {
         chip: Option<String>,
         line: String,
     },
-    #[error("E_GPIO_CHIP: gpio.{key}: cannot open GPIO chip {chip}: {reason}")]
+    #[error("E_GPIO_CHIP: gpio.{key}: cannot open GPIO chip {chip}: {source}")]
     Chip {
         key: &'static str,
         chip: String,
-        reason: String,
+        #[source]
+        source: gpiocdev::Error,
     },
     #[error("E_GPIO_BUSY: gpio.{key}: {chip} line {line} is busy (held by {consumer:?})")]
     Busy {
@@ -38,12 +39,13 @@ pub enum GpioError {
         line: String,
         consumer: String,
     },
-    #[error("E_GPIO_REQUEST: gpio.{key}: cannot request {chip} line {line}: {reason}")]
+    #[error("E_GPIO_REQUEST: gpio.{key}: cannot request {chip} line {line}: {source}")]
     Request {
         key: &'static str,
         chip: String,
         line: String,
-        reason: String,
+        #[source]
+        source: gpiocdev::Error,
     },
 }
 
@@ -66,10 +68,10 @@ fn open_chip(key: &'static str, chip: &str) -> Result<Chip, GpioError> {
     } else {
         Chip::from_name(chip)
     };
-    opened.map_err(|e| GpioError::Chip {
+    opened.map_err(|source| GpioError::Chip {
         key,
         chip: chip.to_owned(),
-        reason: e.to_string(),
+        source,
     })
 }
 
@@ -132,7 +134,7 @@ fn request_error(key: &'static str, found: &Found, line: &LineId, e: gpiocdev::E
             key,
             chip,
             line: line.to_string(),
-            reason: e.to_string(),
+            source: e,
         }
     }
 }

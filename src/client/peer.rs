@@ -46,7 +46,7 @@ pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 
 /// How long ICE gathering and connection setup may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const ICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Network settings shared by all of a client's connections.
 #[derive(Debug, Clone)]
@@ -278,7 +278,7 @@ impl Peer {
             .await
             .map_err(rtc_err("set local description"))?;
         let gathered = self.gathered.wait_for(|g| *g);
-        tokio::time::timeout(CONNECT_TIMEOUT, gathered)
+        tokio::time::timeout(ICE_CONNECT_TIMEOUT, gathered)
             .await
             .map_err(|_| ClientError::Media("ICE gathering did not finish".into()))?
             .map_err(|_| ClientError::Media("peer connection closed while gathering".into()))?;
@@ -308,7 +308,7 @@ impl Peer {
                     | RTCPeerConnectionState::Closed
             )
         });
-        let state = tokio::time::timeout(CONNECT_TIMEOUT, wait)
+        let state = tokio::time::timeout(ICE_CONNECT_TIMEOUT, wait)
             .await
             .map_err(|_| ClientError::Media("connection did not come up".into()))?
             .map(|s| *s)

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening the WebSocket may take: a room service that accepts
 /// TCP but never answers (frozen, overloaded) must not stall a reconnect.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const SIGNAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// WebSocket pings keep [`RoomActivity`] fresh while the room is quiet.
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -75,10 +75,12 @@ impl Signaling {
             None
         };
         let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector);
-        let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        let (ws, _) = tokio::time::timeout(SIGNAL_CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| {
-                ClientError::SignalSetup(format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))
+                ClientError::SignalSetup(format!(
+                    "{url}: no answer within {SIGNAL_CONNECT_TIMEOUT:?}"
+                ))
             })?
             .map_err(|e| ClientError::SignalSetup(format!("{url}: {e}")))?;
         let (mut ws_tx, mut ws_rx) = ws.split();

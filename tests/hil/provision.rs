@@ -15,7 +15,7 @@ pub(crate) fn guest_room_toml(media_port: u16) -> String {
 /// The board's provisioning: vivid as the camera, the loopback card as
 /// microphone (hw:Loopback,1,0) and speaker (hw:Loopback,0,1), gpio-sim's
 /// lines as active-high buttons and LEDs.
-pub(crate) fn device_toml(size: (usize, usize), format: &str) -> Result<String> {
+pub(crate) fn device_toml(size: (usize, usize), formats: &[&str], encoder: &str) -> Result<String> {
     let url = format!("ws://127.0.0.1:{GUEST_HTTP}/ws");
     let button = |line: &str| {
         format!(
@@ -28,7 +28,8 @@ pub(crate) fn device_toml(size: (usize, usize), format: &str) -> Result<String> 
         .set("video", "width", size.0 as i64)
         .set("video", "height", size.1 as i64)
         .set("video", "fps", 30)
-        .set("video", "formats", vec![format.to_owned()])
+        .set("video", "formats", formats.to_vec())
+        .set("video", "encoder", encoder)
         .set("audio", "capture", "alsa")
         .set("audio", "capture_device", "hw:Loopback,1,0")
         .set("audio", "playback", "alsa")

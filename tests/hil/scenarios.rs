@@ -448,4 +448,41 @@ impl Rig {
             found.as_secs_f64()
         ))
     }
+
+    /// Scenario 9: `callbox probe --config` opens the camera as the daemon
+    /// would: provisioned for passthrough (YUYV and H264 listed, vivid has
+    /// no H.264) it fails the camera, naming H264, as the daemon would; the
+    /// same camera for OpenH264 passes. The daemon is stopped meanwhile (a
+    /// streaming camera refuses a second format).
+    pub(crate) async fn probe_agrees(&mut self) -> Result<String> {
+        self.guest.ok("hil-device stop").await?;
+        let (code, out) = self
+            .guest
+            .sh("callbox probe --config /etc/callbox/device-passthrough.toml")
+            .await?;
+        let line = out
+            .lines()
+            .find(|l| l.contains("video.device"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        ensure!(
+            code == 1
+                && line.starts_with("FAIL")
+                && line.contains("none of the configured formats H264"),
+            "passthrough probe exited {code}: {out}"
+        );
+        let (ok_code, ok_out) = self
+            .guest
+            .sh("callbox probe --config /etc/callbox/device-yuyv.toml")
+            .await?;
+        ensure!(ok_code == 0, "YUYV probe exited {ok_code}: {ok_out}");
+        self.guest
+            .ok("hil-device start /etc/callbox/device.toml")
+            .await?;
+        self.guest.wait_state("in-call", 30).await?;
+        Ok(format!(
+            "passthrough on vivid: exit 1, \"{line}\"; openh264 on YUYV: exit 0; daemon back in call"
+        ))
+    }
 }
