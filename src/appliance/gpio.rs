@@ -319,10 +319,6 @@ impl Gpio {
             }
         }
     }
-
-    pub fn has_leds(&self) -> bool {
-        self.call.is_some() || self.banned.is_some() || self.error.is_some()
-    }
 }
 
 /// Whether the line a config key names exists and is free; `Ok` describes it.

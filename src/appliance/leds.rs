@@ -15,8 +15,8 @@ pub enum Pattern {
     Flashes(u8),
 }
 
-pub const FLASH: Duration = Duration::from_millis(150);
-pub const FLASH_CYCLE: Duration = Duration::from_millis(2000);
+const FLASH: Duration = Duration::from_millis(150);
+const FLASH_CYCLE: Duration = Duration::from_millis(2000);
 
 impl Pattern {
     /// Whether the LED is lit `t` after the pattern started.

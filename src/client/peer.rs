@@ -42,11 +42,11 @@ use webrtc::peer_connection::{
 };
 
 /// H.264 as browsers decode it: constrained baseline, packetization mode 1.
-pub const H264_FMTP: &str =
+const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 
 /// How long ICE gathering and connection setup may take.
-pub const ICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const ICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Network settings shared by all of a client's connections.
 #[derive(Debug, Clone)]

@@ -13,12 +13,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
 /// How long a request waits for its reply (TRTC's SERVER_TIMEOUT).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening the WebSocket may take: a room service that accepts
 /// TCP but never answers (frozen, overloaded) must not stall a reconnect.
-pub const SIGNAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const SIGNAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// WebSocket pings keep [`RoomActivity`] fresh while the room is quiet.
-pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 type AwaitingReply = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
 
@@ -183,9 +183,5 @@ impl Signaling {
         self.out
             .send(Message::Text(text.into()))
             .map_err(|_| ClientError::SignalClosed)
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.out.is_closed()
     }
 }

@@ -125,10 +125,6 @@ impl BufferPool {
             .allocations
             .load(std::sync::atomic::Ordering::Relaxed)
     }
-
-    pub fn buffer_len(&self) -> usize {
-        self.0.len
-    }
 }
 
 /// A buffer on loan from a [`BufferPool`].

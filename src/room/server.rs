@@ -23,7 +23,6 @@ use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -41,14 +40,7 @@ pub enum ServeError {
     Http(std::io::Error),
 }
 
-/// Where a running service can be reached; what tests and `demo` need.
-#[derive(Debug, Clone, Copy)]
-pub struct Bound {
-    pub http: SocketAddr,
-    pub media: SocketAddr,
-}
-
-pub fn router(state: AppState) -> Router {
+fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/ws", get(ws_upgrade))
