@@ -298,21 +298,7 @@ impl ServiceSection {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
-[room]
-url = "ws://127.0.0.1:8080/ws"
-sdk_app_id = 1400000000
-user_id = "device-1"
-user_sig = "sig"
-room_id = 1234
-
-[video]
-source = "synthetic"
-
-[audio]
-capture = "synthetic"
-playback = "null"
-"#;
+    use crate::device::config::tests::GOOD;
 
     /// Problems in device and appliance sections are reported together,
     /// each with its key; the device's own parser refuses appliance keys.

@@ -42,8 +42,7 @@ use webrtc::peer_connection::{
 };
 
 /// H.264 as browsers decode it: constrained baseline, packetization mode 1.
-const H264_FMTP: &str =
-    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 
 /// How long ICE gathering and connection setup may take.
 const ICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

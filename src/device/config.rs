@@ -334,10 +334,11 @@ impl AudioSection {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// A minimal device.toml on synthetic sources.
+    pub(crate) const GOOD: &str = r#"
 [room]
 url = "ws://127.0.0.1:8080/ws"
 sdk_app_id = 1400000000
