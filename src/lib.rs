@@ -1,6 +1,7 @@
 //! callbox: a video-call appliance with the TRTC v4 call model.
 //!
-//! - [`usersig`]: TLSSigAPIv2-compatible userSig issue and verification.
+//! - [`usersig`]: TLSSigAPIv2-compatible userSig issue and verification;
+//!   [`private_map_key`]: TRTC's room-scoped key built on it.
 //! - [`protocol`]: the signaling protocol shared by server, Rust client and browser SDK.
 //! - [`room`]: the room service (signaling, rooms, admin API, SFU).
 //! - [`client`]: the Rust TRTC-style client (signaling + WebRTC) the device builds on.
@@ -59,6 +60,7 @@ pub mod appliance;
 pub mod client;
 pub mod config;
 pub mod device;
+pub mod private_map_key;
 pub mod protocol;
 #[cfg(feature = "room")]
 pub mod room;

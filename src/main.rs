@@ -315,9 +315,7 @@ fn room(config: PathBuf) -> anyhow::Result<()> {
         config,
         listener,
         media,
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        },
+        terminated(),
     ))?;
     Ok(())
 }

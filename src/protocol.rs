@@ -59,6 +59,16 @@ pub enum Reason {
     AlreadySubscribed,
     NotSubscribed,
     NoSuchTrack,
+    RoomFull,
+    TooManyStreams,
+    TooManySubscriptions,
+    TooManyRooms,
+    RecentlyRemoved,
+    NotPermitted,
+    PrivateMapKeyRequired,
+    PrivateMapKeyInvalid,
+    UsersigTooLong,
+    JoinTimeout,
     // Media.
     BadSdp,
     MediaStopped,
@@ -246,6 +256,9 @@ pub enum ClientMessage {
         room_id: Option<i64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         str_room_id: Option<String>,
+        /// TRTC's privateMapKey for this room, where the app requires one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        private_map_key: Option<String>,
     },
     /// Offer of the uplink PeerConnection (sendonly audio and/or video).
     Publish {
@@ -447,6 +460,7 @@ mod tests {
                 user_sig: "s".into(),
                 room_id: Some(1),
                 str_room_id: None,
+                private_map_key: None,
             },
             ClientMessage::Publish {
                 id: 1,
@@ -490,9 +504,11 @@ mod tests {
             user_sig: "sig".into(),
             room_id: Some(8888),
             str_room_id: None,
+            private_map_key: Some("pmk".into()),
         };
         let json = serde_json::to_value(&m).unwrap();
         assert_eq!(json["type"], "join");
+        assert_eq!(json["privateMapKey"], "pmk");
         assert_eq!(json["sdkAppId"], 1400000000u64);
         assert_eq!(json["roomId"], 8888);
         assert!(json.get("strRoomId").is_none());

@@ -148,11 +148,27 @@ fn room_serves_health_from_its_config_and_refuses_bad_configs() {
     let dir = std::env::temp_dir().join(format!("callbox-room-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (http, udp) = (free_port(false), free_port(false));
-    let good = std::fs::read_to_string("config/room.toml")
+    let example = std::fs::read_to_string("config/room.toml")
         .unwrap()
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}"))
         .replace("127.0.0.1:50000", &format!("127.0.0.1:{udp}"));
     let file = dir.join("room.toml");
+    // As shipped, the example's published sample keys are refused, with how to make real ones.
+    std::fs::write(&file, &example).unwrap();
+    let (code, _, err) = run(&["room", "--config", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    for key in ["admin.key", "apps[0].secret_key"] {
+        assert!(
+            err.contains(&format!(
+                "room.toml: {key}: is a published sample key; generate one with `openssl rand -hex 32`"
+            )),
+            "{err}"
+        );
+    }
+    let admin_key = "a0".repeat(16);
+    let good = example
+        .replace("change-me-please-0123456789", &admin_key)
+        .replace(KEY, &"5e".repeat(32));
     std::fs::write(&file, &good).unwrap();
     let mut child = Command::new(BIN)
         .args(["room", "--config", file.to_str().unwrap()])
@@ -184,7 +200,10 @@ fn room_serves_health_from_its_config_and_refuses_bad_configs() {
     {
         log.push_str(&line);
     }
-    assert!(!log.contains(KEY), "secrets stay out of the log");
+    assert!(
+        !log.contains(&"5e".repeat(32)) && !log.contains(&admin_key),
+        "secrets stay out of the log"
+    );
 
     let bad = good.replace("udp_listen", "udp_lisen");
     std::fs::write(&file, bad).unwrap();
@@ -194,12 +213,12 @@ fn room_serves_health_from_its_config_and_refuses_bad_configs() {
         err.contains("room.toml: media.udp_lisen (line") && err.contains("unknown field"),
         "{err}"
     );
-    let bad = good.replace("change-me-please-0123456789", "short");
+    let bad = good.replace(&admin_key, "short-admin-key");
     std::fs::write(&file, bad).unwrap();
     let (code, _, err) = run(&["room", "--config", file.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("room.toml: admin.key: must be at least 16 characters"),
+        err.contains("room.toml: admin.key: must be at least 32 bytes; generate one with `openssl rand -hex 32`"),
         "{err}"
     );
     let (code, _, err) = run(&["room", "--config", "/nonexistent/room.toml"]);

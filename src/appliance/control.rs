@@ -68,10 +68,7 @@ pub async fn serve(path: &Path, requests: mpsc::Sender<Incoming>) -> Result<(), 
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let listener = UnixListener::bind(path).map_err(io(path))?;
-    // Owner and group (systemd's RuntimeDirectory gives the service's group).
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io(path))?;
+    let listener = bind_private(path).map_err(io(path))?;
     log::info!("control socket {}", path.display());
     tokio::spawn(async move {
         loop {
@@ -87,6 +84,18 @@ pub async fn serve(path: &Path, requests: mpsc::Sender<Incoming>) -> Result<(), 
         }
     });
     Ok(())
+}
+
+/// Bind with the socket's final mode, 0660 (owner and group; systemd's
+/// RuntimeDirectory gives the service's group): created under a umask, so
+/// there is no moment in which others could connect.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    // SAFETY: umask(2) only swaps the process's file-creation mask; it is
+    // restored at once, and nothing else creates files at daemon start.
+    let old = unsafe { libc::umask(0o117) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    bound
 }
 
 async fn connection(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
@@ -153,4 +162,23 @@ async fn exchange(path: &Path, cmd: Request) -> Result<Value, ControlError> {
         .await
         .map_err(io(path))?;
     serde_json::from_str(&reply).map_err(|e| ControlError::BadReply(format!("{e}: {reply:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The socket is born 0660: no window after bind in which others could connect.
+    #[tokio::test]
+    async fn the_socket_is_created_owner_and_group_only() {
+        let dir = std::env::temp_dir().join(format!("callbox-ctl-{}", std::process::id()));
+        let path = dir.join("control.sock");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (tx, _rx) = mpsc::channel(1);
+        serve(&path, tx).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660, "{mode:o}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

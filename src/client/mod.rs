@@ -185,6 +185,15 @@ impl Client {
 
     /// Join a room; returns the streams already published there.
     pub async fn join(&mut self, room: RoomId) -> Result<Vec<StreamInfo>, ClientError> {
+        self.join_with_key(room, None).await
+    }
+
+    /// Join a room with TRTC's privateMapKey for it (where the app requires one).
+    pub async fn join_with_key(
+        &mut self,
+        room: RoomId,
+        private_map_key: Option<String>,
+    ) -> Result<Vec<StreamInfo>, ClientError> {
         let (room_id, str_room_id) = match room {
             RoomId::Num(n) => (Some(n as i64), None),
             RoomId::Str(s) => (None, Some(s)),
@@ -200,6 +209,7 @@ impl Client {
                 user_sig: c.user_sig.clone(),
                 room_id,
                 str_room_id,
+                private_map_key,
             })
             .await?;
         match reply {

@@ -40,6 +40,14 @@ pub struct RoomSection {
     pub str_room_id: Option<String>,
     /// Extra CA (PEM) to trust for `wss://`.
     pub ca_file: Option<PathBuf>,
+    /// TRTC's privateMapKey for this room, or a file holding it, where the
+    /// app requires one (it is checked by the room service).
+    pub private_map_key: Option<Secret>,
+    pub private_map_key_file: Option<PathBuf>,
+    /// `ws://` to a host other than loopback sends the userSig in clear:
+    /// refused unless this says it is meant (a closed network, a test rig).
+    #[serde(default)]
+    pub allow_insecure_ws: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,11 +211,12 @@ impl DeviceConfig {
     }
 }
 
-/// Why the configured userSig cannot be had.
+/// Why a configured secret (userSig, privateMapKey) cannot be had.
 #[derive(Debug, thiserror::Error)]
-pub enum UserSigUnavailable {
-    #[error("room.user_sig_file {}: {source}", .path.display())]
+pub enum SecretUnavailable {
+    #[error("{key} {}: {source}", .path.display())]
     File {
+        key: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -216,20 +225,56 @@ pub enum UserSigUnavailable {
     Missing,
 }
 
+/// A secret given inline or in a file (read each time, so a re-provisioned
+/// file is used at the next join).
+fn read_secret(
+    inline: &Option<Secret>,
+    file: &Option<PathBuf>,
+    file_key: &'static str,
+) -> Result<Option<String>, SecretUnavailable> {
+    match (inline, file) {
+        (Some(s), _) => Ok(Some(s.expose().to_owned())),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| Some(s.trim().to_owned()))
+            .map_err(|source| SecretUnavailable::File {
+                key: file_key,
+                path: f.clone(),
+                source,
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
 impl RoomSection {
-    /// The userSig, from the file when `user_sig_file` is set (read each
-    /// time, so a re-provisioned file is used at the next join).
-    pub fn user_sig(&self) -> Result<String, UserSigUnavailable> {
-        match (&self.user_sig, &self.user_sig_file) {
-            (Some(s), _) => Ok(s.expose().to_owned()),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .map(|s| s.trim().to_owned())
-                .map_err(|source| UserSigUnavailable::File {
-                    path: f.clone(),
-                    source,
-                }),
-            (None, None) => Err(UserSigUnavailable::Missing),
-        }
+    pub fn user_sig(&self) -> Result<String, SecretUnavailable> {
+        read_secret(&self.user_sig, &self.user_sig_file, "room.user_sig_file")?
+            .ok_or(SecretUnavailable::Missing)
+    }
+
+    pub fn private_map_key(&self) -> Result<Option<String>, SecretUnavailable> {
+        read_secret(
+            &self.private_map_key,
+            &self.private_map_key_file,
+            "room.private_map_key_file",
+        )
+    }
+
+    /// `ws://` to anything but loopback (the userSig would cross the network in clear).
+    fn insecure_url(&self) -> bool {
+        let Some(rest) = self.url.strip_prefix("ws://") else {
+            return false;
+        };
+        let host = rest.split(['/', '?']).next().unwrap_or("");
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        !loopback
     }
 
     pub fn validate(&self, p: &mut Problems) {
@@ -255,6 +300,19 @@ impl RoomSection {
         }
         if let Some(ca) = &self.ca_file {
             p.check_file("room.ca_file", ca);
+        }
+        p.check(
+            !(self.insecure_url() && !self.allow_insecure_ws),
+            "room.url",
+            "ws:// to a host other than loopback sends the userSig in clear: use wss:// (or set room.allow_insecure_ws = true on a closed network)",
+        );
+        match (&self.private_map_key, &self.private_map_key_file) {
+            (Some(_), Some(_)) => p.add(
+                "room.private_map_key",
+                "set private_map_key or private_map_key_file, not both",
+            ),
+            (None, Some(f)) => p.check_file("room.private_map_key_file", f),
+            _ => {}
         }
     }
 }
@@ -396,6 +454,27 @@ playback = "null"
         )
         .unwrap_err();
         assert!(e.to_string().contains("video.colour (line"), "{e}");
+        // The userSig must not cross a network in clear.
+        let remote = GOOD.replace("ws://127.0.0.1:8080/ws", "ws://192.0.2.7:8080/ws");
+        let e = DeviceConfig::parse(Path::new("d.toml"), &remote).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("d.toml: room.url: ws:// to a host other than loopback"),
+            "{e}"
+        );
+        let allowed = remote.replace("room_id = 1234", "room_id = 1234\nallow_insecure_ws = true");
+        assert!(DeviceConfig::parse(Path::new("d.toml"), &allowed).is_ok());
+        for url in [
+            "wss://192.0.2.7/ws",
+            "ws://localhost:80/ws",
+            "ws://[::1]:8080/ws",
+        ] {
+            let ok = GOOD.replace("ws://127.0.0.1:8080/ws", url);
+            assert!(
+                DeviceConfig::parse(Path::new("d.toml"), &ok).is_ok(),
+                "{url}"
+            );
+        }
         let e = DeviceConfig::parse(
             Path::new("d.toml"),
             &GOOD.replace("[video]", "[video]\nformats = [\"YUYV\", \"RGB3\"]"),

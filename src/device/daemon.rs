@@ -55,7 +55,7 @@ pub enum DeviceError {
         source: std::io::Error,
     },
     #[error("config: {0}")]
-    UserSig(#[from] crate::device::config::UserSigUnavailable),
+    Secret(#[from] crate::device::config::SecretUnavailable),
     #[error("{0}")]
     Client(#[from] ClientError),
     #[error("pushed out of the room: {0:?}")]
@@ -74,7 +74,7 @@ impl DeviceError {
         use crate::protocol::code;
         match self {
             DeviceError::Video(_) | DeviceError::Audio(_) => code::DEVICE_NOT_FOUND,
-            DeviceError::Config { .. } | DeviceError::UserSig(_) => code::INVALID_PARAMETER,
+            DeviceError::Config { .. } | DeviceError::Secret(_) => code::INVALID_PARAMETER,
             DeviceError::Client(e) => e.code(),
             DeviceError::Banned(_) => code::CLIENT_BANNED,
             DeviceError::Threads(_) => code::UNKNOWN,
@@ -87,7 +87,7 @@ impl DeviceError {
     pub fn retryable(&self) -> bool {
         match self {
             DeviceError::Client(ClientError::Refused { reason, .. }) => !reason.is_usersig(),
-            DeviceError::Config { .. } | DeviceError::UserSig(_) | DeviceError::Banned(_) => false,
+            DeviceError::Config { .. } | DeviceError::Secret(_) | DeviceError::Banned(_) => false,
             _ => true,
         }
     }
@@ -272,10 +272,11 @@ impl Device {
     async fn join_and_publish(&self) -> Result<(Client, Vec<StreamInfo>), DeviceError> {
         let config = self.client_config()?;
         let room = self.config.join_room();
+        let private_map_key = self.config.room.private_map_key()?;
         let (a, v) = (self.config.audio.enabled, self.config.video.enabled);
         let mut client = Client::connect(config).await?;
         let joined = async {
-            let existing = client.join(room.clone()).await?;
+            let existing = client.join_with_key(room.clone(), private_map_key).await?;
             log::info!("joined {room} as {}", client.user_id());
             client.publish(a, v).await?;
             Ok::<_, DeviceError>(existing)

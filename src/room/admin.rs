@@ -14,6 +14,7 @@
 use crate::protocol::RoomId;
 use crate::room::config::RoomConfig;
 use crate::room::hub::AppState;
+use crate::room::log_limit::{clip, RateLimitedLog};
 use crate::room::state::RoomKey;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -22,6 +23,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+
+/// Refused admin calls are logged at most 5 a second (a key guesser is loud).
+static ADMIN_REFUSALS: LazyLock<RateLimitedLog> = LazyLock::new(|| RateLimitedLog::per_second(5));
 
 const MAX_USER_IDS: usize = 10;
 
@@ -78,11 +83,13 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        log::warn!(
-            "E_ADMIN_{}: {}",
-            self.code.to_uppercase().replace('.', "_"),
-            self.message
-        );
+        let (code, message) = (self.code, clip(&self.message));
+        ADMIN_REFUSALS.warn(|| {
+            format!(
+                "E_ADMIN_{}: {message}",
+                code.to_uppercase().replace('.', "_")
+            )
+        });
         let body = json!({"Response": {"Error": {"Code": self.code, "Message": self.message}, "RequestId": request_id()}});
         (self.status, Json(body)).into_response()
     }
@@ -126,15 +133,30 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, "InvalidParameter", e.to_string()))
 }
 
+/// Largest admin body read (ten userIds and a room id fit in far less).
+const MAX_BODY: usize = 4096;
+
+/// The key is checked from the headers before a byte of the body is read;
+/// then at most [`MAX_BODY`] bytes are.
 pub async fn handle(
     State(s): State<AppState>,
     Path(action): Path<String>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    request: axum::extract::Request,
 ) -> Response {
-    if !authorized(&s.config, &headers) {
+    if !authorized(&s.config, request.headers()) {
         return unauthorized();
     }
+    let body = match axum::body::to_bytes(request.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "InvalidParameter.Body",
+                format!("the body is limited to {MAX_BODY} bytes"),
+            )
+            .into_response()
+        }
+    };
     match run(&s, &action, &body) {
         Ok(affected) => {
             log::info!("admin {action}: {affected} client(s) pushed out");
@@ -157,8 +179,9 @@ fn run(s: &AppState, action: &str, body: &[u8]) -> Result<usize, AdminError> {
                 ));
             }
             let key = room(action, b.sdk_app_id, &b.room_id)?;
-            Ok(s.hub
-                .update(|rooms, _| rooms.remove_users(&key, &b.user_ids)))
+            Ok(s.hub.update(|rooms, _| {
+                rooms.remove_users(&key, &b.user_ids, std::time::Instant::now())
+            }))
         }
         "DismissRoom" | "DismissRoomByStrRoomId" => {
             let b: DismissBody = parse(body)?;
@@ -168,7 +191,7 @@ fn run(s: &AppState, action: &str, body: &[u8]) -> Result<usize, AdminError> {
         other => Err(error(
             StatusCode::NOT_FOUND,
             "InvalidAction",
-            format!("unknown action {other:?}"),
+            format!("unknown action {:?}", clip(other)),
         )),
     }
 }

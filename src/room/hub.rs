@@ -5,18 +5,51 @@
 
 use crate::protocol::ServerMessage;
 use crate::room::sfu::Sfu;
-use crate::room::state::{ConnId, Effect, Rooms};
+use crate::room::state::{ConnId, Effect, RoomLimits, Rooms};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 
-pub type Outbox = mpsc::UnboundedSender<ServerMessage>;
+/// A connection's outgoing queue, bounded: a client that does not read
+/// is cut off (`cut` fires) rather than buffered without end.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<ServerMessage>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Outbox {
+    /// The outbox, its receiving end, and what fires when it overflows.
+    pub fn new(
+        capacity: usize,
+    ) -> (
+        Outbox,
+        mpsc::Receiver<ServerMessage>,
+        Arc<tokio::sync::Notify>,
+    ) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let outbox = Outbox {
+            tx,
+            cut: Arc::clone(&cut),
+        };
+        (outbox, rx, cut)
+    }
+
+    /// Queue `msg`; a full queue cuts the connection off.
+    pub fn send(&self, msg: ServerMessage) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(msg) {
+            self.cut.notify_one();
+        }
+    }
+}
 
 /// What the signaling and admin handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<crate::room::config::RoomConfig>,
     pub hub: SharedHub,
+    pub caps: crate::room::accept::ConnectionCaps,
 }
 
 pub struct Hub {
@@ -31,9 +64,9 @@ pub struct Hub {
 pub struct SharedHub(Arc<Mutex<Hub>>);
 
 impl SharedHub {
-    pub fn new(sfu: Sfu) -> Self {
+    pub fn new(sfu: Sfu, limits: RoomLimits) -> Self {
         SharedHub(Arc::new(Mutex::new(Hub {
-            rooms: Rooms::new(),
+            rooms: Rooms::new(limits),
             conns: HashMap::new(),
             next_conn: 1,
             sfu,
@@ -77,7 +110,7 @@ impl Hub {
 
     pub fn send(&self, conn: ConnId, msg: ServerMessage) {
         if let Some(out) = self.conns.get(&conn) {
-            let _ = out.send(msg);
+            out.send(msg);
         }
     }
 

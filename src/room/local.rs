@@ -5,7 +5,7 @@
 
 use crate::config::Secret;
 use crate::room::config::{
-    AdminConfig, AppConfig, DevConfig, MediaConfig, RoomConfig, ServerConfig,
+    AdminConfig, AppConfig, DevConfig, Limits, MediaConfig, RoomConfig, ServerConfig,
 };
 use crate::room::server::{serve, ServeError};
 use std::net::SocketAddr;
@@ -15,9 +15,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const DEMO_SDK_APP_ID: u64 = 1_400_000_000;
-pub const DEMO_SECRET_KEY: &str =
-    "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
-pub const DEMO_ADMIN_KEY: &str = "local-admin-key-0123456789";
+/// The demo app's keys: public (they are in this source), for loopback
+/// demos and tests only. A room service loaded from a config file refuses
+/// the published sample keys of the example config, not these.
+pub const DEMO_SECRET_KEY: &str = "callbox-demo-secret-key-for-loopback-tests-only";
+pub const DEMO_ADMIN_KEY: &str = "local-admin-key-0123456789abcdef";
 
 /// A userSig of the demo app for `user`, valid for an hour.
 pub fn demo_user_sig(user: &str) -> String {
@@ -134,6 +136,7 @@ pub fn loopback_config(web_root: Option<PathBuf>, dev_usersig: bool) -> RoomConf
             tls_cert: None,
             tls_key: None,
             web_root,
+            allowed_origins: Vec::new(),
         },
         media: MediaConfig {
             udp_listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
@@ -145,10 +148,12 @@ pub fn loopback_config(web_root: Option<PathBuf>, dev_usersig: bool) -> RoomConf
         apps: vec![AppConfig {
             sdk_app_id: DEMO_SDK_APP_ID,
             secret_key: Secret::new(DEMO_SECRET_KEY),
+            private_map_key: Default::default(),
         }],
         dev: DevConfig {
             usersig_endpoint: dev_usersig,
         },
+        limits: Limits::default(),
     }
 }
 

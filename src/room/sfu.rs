@@ -13,10 +13,18 @@
 //! per downlink so SRTP's rollover counter starts at 0 for a late subscriber.
 //! str0m answers NACKs from its send buffer, sends NACKs and TWCC feedback to
 //! publishers, and keyframe requests (PLI/FIR) are relayed to the publisher.
+//!
+//! SDP work (a DTLS certificate per peer, parsing and answering the offer)
+//! runs on tokio's blocking pool, so a burst of joins does not stall the
+//! forwarding thread; the thread only takes in the prepared peer. A peer
+//! that dies on its own (ICE gone, DTLS or input errors) is reported as a
+//! [`MediaLost`] so the room can tell the others. The thread's heartbeat
+//! ([`Sfu::health`]) says whether it is alive and moving.
 
 use crate::room::state::ConnId;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
@@ -31,6 +39,29 @@ use tokio::sync::{mpsc, oneshot};
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
 /// Forwarding delays kept for percentiles.
 const DELAY_SAMPLES: usize = 1 << 16;
+/// Largest datagram taken in; a larger one is counted and dropped, not truncated.
+const MAX_DATAGRAM: usize = 2048;
+/// Media-lost reports queued to the room; peers are capped by the
+/// connection caps, so this is only reached if the room stops reading.
+const LOST_QUEUE: usize = 4096;
+
+/// A peer the SFU dropped on its own: the room must be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaLost {
+    pub conn: ConnId,
+    pub stream_id: String,
+    pub role: Role,
+}
+
+/// Whether the forwarding thread lives and moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Running,
+    /// The thread ended (a panic, or the socket failed).
+    Stopped,
+    /// No loop turn for this long (it turns at least once a second).
+    Stalled(Duration),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
@@ -62,15 +93,19 @@ pub struct SfuStats {
     pub forward_delay_us_p50: u32,
     pub forward_delay_us_p99: u32,
     pub forward_delay_samples: usize,
+    /// Datagrams over the largest size taken in, dropped.
+    pub datagrams_oversized: u64,
 }
 
 enum Command {
-    Open {
+    /// A peer prepared off the thread, with its answer.
+    Insert {
         conn: ConnId,
         stream_id: String,
         role: Role,
-        offer: String,
-        reply: oneshot::Sender<Result<String, SfuError>>,
+        rtc: Box<Rtc>,
+        answer: String,
+        reply: oneshot::Sender<String>,
     },
     CloseConn(ConnId),
     EndPublication(String),
@@ -87,28 +122,90 @@ enum Command {
 pub struct Sfu {
     tx: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddr,
+    advertise: SocketAddr,
+    beat: Arc<Heartbeat>,
+}
+
+/// The thread's loop count and when it last moved; `running` clears when
+/// the thread ends, panic included.
+#[derive(Debug)]
+struct Heartbeat {
+    running: AtomicBool,
+    started: Instant,
+    last_turn_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    fn beat(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_turn_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// Clears `running` however the thread ends.
+struct Running(Arc<Heartbeat>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Sfu {
-    /// Start the SFU on `socket`, telling clients to send media to `advertise`.
-    pub fn start(socket: std::net::UdpSocket, advertise: SocketAddr) -> std::io::Result<Sfu> {
+    /// Start the SFU on `socket`, telling clients to send media to
+    /// `advertise`. Peers it drops on its own are reported on the receiver.
+    pub fn start(
+        socket: std::net::UdpSocket,
+        advertise: SocketAddr,
+    ) -> std::io::Result<(Sfu, mpsc::Receiver<MediaLost>)> {
         socket.set_nonblocking(true)?;
         let local_addr = socket.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (lost_tx, lost_rx) = mpsc::channel(LOST_QUEUE);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let beat = Arc::new(Heartbeat {
+            running: AtomicBool::new(true),
+            started: Instant::now(),
+            last_turn_ms: AtomicU64::new(0),
+        });
+        let running = Running(Arc::clone(&beat));
         std::thread::Builder::new()
             .name("callbox-sfu".into())
             .spawn(move || {
+                let _running = running;
                 rt.block_on(async move {
                     match UdpSocket::from_std(socket) {
-                        Ok(socket) => Engine::new(socket, advertise).run(rx).await,
+                        Ok(socket) => {
+                            let beat = Arc::clone(&_running.0);
+                            Engine::new(socket, advertise, lost_tx, beat).run(rx).await
+                        }
                         Err(e) => log::error!("E_SFU_SOCKET: cannot use the media socket: {e}"),
                     }
                 })
             })?;
-        Ok(Sfu { tx, local_addr })
+        let sfu = Sfu {
+            tx,
+            local_addr,
+            advertise,
+            beat,
+        };
+        Ok((sfu, lost_rx))
+    }
+
+    /// Whether the forwarding thread is alive and has turned recently.
+    pub fn health(&self) -> Health {
+        if !self.beat.running.load(Ordering::Relaxed) {
+            return Health::Stopped;
+        }
+        let last = Duration::from_millis(self.beat.last_turn_ms.load(Ordering::Relaxed));
+        let since = self.beat.started.elapsed().saturating_sub(last);
+        if since > STALL {
+            Health::Stalled(since)
+        } else {
+            Health::Running
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -124,17 +221,22 @@ impl Sfu {
         role: Role,
         offer: String,
     ) -> Result<String, SfuError> {
+        let advertise = self.advertise;
+        let (rtc, answer) = tokio::task::spawn_blocking(move || prepare(&offer, advertise))
+            .await
+            .map_err(|_| SfuError::Stopped)??;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Open {
+            .send(Command::Insert {
                 conn,
                 stream_id: stream_id.to_owned(),
                 role,
-                offer,
+                rtc: Box::new(rtc),
+                answer,
                 reply,
             })
             .map_err(|_| SfuError::Stopped)?;
-        rx.await.map_err(|_| SfuError::Stopped)?
+        rx.await.map_err(|_| SfuError::Stopped)
     }
 
     pub fn close_conn(&self, conn: ConnId) {
@@ -156,7 +258,41 @@ impl Sfu {
     }
 }
 
+/// The thread turns at least once a second; this long without a turn is a stall.
+const STALL: Duration = Duration::from_secs(5);
+
+/// A str0m peer for `offer` and its answer: the SDP work, off the thread.
+fn prepare(offer: &str, advertise: SocketAddr) -> Result<(Rtc, String), SfuError> {
+    let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+    let mut cfg = Rtc::builder()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false);
+    // Constrained baseline first: browsers decode it and refuse High in answers.
+    cfg.codec_config()
+        .add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+    cfg.codec_config()
+        .add_h264(127.into(), Some(121.into()), true, 0x42001f);
+    let mut rtc = cfg.build(Instant::now());
+    let candidate = Candidate::host(advertise, "udp")
+        .map_err(|e| SfuError::Refused(format!("advertised address: {e}")))?;
+    rtc.add_local_candidate(candidate);
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| SfuError::Refused(e.to_string()))?;
+    Ok((rtc, answer.to_sdp_string()))
+}
+
 type PeerId = u64;
+
+/// Why a peer goes: the room asked, or it died on its own (the room must hear).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    Asked,
+    Died,
+}
 
 /// Sequence-number rebasing for one forwarded track.
 #[derive(Debug, Clone, Copy)]
@@ -197,6 +333,8 @@ enum Propagate {
 
 struct Engine {
     socket: UdpSocket,
+    lost: mpsc::Sender<MediaLost>,
+    beat: Arc<Heartbeat>,
     advertise: SocketAddr,
     peers: HashMap<PeerId, Peer>,
     by_addr: HashMap<SocketAddr, PeerId>,
@@ -212,9 +350,16 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(socket: UdpSocket, advertise: SocketAddr) -> Self {
+    fn new(
+        socket: UdpSocket,
+        advertise: SocketAddr,
+        lost: mpsc::Sender<MediaLost>,
+        beat: Arc<Heartbeat>,
+    ) -> Self {
         Engine {
             socket,
+            lost,
+            beat,
             advertise,
             peers: HashMap::new(),
             by_addr: HashMap::new(),
@@ -229,11 +374,14 @@ impl Engine {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        let mut buf = vec![0u8; 2048];
+        // One byte over the largest datagram taken in tells a larger one apart.
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         loop {
+            self.beat.beat();
             let sleep = tokio::time::sleep_until(self.earliest.into());
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, _)) if n > MAX_DATAGRAM => self.stats.datagrams_oversized += 1,
                     Ok((n, source)) => self.on_datagram(&buf[..n], source),
                     // ICMP port-unreachable from a vanished client surfaces here; not fatal.
                     Err(e) => log::debug!("media socket recv: {e}"),
@@ -254,20 +402,25 @@ impl Engine {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Open {
+            Command::Insert {
                 conn,
                 stream_id,
                 role,
-                offer,
+                rtc,
+                answer,
                 reply,
             } => {
-                let _ = reply.send(self.open(conn, stream_id, role, &offer));
+                self.insert(conn, stream_id, role, *rtc);
+                let _ = reply.send(answer);
             }
-            Command::CloseConn(conn) => self.remove_where(|p| p.conn == conn),
-            Command::EndPublication(stream_id) => self.remove_where(|p| p.stream_id == stream_id),
-            Command::EndSubscription { conn, stream_id } => self.remove_where(|p| {
-                p.conn == conn && p.stream_id == stream_id && p.role == Role::Downlink
-            }),
+            Command::CloseConn(conn) => self.remove_where(Removal::Asked, |p| p.conn == conn),
+            Command::EndPublication(stream_id) => {
+                self.remove_where(Removal::Asked, |p| p.stream_id == stream_id)
+            }
+            Command::EndSubscription { conn, stream_id } => self
+                .remove_where(Removal::Asked, |p| {
+                    p.conn == conn && p.stream_id == stream_id && p.role == Role::Downlink
+                }),
             Command::Stats(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -296,34 +449,8 @@ impl Engine {
         s
     }
 
-    fn open(
-        &mut self,
-        conn: ConnId,
-        stream_id: String,
-        role: Role,
-        offer: &str,
-    ) -> Result<String, SfuError> {
-        let offer =
-            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+    fn insert(&mut self, conn: ConnId, stream_id: String, role: Role, rtc: Rtc) {
         let now = Instant::now();
-        let mut cfg = Rtc::builder()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false);
-        // Constrained baseline first: browsers decode it and refuse High in answers.
-        cfg.codec_config()
-            .add_h264(108.into(), Some(109.into()), true, 0x42e01f);
-        cfg.codec_config()
-            .add_h264(127.into(), Some(121.into()), true, 0x42001f);
-        let mut rtc = cfg.build(now);
-        let candidate = Candidate::host(self.advertise, "udp")
-            .map_err(|e| SfuError::Refused(format!("advertised address: {e}")))?;
-        rtc.add_local_candidate(candidate);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| SfuError::Refused(e.to_string()))?;
         let id = self.next_id;
         self.next_id += 1;
         if role == Role::Downlink {
@@ -349,22 +476,35 @@ impl Engine {
         );
         // Collect MediaAdded and the first timeout before anything arrives.
         self.drive(id, None, Instant::now());
-        Ok(answer.to_sdp_string())
     }
 
-    fn remove_where(&mut self, pred: impl Fn(&Peer) -> bool) {
+    fn remove_where(&mut self, why: Removal, pred: impl Fn(&Peer) -> bool) {
         let ids: Vec<PeerId> = self
             .peers
             .iter()
             .filter(|(_, p)| pred(p))
             .map(|(id, _)| *id)
             .collect();
-        ids.into_iter().for_each(|id| self.remove(id));
+        ids.into_iter().for_each(|id| self.remove(id, why));
     }
 
-    fn remove(&mut self, id: PeerId) {
+    fn remove(&mut self, id: PeerId, why: Removal) {
         if let Some(mut p) = self.peers.remove(&id) {
-            log::info!("peer {id}: closed ({:?} of conn {})", p.role, p.conn);
+            log::info!(
+                "peer {id}: closed ({:?} of conn {}, {why:?})",
+                p.role,
+                p.conn
+            );
+            if why == Removal::Died {
+                let lost = MediaLost {
+                    conn: p.conn,
+                    stream_id: p.stream_id.clone(),
+                    role: p.role,
+                };
+                if self.lost.try_send(lost).is_err() {
+                    log::error!("E_SFU_LOST_QUEUE: the room is not taking media-lost reports");
+                }
+            }
             p.rtc.disconnect();
             self.by_addr.retain(|_, v| *v != id);
             if let Some(list) = self.downlinks.get_mut(&p.stream_id) {
@@ -421,7 +561,7 @@ impl Engine {
     }
 
     fn on_timeouts(&mut self, now: Instant) {
-        self.remove_where(|p| !p.rtc.is_alive());
+        self.remove_where(Removal::Died, |p| !p.rtc.is_alive());
         let due: Vec<PeerId> = self
             .peers
             .iter()
@@ -455,7 +595,7 @@ impl Engine {
         Self::poll(id, peer, &self.socket, &mut self.work);
         self.earliest = self.earliest.min(peer.next_timeout);
         if !peer.rtc.is_alive() {
-            self.remove(id);
+            self.remove(id, Removal::Died);
         }
         let mut forwarded = false;
         while let Some(w) = self.work.pop_front() {

@@ -1,11 +1,76 @@
 //! Room state: membership, publications, subscriptions, and who is pushed out
 //! and why. A pure state machine in the str0m style: each call changes the
 //! state and queues [`Effect`]s (messages to connections, media to tear down)
-//! that the caller drains with [`Rooms::poll_effect`] and carries out. No I/O,
-//! no clock; authentication happens before [`Rooms::join`] is called.
+//! that the caller drains with [`Rooms::poll_effect`] and carries out. No I/O;
+//! time is passed in. Authentication happens before [`Rooms::join`] is
+//! called and hands it what the joiner may do ([`Privileges`]); the rules
+//! here cap room sizes and keep a removed user out for a while.
 
+use crate::private_map_key::privilege;
 use crate::protocol::{code, BanReason, MediaKind, Reason, RoomId, ServerMessage, StreamInfo};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// What a member may do: TRTC's privateMapKey privilege bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Privileges(pub u32);
+
+impl Privileges {
+    pub const CREATE: u32 = privilege::CREATE;
+    pub const ENTER: u32 = privilege::ENTER;
+    pub const SEND_AUDIO: u32 = privilege::SEND_AUDIO;
+    pub const RECV_AUDIO: u32 = privilege::RECV_AUDIO;
+    pub const SEND_VIDEO: u32 = privilege::SEND_VIDEO;
+    pub const RECV_VIDEO: u32 = privilege::RECV_VIDEO;
+    /// Everything (no privateMapKey required).
+    pub const ALL: Privileges = Privileges(u32::MAX);
+
+    pub fn allows(self, bits: u32) -> bool {
+        self.0 & bits == bits
+    }
+
+    /// The bits sending (or receiving) these kinds needs.
+    pub fn for_kinds(audio: bool, video: bool, send: bool) -> u32 {
+        let (a, v) = if send {
+            (Self::SEND_AUDIO, Self::SEND_VIDEO)
+        } else {
+            (Self::RECV_AUDIO, Self::RECV_VIDEO)
+        };
+        (if audio { a } else { 0 }) | (if video { v } else { 0 })
+    }
+}
+
+/// The room rules' caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    pub members_per_room: usize,
+    pub streams_per_room: usize,
+    pub subscriptions_per_client: usize,
+    pub rooms_per_app: usize,
+    /// How long a user removed by the administrator stays out of that room.
+    pub rejoin_block: Duration,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits {
+            members_per_room: 100,
+            streams_per_room: 50,
+            subscriptions_per_client: 50,
+            rooms_per_app: 1000,
+            rejoin_block: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Who joins: authenticated, with what the privateMapKey (if any) grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joiner<'a> {
+    pub sdk_app_id: u64,
+    pub user_id: &'a str,
+    pub room: RoomId,
+    pub privileges: Privileges,
+}
 
 /// One signaling connection (one TRTC client).
 pub type ConnId = u64;
@@ -53,6 +118,18 @@ pub enum RoomError {
     NotSubscribed(String),
     #[error("the stream has no {0:?} track")]
     NoSuchTrack(MediaKind),
+    #[error("the room is full ({0} members)")]
+    RoomFull(usize),
+    #[error("the room has its most streams ({0})")]
+    TooManyStreams(usize),
+    #[error("this client has its most subscriptions ({0})")]
+    TooManySubscriptions(usize),
+    #[error("the app has its most rooms ({0})")]
+    TooManyRooms(usize),
+    #[error("removed from this room by the administrator; rejoin in {0} s")]
+    RecentlyRemoved(u64),
+    #[error("the privateMapKey does not grant {0}")]
+    NotPermitted(&'static str),
 }
 
 impl RoomError {
@@ -60,6 +137,9 @@ impl RoomError {
         match self {
             RoomError::NoSuchStream(_) => code::REMOTE_STREAM_NOT_EXIST,
             RoomError::EmptyPublication => code::INVALID_PARAMETER,
+            RoomError::RoomFull(_) | RoomError::TooManyRooms(_) | RoomError::RecentlyRemoved(_) => {
+                code::JOIN_ROOM_FAILED
+            }
             _ => code::INVALID_OPERATION,
         }
     }
@@ -76,6 +156,12 @@ impl RoomError {
             RoomError::AlreadySubscribed(_) => Reason::AlreadySubscribed,
             RoomError::NotSubscribed(_) => Reason::NotSubscribed,
             RoomError::NoSuchTrack(_) => Reason::NoSuchTrack,
+            RoomError::RoomFull(_) => Reason::RoomFull,
+            RoomError::TooManyStreams(_) => Reason::TooManyStreams,
+            RoomError::TooManySubscriptions(_) => Reason::TooManySubscriptions,
+            RoomError::TooManyRooms(_) => Reason::TooManyRooms,
+            RoomError::RecentlyRemoved(_) => Reason::RecentlyRemoved,
+            RoomError::NotPermitted(_) => Reason::NotPermitted,
         }
     }
 }
@@ -84,6 +170,7 @@ impl RoomError {
 struct Member {
     user_id: String,
     room: RoomKey,
+    privileges: Privileges,
     publication: Option<StreamInfo>,
     subscriptions: BTreeSet<String>,
 }
@@ -104,16 +191,22 @@ pub struct Joined {
 
 #[derive(Debug, Default)]
 pub struct Rooms {
+    limits: RoomLimits,
     members: HashMap<ConnId, Member>,
     /// room -> userId -> conn; BTreeMap for a stable peer order.
     rooms: HashMap<RoomKey, BTreeMap<String, ConnId>>,
+    /// Users removed by the administrator, kept out of that room until then.
+    removed: HashMap<(RoomKey, String), Instant>,
     next_stream: u64,
     effects: VecDeque<Effect>,
 }
 
 impl Rooms {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(limits: RoomLimits) -> Self {
+        Rooms {
+            limits,
+            ..Self::default()
+        }
     }
 
     /// Next thing the I/O must do, in order.
@@ -161,19 +254,57 @@ impl Rooms {
         }
     }
 
-    /// Join `user_id` (already authenticated) into `room`. A live client with
+    /// Whether `who` may enter `key` now: its privileges, the caps, a recent removal.
+    fn admit(&mut self, key: &RoomKey, who: &Joiner<'_>, now: Instant) -> Result<(), RoomError> {
+        self.removed.retain(|_, until| *until > now);
+        if let Some(until) = self.removed.get(&(key.clone(), who.user_id.to_owned())) {
+            return Err(RoomError::RecentlyRemoved((*until - now).as_secs().max(1)));
+        }
+        if !who.privileges.allows(Privileges::ENTER) {
+            return Err(RoomError::NotPermitted("entering the room"));
+        }
+        match self.rooms.get(key) {
+            Some(users) if !users.contains_key(who.user_id) => {
+                let n = users.len();
+                if n >= self.limits.members_per_room {
+                    return Err(RoomError::RoomFull(n));
+                }
+            }
+            Some(_) => {}
+            None => {
+                if !who.privileges.allows(Privileges::CREATE) {
+                    return Err(RoomError::NotPermitted("creating the room"));
+                }
+                let n = self
+                    .rooms
+                    .keys()
+                    .filter(|k| k.sdk_app_id == key.sdk_app_id)
+                    .count();
+                if n >= self.limits.rooms_per_app {
+                    return Err(RoomError::TooManyRooms(n));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Join `who` (already authenticated) into its room. A live client with
     /// the same userId in that room is pushed out with `kick`.
     pub fn join(
         &mut self,
         conn: ConnId,
-        sdk_app_id: u64,
-        user_id: &str,
-        room: RoomId,
+        who: Joiner<'_>,
+        now: Instant,
     ) -> Result<Joined, RoomError> {
         if self.members.contains_key(&conn) {
             return Err(RoomError::AlreadyJoined);
         }
-        let key = RoomKey { sdk_app_id, room };
+        let key = RoomKey {
+            sdk_app_id: who.sdk_app_id,
+            room: who.room.clone(),
+        };
+        self.admit(&key, &who, now)?;
+        let user_id = who.user_id;
         let existing = self
             .rooms
             .get(&key)
@@ -198,6 +329,7 @@ impl Rooms {
             Member {
                 user_id: user_id.to_owned(),
                 room: key.clone(),
+                privileges: who.privileges,
                 publication: None,
                 subscriptions: BTreeSet::new(),
             },
@@ -284,7 +416,26 @@ impl Rooms {
         if !audio && !video {
             return Err(RoomError::EmptyPublication);
         }
+        if !m
+            .privileges
+            .allows(Privileges::for_kinds(audio, video, true))
+        {
+            return Err(RoomError::NotPermitted("sending these tracks"));
+        }
+        let streams = self.publications_in(&m.room);
+        if streams >= self.limits.streams_per_room {
+            return Err(RoomError::TooManyStreams(streams));
+        }
         Ok(())
+    }
+
+    fn publications_in(&self, room: &RoomKey) -> usize {
+        self.rooms.get(room).map_or(0, |users| {
+            users
+                .values()
+                .filter(|c| self.members.get(c).is_some_and(|m| m.publication.is_some()))
+                .count()
+        })
     }
 
     /// Allocate the id the next publication will get.
@@ -331,9 +482,24 @@ impl Rooms {
         Ok(())
     }
 
-    /// Check a subscription would be accepted and return the publication.
-    pub fn can_subscribe(&self, conn: ConnId, stream_id: &str) -> Result<Publication, RoomError> {
+    /// Check a subscription receiving these kinds would be accepted and
+    /// return the publication.
+    pub fn can_subscribe(
+        &self,
+        conn: ConnId,
+        stream_id: &str,
+        (audio, video): (bool, bool),
+    ) -> Result<Publication, RoomError> {
         let m = self.members.get(&conn).ok_or(RoomError::NotJoined)?;
+        if !m
+            .privileges
+            .allows(Privileges::for_kinds(audio, video, false))
+        {
+            return Err(RoomError::NotPermitted("receiving these tracks"));
+        }
+        if m.subscriptions.len() >= self.limits.subscriptions_per_client {
+            return Err(RoomError::TooManySubscriptions(m.subscriptions.len()));
+        }
         let p = self
             .publication(stream_id)
             .filter(|p| self.members.get(&p.publisher).map(|o| &o.room) == Some(&m.room))
@@ -348,8 +514,13 @@ impl Rooms {
     }
 
     /// Record a subscription whose downlink has been set up.
-    pub fn subscribe(&mut self, conn: ConnId, stream_id: &str) -> Result<Publication, RoomError> {
-        let p = self.can_subscribe(conn, stream_id)?;
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        stream_id: &str,
+        kinds: (bool, bool),
+    ) -> Result<Publication, RoomError> {
+        let p = self.can_subscribe(conn, stream_id, kinds)?;
         self.member_mut(conn)?
             .subscriptions
             .insert(stream_id.to_owned());
@@ -401,9 +572,39 @@ impl Rooms {
         Ok(())
     }
 
-    /// Admin RemoveUser*: push the named users out with `banned`.
+    /// The SFU lost a peer on its own (ICE gone, DTLS failed): a lost
+    /// uplink ends that publication for everyone (`stream-removed`); a lost
+    /// downlink ends that subscription.
+    pub fn media_lost(&mut self, conn: ConnId, stream_id: &str, uplink: bool) {
+        let Some(m) = self.members.get_mut(&conn) else {
+            return;
+        };
+        if !uplink {
+            m.subscriptions.remove(stream_id);
+            return;
+        }
+        if m.publication
+            .as_ref()
+            .is_some_and(|p| p.stream_id == stream_id)
+        {
+            if let Some(p) = m.publication.take() {
+                let room = m.room.clone();
+                self.end_publication(&room, conn, p);
+            }
+        }
+    }
+
+    /// Admin RemoveUser*: push the named users out with `banned`, and keep
+    /// them out of the room for `limits.rejoin_block` (TRTC's behaviour).
     /// Returns how many were in the room.
-    pub fn remove_users(&mut self, room: &RoomKey, user_ids: &[String]) -> usize {
+    pub fn remove_users(&mut self, room: &RoomKey, user_ids: &[String], now: Instant) -> usize {
+        if !self.limits.rejoin_block.is_zero() {
+            self.removed.retain(|_, until| *until > now);
+            for u in user_ids {
+                let until = now + self.limits.rejoin_block;
+                self.removed.insert((room.clone(), u.clone()), until);
+            }
+        }
         let conns: Vec<ConnId> = match self.rooms.get(room) {
             Some(users) => user_ids
                 .iter()
@@ -446,6 +647,22 @@ mod tests {
     use super::*;
 
     const APP: u64 = 1400000000;
+    const BOTH: (bool, bool) = (true, true);
+
+    fn who(sdk_app_id: u64, user_id: &str, room: RoomId) -> Joiner<'_> {
+        Joiner {
+            sdk_app_id,
+            user_id,
+            room,
+            privileges: Privileges::ALL,
+        }
+    }
+
+    /// One fixed moment for tests that do not care about time.
+    fn t0() -> Instant {
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
 
     fn drain(r: &mut Rooms) -> Vec<Effect> {
         std::iter::from_fn(|| r.poll_effect()).collect()
@@ -470,8 +687,8 @@ mod tests {
 
     #[test]
     fn join_tells_others_and_lists_what_is_there() {
-        let mut r = Rooms::new();
-        let j = r.join(1, APP, "a", RoomId::Num(8)).unwrap();
+        let mut r = Rooms::new(RoomLimits::default());
+        let j = r.join(1, who(APP, "a", RoomId::Num(8)), t0()).unwrap();
         assert_eq!(
             j,
             Joined {
@@ -484,7 +701,7 @@ mod tests {
         r.publish(1, sid.clone(), true, true).unwrap();
         drain(&mut r);
 
-        let j = r.join(2, APP, "b", RoomId::Num(8)).unwrap();
+        let j = r.join(2, who(APP, "b", RoomId::Num(8)), t0()).unwrap();
         assert_eq!(j.peers, vec!["a".to_string()]);
         assert_eq!(j.streams.len(), 1);
         assert_eq!(j.streams[0].stream_id, sid);
@@ -497,19 +714,19 @@ mod tests {
         );
         assert!(sent_to(&e, 2).is_empty());
         assert_eq!(
-            r.join(2, APP, "b", RoomId::Num(9)),
+            r.join(2, who(APP, "b", RoomId::Num(9)), t0()),
             Err(RoomError::AlreadyJoined)
         );
     }
 
     #[test]
     fn leave_removes_publication_and_tells_others() {
-        let mut r = Rooms::new();
-        r.join(1, APP, "a", RoomId::Num(8)).unwrap();
-        r.join(2, APP, "b", RoomId::Num(8)).unwrap();
+        let mut r = Rooms::new(RoomLimits::default());
+        r.join(1, who(APP, "a", RoomId::Num(8)), t0()).unwrap();
+        r.join(2, who(APP, "b", RoomId::Num(8)), t0()).unwrap();
         let sid = r.next_stream_id();
         r.publish(1, sid.clone(), true, false).unwrap();
-        r.subscribe(2, &sid).unwrap();
+        r.subscribe(2, &sid, BOTH).unwrap();
         drain(&mut r);
 
         r.leave(1).unwrap();
@@ -537,10 +754,10 @@ mod tests {
 
     #[test]
     fn publish_rules_and_events() {
-        let mut r = Rooms::new();
+        let mut r = Rooms::new(RoomLimits::default());
         assert_eq!(r.can_publish(1, true, true), Err(RoomError::NotJoined));
-        r.join(1, APP, "a", RoomId::Num(8)).unwrap();
-        r.join(2, APP, "b", RoomId::Num(8)).unwrap();
+        r.join(1, who(APP, "a", RoomId::Num(8)), t0()).unwrap();
+        r.join(2, who(APP, "b", RoomId::Num(8)), t0()).unwrap();
         drain(&mut r);
         assert_eq!(
             r.can_publish(1, false, false),
@@ -574,26 +791,26 @@ mod tests {
 
     #[test]
     fn subscribe_rules() {
-        let mut r = Rooms::new();
-        r.join(1, APP, "a", RoomId::Num(8)).unwrap();
-        r.join(2, APP, "b", RoomId::Num(8)).unwrap();
-        r.join(3, APP, "c", RoomId::Num(9)).unwrap();
+        let mut r = Rooms::new(RoomLimits::default());
+        r.join(1, who(APP, "a", RoomId::Num(8)), t0()).unwrap();
+        r.join(2, who(APP, "b", RoomId::Num(8)), t0()).unwrap();
+        r.join(3, who(APP, "c", RoomId::Num(9)), t0()).unwrap();
         r.publish(1, "s1".into(), true, true).unwrap();
         drain(&mut r);
-        let e = r.subscribe(2, "nope").unwrap_err();
+        let e = r.subscribe(2, "nope", BOTH).unwrap_err();
         assert_eq!(
             (e.code(), e.reason()),
             (code::REMOTE_STREAM_NOT_EXIST, Reason::NoSuchStream)
         );
-        assert_eq!(r.subscribe(1, "s1"), Err(RoomError::OwnStream));
+        assert_eq!(r.subscribe(1, "s1", BOTH), Err(RoomError::OwnStream));
         // Another room cannot see the stream.
         assert_eq!(
-            r.subscribe(3, "s1"),
+            r.subscribe(3, "s1", BOTH),
             Err(RoomError::NoSuchStream("s1".into()))
         );
-        assert_eq!(r.subscribe(2, "s1").unwrap().publisher, 1);
+        assert_eq!(r.subscribe(2, "s1", BOTH).unwrap().publisher, 1);
         assert_eq!(
-            r.subscribe(2, "s1"),
+            r.subscribe(2, "s1", BOTH),
             Err(RoomError::AlreadySubscribed("s1".into()))
         );
         r.unsubscribe(2, "s1").unwrap();
@@ -609,21 +826,21 @@ mod tests {
             Err(RoomError::NotSubscribed("s1".into()))
         );
         assert!(
-            r.subscribe(2, "s1").is_ok(),
+            r.subscribe(2, "s1", BOTH).is_ok(),
             "resubscribe after unsubscribe"
         );
     }
 
     #[test]
     fn duplicate_user_id_kicks_the_earlier_client() {
-        let mut r = Rooms::new();
-        r.join(1, APP, "dev", RoomId::Num(8)).unwrap();
-        r.join(2, APP, "viewer", RoomId::Num(8)).unwrap();
+        let mut r = Rooms::new(RoomLimits::default());
+        r.join(1, who(APP, "dev", RoomId::Num(8)), t0()).unwrap();
+        r.join(2, who(APP, "viewer", RoomId::Num(8)), t0()).unwrap();
         r.publish(1, "s1".into(), true, true).unwrap();
-        r.subscribe(2, "s1").unwrap();
+        r.subscribe(2, "s1", BOTH).unwrap();
         drain(&mut r);
 
-        let j = r.join(3, APP, "dev", RoomId::Num(8)).unwrap();
+        let j = r.join(3, who(APP, "dev", RoomId::Num(8)), t0()).unwrap();
         assert_eq!(
             j.peers,
             vec!["viewer".to_string()],
@@ -658,19 +875,19 @@ mod tests {
         assert_eq!(r.member(1), None);
         assert_eq!(r.member(3).map(|(_, u)| u), Some("dev"));
         // The same userId in another room is not a duplicate.
-        r.join(4, APP, "dev", RoomId::Num(9)).unwrap();
+        r.join(4, who(APP, "dev", RoomId::Num(9)), t0()).unwrap();
         assert!(sent_to(&drain(&mut r), 3).is_empty());
     }
 
     #[test]
     fn remove_users_bans_only_those_named() {
-        let mut r = Rooms::new();
+        let mut r = Rooms::new(RoomLimits::default());
         for (c, u) in [(1, "a"), (2, "b"), (3, "c")] {
-            r.join(c, APP, u, RoomId::Num(8)).unwrap();
+            r.join(c, who(APP, u, RoomId::Num(8)), t0()).unwrap();
         }
         r.publish(1, "s1".into(), true, true).unwrap();
         drain(&mut r);
-        let n = r.remove_users(&key(8), &["a".into(), "b".into(), "ghost".into()]);
+        let n = r.remove_users(&key(8), &["a".into(), "b".into(), "ghost".into()], t0());
         assert_eq!(n, 2);
         let e = drain(&mut r);
         for c in [1, 2] {
@@ -688,17 +905,26 @@ mod tests {
             .iter()
             .all(|m| !matches!(m, ServerMessage::ClientBanned { .. })));
         assert_eq!(r.member_count(), 1);
-        assert_eq!(r.remove_users(&key(99), &["c".into()]), 0);
-        // A banned client may join again (TRTC: banned is not permanent).
-        assert!(r.join(1, APP, "a", RoomId::Num(8)).is_ok());
+        assert_eq!(r.remove_users(&key(99), &["c".into()], t0()), 0);
+        // A removed user stays out of that room for the block (TRTC
+        // behaviour), and may come back after it; other rooms are open.
+        let later = t0() + Duration::from_secs(59);
+        assert_eq!(
+            r.join(1, who(APP, "a", RoomId::Num(8)), later),
+            Err(RoomError::RecentlyRemoved(1))
+        );
+        assert!(r.join(1, who(APP, "a", RoomId::Num(9)), later).is_ok());
+        r.leave(1).unwrap();
+        let after = t0() + Duration::from_secs(60);
+        assert!(r.join(1, who(APP, "a", RoomId::Num(8)), after).is_ok());
     }
 
     #[test]
     fn dismiss_disbands_the_room_only() {
-        let mut r = Rooms::new();
-        r.join(1, APP, "a", RoomId::Num(8)).unwrap();
-        r.join(2, APP, "b", RoomId::Num(8)).unwrap();
-        r.join(3, APP, "a", RoomId::Num(9)).unwrap();
+        let mut r = Rooms::new(RoomLimits::default());
+        r.join(1, who(APP, "a", RoomId::Num(8)), t0()).unwrap();
+        r.join(2, who(APP, "b", RoomId::Num(8)), t0()).unwrap();
+        r.join(3, who(APP, "a", RoomId::Num(9)), t0()).unwrap();
         drain(&mut r);
         assert_eq!(r.dismiss(&key(8)), 2);
         let e = drain(&mut r);
@@ -715,10 +941,11 @@ mod tests {
 
     #[test]
     fn string_and_numeric_rooms_and_apps_are_separate() {
-        let mut r = Rooms::new();
-        r.join(1, APP, "a", RoomId::Num(8)).unwrap();
-        r.join(2, APP, "a", RoomId::Str("8".into())).unwrap();
-        r.join(3, APP + 1, "a", RoomId::Num(8)).unwrap();
+        let mut r = Rooms::new(RoomLimits::default());
+        r.join(1, who(APP, "a", RoomId::Num(8)), t0()).unwrap();
+        r.join(2, who(APP, "a", RoomId::Str("8".into())), t0())
+            .unwrap();
+        r.join(3, who(APP + 1, "a", RoomId::Num(8)), t0()).unwrap();
         let e = drain(&mut r);
         assert!(e.is_empty(), "no kick, no peer-join across rooms: {e:?}");
         assert_eq!(r.room_count(), 3);
@@ -740,9 +967,9 @@ mod tests {
             audio_muted,
             video_muted: false,
         };
-        let mut r = Rooms::new();
-        r.join(1, APP, "a", RoomId::Num(8)).unwrap();
-        r.join(2, APP, "b", RoomId::Num(8)).unwrap();
+        let mut r = Rooms::new(RoomLimits::default());
+        r.join(1, who(APP, "a", RoomId::Num(8)), t0()).unwrap();
+        r.join(2, who(APP, "b", RoomId::Num(8)), t0()).unwrap();
         assert_eq!(
             r.mute(1, MediaKind::Audio, true),
             Err(RoomError::NotPublishing)
@@ -774,7 +1001,93 @@ mod tests {
         r.mute(1, MediaKind::Audio, true).unwrap();
         drain(&mut r);
         // Late joiners see the muted state in the stream list.
-        let j = r.join(3, APP, "c", RoomId::Num(8)).unwrap();
+        let j = r.join(3, who(APP, "c", RoomId::Num(8)), t0()).unwrap();
         assert!(j.streams[0].audio_muted);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn joiner(user_id: &str, room: u32, privileges: u32) -> Joiner<'_> {
+        Joiner {
+            sdk_app_id: 1,
+            user_id,
+            room: RoomId::Num(room),
+            privileges: Privileges(privileges),
+        }
+    }
+
+    #[test]
+    fn room_size_streams_subscriptions_and_rooms_are_capped() {
+        let limits = RoomLimits {
+            members_per_room: 3,
+            streams_per_room: 2,
+            subscriptions_per_client: 1,
+            rooms_per_app: 2,
+            rejoin_block: Duration::ZERO,
+        };
+        let mut r = Rooms::new(limits);
+        let now = Instant::now();
+        let all = u32::MAX;
+        for (c, u) in [(1, "a"), (2, "b"), (3, "c")] {
+            r.join(c, joiner(u, 8, all), now).unwrap();
+        }
+        assert_eq!(
+            r.join(4, joiner("d", 8, all), now),
+            Err(RoomError::RoomFull(3))
+        );
+        // The same userId replacing itself (kick) is no new member.
+        assert!(r.join(4, joiner("c", 8, all), now).is_ok());
+        r.join(5, joiner("e", 9, all), now).unwrap();
+        assert_eq!(
+            r.join(6, joiner("f", 10, all), now),
+            Err(RoomError::TooManyRooms(2))
+        );
+        r.publish(1, "s1".into(), true, true).unwrap();
+        r.publish(4, "s2".into(), true, false).unwrap();
+        assert_eq!(
+            r.can_publish(2, true, false),
+            Err(RoomError::TooManyStreams(2))
+        );
+        r.subscribe(2, "s1", (true, true)).unwrap();
+        assert_eq!(
+            r.can_subscribe(2, "s2", (true, false)).map(|_| ()),
+            Err(RoomError::TooManySubscriptions(1))
+        );
+    }
+
+    #[test]
+    fn privileges_decide_create_enter_send_and_receive() {
+        let mut r = Rooms::new(RoomLimits::default());
+        let now = Instant::now();
+        let p = |bits: &[u32]| bits.iter().fold(0, |a, b| a | b);
+        let enter_only = p(&[Privileges::ENTER, Privileges::RECV_AUDIO]);
+        assert_eq!(
+            r.join(1, joiner("a", 8, enter_only), now),
+            Err(RoomError::NotPermitted("creating the room"))
+        );
+        let host = p(&[
+            Privileges::CREATE,
+            Privileges::ENTER,
+            Privileges::SEND_AUDIO,
+        ]);
+        r.join(1, joiner("host", 8, host), now).unwrap();
+        assert_eq!(
+            r.can_publish(1, true, true),
+            Err(RoomError::NotPermitted("sending these tracks"))
+        );
+        r.publish(1, "s1".into(), true, false).unwrap();
+        assert_eq!(
+            r.join(2, joiner("b", 8, Privileges::CREATE), now),
+            Err(RoomError::NotPermitted("entering the room"))
+        );
+        r.join(2, joiner("b", 8, enter_only), now).unwrap();
+        assert_eq!(
+            r.can_subscribe(2, "s1", (true, true)).map(|_| ()),
+            Err(RoomError::NotPermitted("receiving these tracks"))
+        );
+        assert!(r.subscribe(2, "s1", (true, false)).is_ok());
     }
 }

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 export const SDK_APP_ID = 1400000000;
-export const ADMIN_KEY = 'local-admin-key-0123456789';
+export const ADMIN_KEY = 'local-admin-key-0123456789abcdef';
 
 export function chromiumPath() {
   return process.env.CHROMIUM || '/usr/lib/chromium/chromium';
