@@ -362,13 +362,17 @@ impl Rig {
         )
     }
 
+    /// `ctl call` rejoins; while the room's block after RemoveUser lasts
+    /// (3 s here) the join is refused and the device retries.
     async fn call_rejoins(&mut self) -> String {
         let r = request(&self.socket, Request::Call).await.expect("ctl");
         assert_eq!(r["state"], "joining");
         let t = wait_state(&self.socket, "in-call", 10).await;
+        let s = status(&self.socket).await;
         format!(
-            "rejoined {:.0} ms after `ctl call`",
-            t.as_secs_f64() * 1000.0
+            "rejoined {:.0} ms after `ctl call`, {} retries while the room kept the device out",
+            t.as_secs_f64() * 1000.0,
+            s["attempt"]
         )
     }
 

@@ -625,11 +625,15 @@
         userId: this._userId,
         userSig: this._userSig,
         ...this._room,
+        ...(this._privateMapKey ? { privateMapKey: this._privateMapKey } : {}),
       });
     }
 
-    /** Join `{roomId}` (number) or `{strRoomId}` (string, with useStringRoomId). */
-    async join({ roomId, strRoomId, useStringRoomId } = {}) {
+    /**
+     * Join `{roomId}` (number) or `{strRoomId}` (string, with useStringRoomId);
+     * `privateMapKey` is TRTC's room-scoped key, where the app requires one.
+     */
+    async join({ roomId, strRoomId, useStringRoomId, privateMapKey } = {}) {
       if (this._destroyed) throw fail(ErrorCode.INVALID_OPERATION, 'client was destroyed');
       if (this._room) throw fail(ErrorCode.INVALID_OPERATION, 'already in a room');
       let room;
@@ -641,6 +645,7 @@
       try {
         if (!this._ws) await this._connect();
         this._room = room;
+        this._privateMapKey = privateMapKey ? String(privateMapKey) : null;
         const reply = await this._sendJoin();
         this._setState(State.CONNECTED);
         for (const info of reply.streams || []) this._addRemote(info, true);
@@ -709,9 +714,11 @@
         throw fail(ErrorCode.REMOTE_STREAM_NOT_EXIST, 'no such remote stream');
       }
       const want = { audio: options.audio !== false, video: options.video !== false };
+      if (!want.audio && !want.video) throw fail(ErrorCode.INVALID_PARAMETER, 'subscribe to audio, video or both');
       const pc = this._newPeer();
-      pc.addTransceiver('audio', { direction: 'recvonly' });
-      preferH264(pc.addTransceiver('video', { direction: 'recvonly' }));
+      // Offer only what is wanted: a privateMapKey may grant receiving one kind only.
+      if (want.audio) pc.addTransceiver('audio', { direction: 'recvonly' });
+      if (want.video) preferH264(pc.addTransceiver('video', { direction: 'recvonly' }));
       const ms = new MediaStream();
       pc.ontrack = (e) => {
         if ((e.track.kind === 'audio' && want.audio) || (e.track.kind === 'video' && want.video)) ms.addTrack(e.track);

@@ -87,6 +87,24 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
+/// A subscription negotiated but not yet taken in by [`Client::adopt`].
+pub struct Subscription {
+    downlink: Downlink,
+    info: StreamInfo,
+    packets: mpsc::Receiver<RemotePacket>,
+}
+
+impl Subscription {
+    pub fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    /// Close it without taking it in (its stream went away meanwhile).
+    pub async fn close(self) {
+        self.downlink.peer.close().await;
+    }
+}
+
 /// Which kinds of a remote stream to receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receive {
@@ -129,7 +147,8 @@ impl LocalStream {
 /// A subscribed remote stream: its RTP packets arrive on `packets`.
 pub struct RemoteStream {
     pub info: StreamInfo,
-    pub packets: mpsc::UnboundedReceiver<RemotePacket>,
+    /// Received packets; bounded, a full queue drops like the network would.
+    pub packets: mpsc::Receiver<RemotePacket>,
     keyframe: mpsc::UnboundedSender<()>,
 }
 
@@ -144,7 +163,8 @@ impl RemoteStream {
 /// arrive from [`Client::next_event`].
 pub struct Client {
     config: ClientConfig,
-    signaling: Signaling,
+    // Shared with subscriptions negotiated off the caller's loop.
+    signaling: std::sync::Arc<Signaling>,
     events: mpsc::UnboundedReceiver<ServerMessage>,
     local: Option<LocalStream>,
     downlinks: HashMap<String, Downlink>,
@@ -160,7 +180,7 @@ impl Client {
             Signaling::connect(&config.url, config.tls_ca_pem.as_deref(), activity.clone()).await?;
         Ok(Client {
             config,
-            signaling,
+            signaling: std::sync::Arc::new(signaling),
             events,
             local: None,
             downlinks: HashMap::new(),
@@ -284,34 +304,58 @@ impl Client {
         info: &StreamInfo,
         receive: Receive,
     ) -> Result<RemoteStream, ClientError> {
-        let (mut downlink, sdp) =
-            Downlink::offer(&self.config.net, &self.activity, receive).await?;
-        let stream_id = info.stream_id.clone();
-        let negotiated = async {
-            let reply = self
-                .signaling
-                .request(|id| ClientMessage::Subscribe { id, stream_id, sdp })
-                .await?;
-            let ServerMessage::Subscribed { sdp, .. } = reply else {
-                return Err(unexpected(reply));
-            };
-            downlink.finish(sdp).await
-        }
-        .await;
-        let packets = match negotiated {
-            Ok(p) => p,
-            Err(e) => {
-                downlink.peer.close().await;
-                return Err(e);
+        let pending = self.subscription(info, receive).await?;
+        Ok(self.adopt(pending))
+    }
+
+    /// A subscription negotiated without borrowing the client, so a caller
+    /// can run it beside its own work (the device keeps sending media
+    /// meanwhile); [`Client::adopt`] then takes it in.
+    pub fn subscription(
+        &self,
+        info: &StreamInfo,
+        receive: Receive,
+    ) -> impl std::future::Future<Output = Result<Subscription, ClientError>> + Send + 'static {
+        let (net, activity) = (self.config.net.clone(), self.activity.clone());
+        let signaling = std::sync::Arc::clone(&self.signaling);
+        let info = info.clone();
+        async move {
+            let (mut downlink, sdp) = Downlink::offer(&net, &activity, receive).await?;
+            let stream_id = info.stream_id.clone();
+            let negotiated = async {
+                let reply = signaling
+                    .request(|id| ClientMessage::Subscribe { id, stream_id, sdp })
+                    .await?;
+                let ServerMessage::Subscribed { sdp, .. } = reply else {
+                    return Err(unexpected(reply));
+                };
+                downlink.finish(sdp).await
             }
-        };
-        let keyframe = downlink.keyframe_requester();
-        self.downlinks.insert(info.stream_id.clone(), downlink);
-        Ok(RemoteStream {
-            info: info.clone(),
-            packets,
+            .await;
+            match negotiated {
+                Ok(packets) => Ok(Subscription {
+                    downlink,
+                    info,
+                    packets,
+                }),
+                Err(e) => {
+                    downlink.peer.close().await;
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Take in a negotiated subscription: the client owns its connection
+    /// from here (closed by `unsubscribe`, `leave`, `close_media`).
+    pub fn adopt(&mut self, s: Subscription) -> RemoteStream {
+        let keyframe = s.downlink.keyframe_requester();
+        self.downlinks.insert(s.info.stream_id.clone(), s.downlink);
+        RemoteStream {
+            info: s.info,
+            packets: s.packets,
             keyframe,
-        })
+        }
     }
 
     pub async fn unsubscribe(&mut self, stream_id: &str) -> Result<(), ClientError> {

@@ -481,6 +481,9 @@ pub struct RemotePacket {
     pub packet: rtc::rtp::Packet,
 }
 
+/// Received packets queued per subscription (about 2 s of video at 1.5 Mbit/s).
+const RECEIVED_QUEUE: usize = 512;
+
 /// The downlink of one subscribed stream.
 pub struct Downlink {
     pub peer: Peer,
@@ -532,9 +535,9 @@ impl Downlink {
     pub async fn finish(
         &mut self,
         answer: String,
-    ) -> Result<mpsc::UnboundedReceiver<RemotePacket>, ClientError> {
+    ) -> Result<mpsc::Receiver<RemotePacket>, ClientError> {
         self.peer.accept_answer(answer).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(RECEIVED_QUEUE);
         let mut keyframe_rx = self
             .keyframe_rx
             .take()
@@ -570,7 +573,10 @@ impl Downlink {
                         tokio::select! {
                             ev = track.poll() => match ev {
                                 Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
-                                    if tx.send(RemotePacket { kind, packet }).is_err() {
+                                    // A reader that falls behind loses packets, as on the network.
+                                    if let Err(mpsc::error::TrySendError::Closed(_)) =
+                                        tx.try_send(RemotePacket { kind, packet })
+                                    {
                                         break;
                                     }
                                 }

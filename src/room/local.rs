@@ -20,6 +20,9 @@ pub const DEMO_SDK_APP_ID: u64 = 1_400_000_000;
 /// the published sample keys of the example config, not these.
 pub const DEMO_SECRET_KEY: &str = "callbox-demo-secret-key-for-loopback-tests-only";
 pub const DEMO_ADMIN_KEY: &str = "local-admin-key-0123456789abcdef";
+/// How long RemoveUser keeps a user out in the demo: short, so a demo
+/// shows the block and tests need not wait the default minute.
+pub const DEMO_REJOIN_BLOCK_S: u64 = 3;
 
 /// A userSig of the demo app for `user`, valid for an hour.
 pub fn demo_user_sig(user: &str) -> String {
@@ -44,7 +47,8 @@ pub fn room_toml(
     format!(
         "[server]\nlisten = \"{listen}\"\n\n[media]\nudp_listen = \"{udp_listen}\"\n{advertise}\n\
          [admin]\nkey = \"{DEMO_ADMIN_KEY}\"\n\n\
-         [[apps]]\nsdk_app_id = {DEMO_SDK_APP_ID}\nsecret_key = \"{DEMO_SECRET_KEY}\"\n"
+         [[apps]]\nsdk_app_id = {DEMO_SDK_APP_ID}\nsecret_key = \"{DEMO_SECRET_KEY}\"\n\n\
+         [limits]\nremoved_rejoin_block_s = {DEMO_REJOIN_BLOCK_S}\n"
     )
 }
 
@@ -153,7 +157,10 @@ pub fn loopback_config(web_root: Option<PathBuf>, dev_usersig: bool) -> RoomConf
         dev: DevConfig {
             usersig_endpoint: dev_usersig,
         },
-        limits: Limits::default(),
+        limits: Limits {
+            removed_rejoin_block_s: DEMO_REJOIN_BLOCK_S,
+            ..Limits::default()
+        },
     }
 }
 

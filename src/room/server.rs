@@ -214,7 +214,7 @@ fn room_limits(l: &Limits) -> RoomLimits {
     }
 }
 
-/// Peers the SFU dropped on its own leave the room's books too, so others
+/// Uplinks the SFU dropped on its own leave the room's books too, so others
 /// see `stream-removed` and nobody subscribes to a dead stream.
 async fn report_media_lost(hub: SharedHub, mut lost: mpsc::Receiver<MediaLost>) {
     while let Some(l) = lost.recv().await {
@@ -224,7 +224,9 @@ async fn report_media_lost(hub: SharedHub, mut lost: mpsc::Receiver<MediaLost>) 
             l.stream_id,
             l.role
         );
-        hub.update(|rooms, _| rooms.media_lost(l.conn, &l.stream_id, l.role == Role::Uplink));
+        if l.role == Role::Uplink {
+            hub.update(|rooms, _| rooms.uplink_lost(l.conn, &l.stream_id));
+        }
     }
 }
 

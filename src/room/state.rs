@@ -172,6 +172,9 @@ struct Member {
     room: RoomKey,
     privileges: Privileges,
     publication: Option<StreamInfo>,
+    /// A publication the SFU lost: the client's own `unpublish` (which
+    /// often follows closing its connection) still succeeds.
+    lost_publication: Option<String>,
     subscriptions: BTreeSet<String>,
 }
 
@@ -331,6 +334,7 @@ impl Rooms {
                 room: key.clone(),
                 privileges: who.privileges,
                 publication: None,
+                lost_publication: None,
                 subscriptions: BTreeSet::new(),
             },
         );
@@ -463,6 +467,7 @@ impl Rooms {
             video_muted: false,
         };
         m.publication = Some(info.clone());
+        m.lost_publication = None;
         let room = m.room.clone();
         self.broadcast(
             &room,
@@ -476,6 +481,9 @@ impl Rooms {
 
     pub fn unpublish(&mut self, conn: ConnId) -> Result<(), RoomError> {
         let m = self.member_mut(conn)?;
+        if m.publication.is_none() && m.lost_publication.take().is_some() {
+            return Ok(());
+        }
         let p = m.publication.take().ok_or(RoomError::NotPublishing)?;
         let room = m.room.clone();
         self.end_publication(&room, conn, p);
@@ -572,22 +580,21 @@ impl Rooms {
         Ok(())
     }
 
-    /// The SFU lost a peer on its own (ICE gone, DTLS failed): a lost
-    /// uplink ends that publication for everyone (`stream-removed`); a lost
-    /// downlink ends that subscription.
-    pub fn media_lost(&mut self, conn: ConnId, stream_id: &str, uplink: bool) {
+    /// The SFU lost a publisher's uplink on its own (ICE gone, DTLS
+    /// closed): the publication ends for everyone (`stream-removed`), so no
+    /// one is told of or subscribes to a dead stream. A lost downlink
+    /// changes nothing here: the subscriber owns that record, and usually
+    /// closed the connection itself just before it unsubscribes.
+    pub fn uplink_lost(&mut self, conn: ConnId, stream_id: &str) {
         let Some(m) = self.members.get_mut(&conn) else {
             return;
         };
-        if !uplink {
-            m.subscriptions.remove(stream_id);
-            return;
-        }
         if m.publication
             .as_ref()
             .is_some_and(|p| p.stream_id == stream_id)
         {
             if let Some(p) = m.publication.take() {
+                m.lost_publication = Some(p.stream_id.clone());
                 let room = m.room.clone();
                 self.end_publication(&room, conn, p);
             }
@@ -1089,5 +1096,33 @@ mod limit_tests {
             Err(RoomError::NotPermitted("receiving these tracks"))
         );
         assert!(r.subscribe(2, "s1", (true, false)).is_ok());
+    }
+
+    #[test]
+    fn a_lost_uplink_ends_the_publication_for_everyone_and_unpublish_still_succeeds() {
+        let mut r = Rooms::new(RoomLimits::default());
+        let now = Instant::now();
+        r.join(1, joiner("pub", 8, u32::MAX), now).unwrap();
+        r.join(2, joiner("sub", 8, u32::MAX), now).unwrap();
+        r.publish(1, "s1".into(), true, true).unwrap();
+        r.subscribe(2, "s1", (true, true)).unwrap();
+        while r.poll_effect().is_some() {}
+        r.uplink_lost(1, "s9"); // not its stream: nothing
+        assert!(r.poll_effect().is_none());
+        r.uplink_lost(1, "s1");
+        let effects: Vec<_> = std::iter::from_fn(|| r.poll_effect()).collect();
+        assert!(effects.contains(&Effect::EndPublication("s1".into())));
+        assert!(effects.iter().any(|e| matches!(e,
+            Effect::Send(2, ServerMessage::StreamRemoved { stream_id, .. }) if stream_id == "s1")));
+        assert_eq!(
+            r.can_subscribe(2, "s1", (true, true)).map(|_| ()),
+            Err(RoomError::NoSuchStream("s1".into()))
+        );
+        assert_eq!(
+            r.unpublish(1),
+            Ok(()),
+            "the client's own unpublish after its loss"
+        );
+        assert_eq!(r.unpublish(1), Err(RoomError::NotPublishing));
     }
 }

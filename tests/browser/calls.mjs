@@ -196,7 +196,13 @@ try {
     if (out.publish !== 0x1001 || out.subscribe !== 0x4010 || out.events.join() !== 'client-banned') throw new Error(JSON.stringify(out));
     const after = await page.evaluate(async () => ({ stats: await c.getRemoteVideoStats(), videos: document.querySelectorAll('video').length }));
     if (Object.keys(after.stats).length || after.videos) throw new Error(`media installed after the ban: ${JSON.stringify(after)}`);
-    // Nothing half-installed: the same client joins and publishes again.
+    // RemoveUser keeps pat out of the room for a while (3 s in the demo)...
+    const early = await page.evaluate(async () => {
+      try { await c.join({ roomId: 2005 }); return 'joined'; } catch (e) { return e.getCode(); }
+    });
+    if (early !== 0x4004) throw new Error(`rejoin during the block: ${early}`);
+    // ...then, nothing half-installed: the same client joins and publishes again.
+    await new Promise((resolve) => setTimeout(resolve, 3200));
     await page.evaluate(async () => {
       await c.join({ roomId: 2005 });
       await c.publish(s);

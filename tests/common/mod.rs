@@ -187,7 +187,7 @@ pub struct Received {
 
 /// Collect until `idle` passes without a packet or `total` has elapsed.
 pub async fn receive(
-    packets: &mut mpsc::UnboundedReceiver<RemotePacket>,
+    packets: &mut mpsc::Receiver<RemotePacket>,
     idle: Duration,
     total: Duration,
 ) -> Received {
