@@ -302,7 +302,7 @@ impl RoomSection {
             p.check_file("room.ca_file", ca);
         }
         p.check(
-            !(self.insecure_url() && !self.allow_insecure_ws),
+            !self.insecure_url() || self.allow_insecure_ws,
             "room.url",
             "ws:// to a host other than loopback sends the userSig in clear: use wss:// (or set room.allow_insecure_ws = true on a closed network)",
         );
