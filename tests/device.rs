@@ -299,3 +299,58 @@ async fn congestion_control_sets_the_encoder_bitrate_within_bounds() {
     );
     room.stop().await;
 }
+
+/// Thirty publishers that send nothing are in the room before the device
+/// joins: it subscribes to at most MAX_REMOTE_STREAMS of them, off its call
+/// loop, and its own audio keeps its 50 packets a second meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_publishers_do_not_starve_the_devices_own_media() {
+    use callbox::device::daemon::{CallLink, MAX_REMOTE_STREAMS};
+    let room = room().await;
+    let publishers = (0..30).map(|i| {
+        let room = &room;
+        async move {
+            let mut c = joined(room, &format!("silent-{i}"), ROOM).await;
+            c.publish(true, false).await.expect("publish");
+            c
+        }
+    });
+    let _silent = futures_util::future::join_all(publishers).await;
+    let config = device_config(&room, "device-4", |d| d.set("video", "enabled", false));
+    let mut device = Device::open(config, Instant::now()).expect("device opens");
+    let stats = device.stats();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (joined_tx, joined_rx) = oneshot::channel();
+    let link = CallLink {
+        joined: Some(joined_tx),
+        ..Default::default()
+    };
+    let task = tokio::spawn(async move {
+        let hangup = async {
+            let _ = stopped.await;
+        };
+        device.call(hangup, link).await
+    });
+    joined_rx.await.expect("the device joins");
+    let sent = |s: &callbox::device::stats::MediaStats| {
+        s.audio_packets_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = sent(&stats);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let in_5s = sent(&stats) - before;
+    let playing = stats.snapshot().remote_streams;
+    println!("device sent {in_5s} audio packets in 5 s beside 30 silent publishers; playing {playing} of them");
+    let _ = stop.send(());
+    let ended = task.await.expect("device task");
+    assert!(ended.is_ok(), "{ended:?}");
+    assert!(
+        in_5s >= 225,
+        "the device's own audio: {in_5s} packets in 5 s (250 due)"
+    );
+    assert_eq!(
+        playing, MAX_REMOTE_STREAMS as u64,
+        "subscribed up to the cap"
+    );
+    room.stop().await;
+}

@@ -8,7 +8,7 @@
 //! reconnect, banned state) is the appliance's, around it.
 
 use crate::client::{
-    Client, ClientConfig, ClientError, Congestion, LocalTrack, NetConfig, Receive,
+    Client, ClientConfig, ClientError, Congestion, LocalTrack, NetConfig, Receive, Subscription,
 };
 use crate::device::audio::{AudioError, NoProcessing, OpusEncoder};
 use crate::device::config::DeviceConfig;
@@ -20,7 +20,7 @@ use crate::device::stats::{add, MediaStats};
 use crate::device::video_source::VideoError;
 use crate::protocol::{BanReason, MediaKind, ServerMessage, StreamInfo};
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -30,6 +30,14 @@ use tokio::sync::{oneshot, watch};
 /// How long a dead uplink waits for the room's reason (a ban) before the
 /// call ends as a connection failure.
 const UPLINK_GRACE: Duration = Duration::from_secs(2);
+/// Remote streams played at once: a speakerphone mixes a few voices; more
+/// wait until one leaves.
+pub const MAX_REMOTE_STREAMS: usize = 8;
+/// Subscriptions negotiated at the same time, beside the call's own media.
+const SUBSCRIBING_AT_ONCE: usize = 2;
+
+/// A subscription being negotiated, or why it failed.
+type Subscribing = Result<Subscription, (StreamInfo, ClientError)>;
 
 /// Log a failed track write once; the deadline for the room's word.
 fn uplink_failed(kind: &str, e: ClientError) -> (tokio::time::Instant, String) {
@@ -304,8 +312,13 @@ struct Call<'d> {
     client: Client,
     video: Option<LocalTrack>,
     audio: Option<LocalTrack>,
-    /// Streams to subscribe to, one per loop turn so media keeps flowing.
+    /// Streams waiting for a subscription slot.
     to_subscribe: VecDeque<StreamInfo>,
+    /// Subscriptions negotiating off the loop, so the call's own media
+    /// keeps flowing meanwhile.
+    subscribing: tokio::task::JoinSet<Subscribing>,
+    /// Streams subscribed or being subscribed (at most MAX_REMOTE_STREAMS).
+    wanted: HashSet<String>,
     keyframe_task: Option<tokio::task::JoinHandle<()>>,
     muted: watch::Receiver<bool>,
     audio_muted: bool,
@@ -352,6 +365,8 @@ impl<'d> Call<'d> {
             video,
             audio,
             to_subscribe: existing.into(),
+            subscribing: tokio::task::JoinSet::new(),
+            wanted: HashSet::new(),
             keyframe_task,
             muted,
             audio_muted: false,
@@ -380,7 +395,8 @@ impl<'d> Call<'d> {
                 _ = sleep_until(lost_at), if lost_at.is_some() => self.uplink_closed(),
                 Ok(()) = self.muted.changed() => self.on_mute().await,
                 _ = liveness.tick(), if self.dead_media.is_some() => self.check_liveness(),
-                _ = std::future::ready(()), if !self.to_subscribe.is_empty() => self.subscribe_next().await,
+                _ = std::future::ready(()), if self.may_subscribe() => self.subscribe_next(),
+                Some(done) = self.subscribing.join_next(), if !self.subscribing.is_empty() => self.on_subscribed(done).await,
                 event = self.client.next_event() => self.on_room_event(event).await,
             };
             if let ControlFlow::Break(result) = step {
@@ -463,44 +479,79 @@ impl<'d> Call<'d> {
         }
     }
 
-    /// Subscribe to the next stream's audio (the device has no screen, so
-    /// it negotiates no video) and feed its packets to the playout.
-    async fn subscribe_next(&mut self) -> Step {
+    fn count_remote_streams(&self) {
+        let n = self.device.pipeline.playback.count() as u64;
+        self.device.stats.remote_streams.store(n, Relaxed);
+    }
+
+    fn may_subscribe(&self) -> bool {
+        !self.to_subscribe.is_empty()
+            && self.subscribing.len() < SUBSCRIBING_AT_ONCE
+            && self.wanted.len() < MAX_REMOTE_STREAMS
+    }
+
+    /// Start subscribing to the next stream's audio (the device has no
+    /// screen, so it negotiates no video), off the loop.
+    fn subscribe_next(&mut self) -> Step {
         let Some(info) = self.to_subscribe.pop_front() else {
             return ControlFlow::Continue(());
         };
-        if info.user_id == self.client.user_id() {
+        if info.user_id == self.client.user_id() || !self.wanted.insert(info.stream_id.clone()) {
             return ControlFlow::Continue(());
         }
         let receive = Receive {
             audio: true,
             video: false,
         };
-        match self.client.subscribe_to(&info, receive).await {
-            Ok(remote) => {
-                log::info!("subscribed to {} ({})", info.user_id, info.stream_id);
-                let playback = self.device.pipeline.playback.clone();
-                if let Err(e) = playback.add_stream(&info.stream_id) {
-                    log::error!("cannot play {}: {e}", info.stream_id);
-                }
-                let stats = Arc::clone(&self.device.stats);
-                let mut packets = remote.packets;
-                tokio::spawn(async move {
-                    while let Some(p) = packets.recv().await {
-                        if p.kind == MediaKind::Audio && !p.packet.payload.is_empty() {
-                            add(&stats.audio_packets_received, 1);
-                            let seq = p.packet.header.sequence_number;
-                            playback.push(&info.stream_id, seq, p.packet.payload);
-                        }
-                    }
-                });
+        let negotiation = self.client.subscription(&info, receive);
+        self.subscribing
+            .spawn(async move { negotiation.await.map_err(|e| (info, e)) });
+        ControlFlow::Continue(())
+    }
+
+    /// A subscription finished negotiating: play it, unless its stream went
+    /// away meanwhile.
+    async fn on_subscribed(&mut self, done: Result<Subscribing, tokio::task::JoinError>) -> Step {
+        let sub = match done {
+            Ok(Ok(sub)) => sub,
+            Ok(Err((info, e))) => {
+                self.wanted.remove(&info.stream_id);
+                log::error!(
+                    "subscribe to {} failed (code {:#06x}): {e}",
+                    info.user_id,
+                    e.code()
+                );
+                return ControlFlow::Continue(());
             }
-            Err(e) => log::error!(
-                "subscribe to {} failed (code {:#06x}): {e}",
-                info.user_id,
-                e.code()
-            ),
+            Err(e) => {
+                log::error!("E_INTERNAL: a subscription task ended: {e}");
+                return ControlFlow::Continue(());
+            }
+        };
+        let id = sub.info().stream_id.clone();
+        if !self.wanted.contains(&id) {
+            sub.close().await;
+            let _ = self.client.unsubscribe(&id).await;
+            return ControlFlow::Continue(());
         }
+        let remote = self.client.adopt(sub);
+        log::info!("subscribed to {} ({id})", remote.info.user_id);
+        let playback = self.device.pipeline.playback.clone();
+        if let Err(e) = playback.add_stream(&id) {
+            log::error!("cannot play {id}: {e}");
+        }
+        self.count_remote_streams();
+        let stats = Arc::clone(&self.device.stats);
+        let mut packets = remote.packets;
+        tokio::spawn(async move {
+            while let Some(p) = packets.recv().await {
+                if p.kind == MediaKind::Audio && !p.packet.payload.is_empty() {
+                    add(&stats.audio_packets_received, 1);
+                    let seq = p.packet.header.sequence_number;
+                    playback.push(&id, seq, p.packet.payload);
+                }
+            }
+        });
         ControlFlow::Continue(())
     }
 
@@ -512,7 +563,11 @@ impl<'d> Call<'d> {
                 log::info!("{user_id} stopped publishing");
                 self.to_subscribe.retain(|s| s.stream_id != stream_id);
                 self.device.pipeline.playback.remove_stream(&stream_id);
-                let _ = self.client.unsubscribe(&stream_id).await;
+                self.count_remote_streams();
+                // Still negotiating: closed when it finishes (not wanted any more).
+                if self.wanted.remove(&stream_id) {
+                    let _ = self.client.unsubscribe(&stream_id).await;
+                }
             }
             Some(ServerMessage::ClientBanned { reason, message }) => {
                 log::error!(
@@ -533,8 +588,10 @@ impl<'d> Call<'d> {
         if let Some(t) = self.keyframe_task.take() {
             t.abort();
         }
+        self.subscribing.abort_all();
         self.client.close_media().await;
         self.device.pipeline.playback.clear();
+        self.count_remote_streams();
     }
 }
 

@@ -78,6 +78,11 @@ impl Playback {
         }
     }
 
+    /// How many remote streams are being played.
+    pub fn count(&self) -> usize {
+        self.0.lock().map_or(0, |m| m.len())
+    }
+
     pub fn push(&self, stream_id: &str, seq: u16, payload: Bytes) {
         if let Ok(mut m) = self.0.lock() {
             if let Some(r) = m.get_mut(stream_id) {

@@ -30,6 +30,8 @@ pub struct MediaStats {
     pub audio_packets_lost: AtomicU64,
     pub playback_underruns: AtomicU64,
     pub playback_frames: AtomicU64,
+    /// Remote streams being played now.
+    pub remote_streams: AtomicU64,
     /// Microseconds from daemon start to the first RTP packet handed to WebRTC.
     pub first_rtp_us: AtomicU64,
     encode_us: Mutex<Vec<u32>>,
@@ -57,6 +59,7 @@ pub struct StatsSnapshot {
     pub audio_packets_lost: u64,
     pub playback_underruns: u64,
     pub playback_frames: u64,
+    pub remote_streams: u64,
     pub first_rtp_ms: Option<f64>,
     pub encode_ms_p50: Option<f64>,
     pub encode_ms_p99: Option<f64>,
@@ -110,6 +113,7 @@ impl MediaStats {
             audio_packets_lost: g(&self.audio_packets_lost),
             playback_underruns: g(&self.playback_underruns),
             playback_frames: g(&self.playback_frames),
+            remote_streams: g(&self.remote_streams),
             first_rtp_ms: (first > 0).then(|| first as f64 / 1000.0),
             encode_ms_p50: p50,
             encode_ms_p99: p99,
