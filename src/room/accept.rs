@@ -2,7 +2,10 @@
 //! connections in all and `limits.max_connections_per_ip` from one address.
 //! One over a cap is closed at once, before any byte is read. Each admitted
 //! stream carries its [`Slot`] and gives it back when dropped, which for a
-//! WebSocket is when the upgraded connection ends.
+//! WebSocket is when the upgraded connection ends. An admitted stream with
+//! no traffic either way for `limits.idle_timeout_s` fails its next read,
+//! which closes it (hyper's header timeout only runs once bytes arrive;
+//! a WebSocket stays busy with the server's pings).
 //!
 //! Written here because axum-server has the hook (its `Accept` trait) but no
 //! cap, and tower's concurrency limit counts requests, not connections.
@@ -10,12 +13,13 @@
 use crate::room::log_limit::RateLimitedLog;
 use axum_server::accept::Accept;
 use std::collections::HashMap;
-use std::future::Ready;
+use std::future::{Future, Ready};
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -95,10 +99,19 @@ impl ConnectionCaps {
     }
 }
 
-/// A stream holding its slot for as long as it lives.
+/// A stream holding its slot for as long as it lives, closed when idle.
 pub struct Capped<S> {
     inner: S,
     _slot: Slot,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> Capped<S> {
+    fn active(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
@@ -107,7 +120,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                self.active();
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                io::Error::new(io::ErrorKind::TimedOut, "idle connection closed"),
+            )),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -117,7 +139,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(_)) = written {
+            self.active();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -133,7 +159,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(_)) = written {
+            self.active();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -146,13 +176,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
 #[derive(Clone)]
 pub struct CappedAcceptor {
     caps: ConnectionCaps,
+    idle: Duration,
     log: Arc<RateLimitedLog>,
 }
 
 impl CappedAcceptor {
-    pub fn new(caps: ConnectionCaps) -> Self {
+    pub fn new(caps: ConnectionCaps, idle: Duration) -> Self {
         CappedAcceptor {
             caps,
+            idle,
             log: Arc::new(RateLimitedLog::per_second(5)),
         }
     }
@@ -177,6 +209,8 @@ impl<S> Accept<TcpStream, S> for CappedAcceptor {
                 Capped {
                     inner: stream,
                     _slot: slot,
+                    idle: self.idle,
+                    deadline: Box::pin(tokio::time::sleep(self.idle)),
                 },
                 service,
             )),

@@ -33,8 +33,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open TCP connections from one IP address.
     pub max_connections_per_ip: usize,
-    /// Time for a client to send its request headers (also while idle between requests).
+    /// Time for a client to send its request headers once it starts.
     pub header_timeout_s: u64,
+    /// A connection with no traffic either way this long is closed (a
+    /// WebSocket is kept busy by the server's pings).
+    pub idle_timeout_s: u64,
     /// Time from WebSocket connect to the first successful `join`.
     pub join_timeout_s: u64,
     /// The server pings every WebSocket this often.
@@ -59,6 +62,7 @@ impl Default for Limits {
             max_connections: 1000,
             max_connections_per_ip: 50,
             header_timeout_s: 10,
+            idle_timeout_s: 60,
             join_timeout_s: 10,
             ping_interval_s: 10,
             peer_timeout_s: 25,
@@ -122,6 +126,11 @@ impl Limits {
             p.check((1..=max).contains(&v), key, format!("1 to {max}"));
         }
         p.check(
+            self.idle_timeout_s > self.ping_interval_s && self.idle_timeout_s <= 3600,
+            "limits.idle_timeout_s",
+            "more than limits.ping_interval_s, at most 3600",
+        );
+        p.check(
             self.peer_timeout_s > self.ping_interval_s && self.peer_timeout_s <= 600,
             "limits.peer_timeout_s",
             "more than limits.ping_interval_s, at most 600",
@@ -133,6 +142,9 @@ impl Limits {
         );
     }
 
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_s)
+    }
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout_s)
     }

@@ -161,7 +161,7 @@ pub async fn serve(
     let app = router(state.clone());
     listener.set_nonblocking(true).map_err(ServeError::Http)?;
     let service = app.into_make_service();
-    let acceptor = CappedAcceptor::new(state.caps.clone());
+    let acceptor = CappedAcceptor::new(state.caps.clone(), limits.idle_timeout());
     let served = match (&state.config.server.tls_cert, &state.config.server.tls_key) {
         (Some(cert), Some(key)) => {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
