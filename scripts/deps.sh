@@ -45,8 +45,10 @@ if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null 
   rustup target add aarch64-unknown-linux-gnu ||
     echo "deps: WARNING: rustup could not add aarch64-unknown-linux-gnu; the arm64 HIL leg will be skipped"
 fi
-# The browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
+# The browser tests drive Debian's Chromium with playwright-core (never a downloaded browser);
+# tls-sig-api-v2 is Tencent's own signing library: tests check callbox
+# accepts the privateMapKeys it makes.
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/tls-sig-api-v2 ]; then
   echo "deps: npm ci in tests/browser"
   (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi

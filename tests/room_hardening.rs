@@ -399,3 +399,173 @@ async fn origin_web_root_health_and_dev_endpoint() {
     room.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// privateMapKeys made by Tencent's own library (npm `tls-sig-api-v2`, in
+/// tests/browser/node_modules): `(userId, roomId | strRoomId, privileges)`.
+fn tencent_private_map_keys(keys: &[(&str, RoomId, u32)]) -> Vec<String> {
+    let calls: Vec<String> = keys
+        .iter()
+        .map(|(user, room, bits)| match room {
+            RoomId::Num(n) => format!("api.genPrivateMapKey('{user}', 300, {n}, {bits})"),
+            RoomId::Str(s) => {
+                format!("api.genPrivateMapKeyWithStringRoomID('{user}', 300, '{s}', {bits})")
+            }
+        })
+        .collect();
+    let script = format!(
+        "const {{ Api }} = require('tls-sig-api-v2'); const api = new Api({DEMO_SDK_APP_ID}, '{}');\n\
+         console.log(JSON.stringify([{}]));",
+        callbox::room::local::DEMO_SECRET_KEY,
+        calls.join(", ")
+    );
+    let out = std::process::Command::new("node")
+        .arg("-e")
+        .arg(&script)
+        .env(
+            "NODE_PATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules"),
+        )
+        .output()
+        .expect("node runs (scripts/deps.sh installs it and tls-sig-api-v2)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("keys as JSON")
+}
+
+/// Join with a key: the client and the streams already there, or the reason it was refused.
+async fn join_with(
+    room: &LocalRoom,
+    user: &str,
+    at: RoomId,
+    key: Option<String>,
+) -> Result<(Client, Vec<callbox::protocol::StreamInfo>), Reason> {
+    let mut c = Client::connect(room.client_config(user))
+        .await
+        .expect("connect");
+    match c.join_with_key(at, key).await {
+        Ok(streams) => Ok((c, streams)),
+        Err(callbox::client::ClientError::Refused { reason, .. }) => Err(reason),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// With `private_map_key = "required"`, a key from Tencent's library
+/// admits exactly its user to exactly its room (numeric or string) with
+/// exactly its privileges; a missing, forged, expired or other-room key is
+/// refused with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_map_keys_from_tencents_library_open_exactly_their_room() {
+    use callbox::private_map_key::privilege::*;
+    use callbox::room::config::PrivateMapKeyPolicy;
+    let room = room_with(Limits::default(), |c| {
+        c.apps[0].private_map_key = PrivateMapKeyPolicy::Required;
+    })
+    .await;
+    let lobby = RoomId::Str("pmk-lobby".into());
+    let keys = tencent_private_map_keys(&[
+        ("host", RoomId::Num(7701), ALL),
+        ("listener", RoomId::Num(7701), ENTER | RECV_AUDIO),
+        ("guest", lobby.clone(), CREATE | ENTER | SEND_AUDIO),
+    ]);
+    let [host, listener, guest] = [keys[0].clone(), keys[1].clone(), keys[2].clone()];
+    // No key, another room's key, another user's key.
+    assert_eq!(
+        join_with(&room, "host", RoomId::Num(7701), None)
+            .await
+            .err(),
+        Some(Reason::PrivateMapKeyRequired)
+    );
+    assert_eq!(
+        join_with(&room, "host", RoomId::Num(7702), Some(host.clone()))
+            .await
+            .err(),
+        Some(Reason::PrivateMapKeyInvalid)
+    );
+    assert_eq!(
+        join_with(&room, "intruder", RoomId::Num(7701), Some(host.clone()))
+            .await
+            .err(),
+        Some(Reason::PrivateMapKeyInvalid)
+    );
+    // Forged (another secret) and expired keys.
+    let now = callbox::usersig::unix_now();
+    let grant = |expires_at| callbox::private_map_key::Grant {
+        user_id: "host".into(),
+        sdk_app_id: DEMO_SDK_APP_ID,
+        room: RoomId::Num(7701),
+        expires_at,
+        privileges: ALL,
+    };
+    let forged = callbox::private_map_key::generate(
+        "not-the-app-secret-key-at-all-0000",
+        &grant(now + 300),
+        300,
+        now,
+    );
+    let expired = callbox::private_map_key::generate(
+        callbox::room::local::DEMO_SECRET_KEY,
+        &grant(now - 10),
+        300,
+        now - 310,
+    );
+    for bad in [forged, expired] {
+        assert_eq!(
+            join_with(&room, "host", RoomId::Num(7701), Some(bad))
+                .await
+                .err(),
+            Some(Reason::PrivateMapKeyInvalid)
+        );
+    }
+    // Without the create bit, the listener cannot open the room; the host can.
+    assert_eq!(
+        join_with(&room, "listener", RoomId::Num(7701), Some(listener.clone()))
+            .await
+            .err(),
+        Some(Reason::NotPermitted)
+    );
+    let (mut h, _) = join_with(&room, "host", RoomId::Num(7701), Some(host))
+        .await
+        .expect("host joins");
+    h.publish(true, true)
+        .await
+        .expect("the host may send audio and video");
+    let (mut l, streams) = join_with(&room, "listener", RoomId::Num(7701), Some(listener))
+        .await
+        .expect("listener joins");
+    assert!(matches!(
+        l.publish(true, false).await.err(),
+        Some(callbox::client::ClientError::Refused {
+            reason: Reason::NotPermitted,
+            ..
+        })
+    ));
+    let stream = streams.first().cloned().expect("the host's stream");
+    let both = l.subscribe(&stream).await.err();
+    assert!(
+        matches!(
+            both,
+            Some(callbox::client::ClientError::Refused {
+                reason: Reason::NotPermitted,
+                ..
+            })
+        ),
+        "{both:?}"
+    );
+    let audio_only = callbox::client::Receive {
+        audio: true,
+        video: false,
+    };
+    l.subscribe_to(&stream, audio_only)
+        .await
+        .expect("receiving audio is granted");
+    // The string room: its own key opens it, and only for what it grants.
+    let (mut g, _) = join_with(&room, "guest", lobby, Some(guest))
+        .await
+        .expect("guest joins the string room");
+    g.publish(true, false).await.expect("audio granted");
+    println!("privateMapKeys from tls-sig-api-v2: numeric and string rooms admitted as granted; missing, other-room, other-user, forged and expired refused");
+    room.stop().await;
+}
