@@ -263,8 +263,7 @@ async fn admin_checks_the_key_before_reading_the_body() {
         .expect("read");
     let text = String::from_utf8_lossy(&reply[..n]);
     println!(
-        "wrong key: {}; right key, 2 MB: {}",
-        "401",
+        "wrong key: 401 before the body; right key, 2 MB: {}",
         text.lines().next().unwrap_or("")
     );
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
