@@ -760,3 +760,40 @@ impl Engine {
         self.earliest = self.earliest.min(up.next_timeout);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forwarding thread that panics reads as stopped; one that stops
+    /// turning reads as stalled; a live one as running.
+    #[test]
+    fn health_follows_the_thread() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let (sfu, _lost) = Sfu::start(socket, "127.0.0.1:9".parse().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(sfu.health(), Health::Running);
+        // What a panic on the thread does: the guard clears `running` on unwind.
+        let beat = Arc::clone(&sfu.beat);
+        let panicking = std::thread::spawn(move || {
+            let _running = Running(beat);
+            panic!("a bug on the media thread");
+        });
+        assert!(panicking.join().is_err());
+        assert_eq!(sfu.health(), Health::Stopped);
+        let stalled = Sfu {
+            beat: Arc::new(Heartbeat {
+                running: AtomicBool::new(true),
+                started: Instant::now() - Duration::from_secs(8),
+                last_turn_ms: AtomicU64::new(0),
+            }),
+            ..sfu.clone()
+        };
+        assert!(matches!(stalled.health(), Health::Stalled(d) if d >= STALL));
+    }
+}
