@@ -69,23 +69,43 @@ enum Command {
     },
 }
 
+/// Which app signs, and with which key, for the usersig subcommands.
+#[derive(clap::Args)]
+struct AppKey {
+    #[arg(long)]
+    sdkappid: u64,
+    /// The app's secret key (prefer --key-file: command lines are visible to other users).
+    #[arg(
+        long,
+        conflicts_with = "key_file",
+        required_unless_present = "key_file"
+    )]
+    key: Option<String>,
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    #[arg(long)]
+    userid: String,
+}
+
+impl AppKey {
+    fn secret(&self) -> anyhow::Result<String> {
+        match (&self.key, &self.key_file) {
+            (Some(k), _) => Ok(k.clone()),
+            (None, Some(f)) => Ok(std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read key file {}", f.display()))?
+                .trim()
+                .to_owned()),
+            (None, None) => bail!("give --key or --key-file"),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum UserSigAction {
     /// Print a userSig signed with the app's secret key.
     Gen {
-        #[arg(long)]
-        sdkappid: u64,
-        /// The app's secret key (prefer --key-file: command lines are visible to other users).
-        #[arg(
-            long,
-            conflicts_with = "key_file",
-            required_unless_present = "key_file"
-        )]
-        key: Option<String>,
-        #[arg(long)]
-        key_file: Option<PathBuf>,
-        #[arg(long)]
-        userid: String,
+        #[command(flatten)]
+        app: AppKey,
         /// Validity in seconds.
         #[arg(long, default_value_t = 86400 * 180)]
         expire: u64,
@@ -93,18 +113,8 @@ enum UserSigAction {
     /// Print TRTC's privateMapKey: the right to enter one room (numeric
     /// or string) with the privileges given, for a short time.
     GenPrivateMapKey {
-        #[arg(long)]
-        sdkappid: u64,
-        #[arg(
-            long,
-            conflicts_with = "key_file",
-            required_unless_present = "key_file"
-        )]
-        key: Option<String>,
-        #[arg(long)]
-        key_file: Option<PathBuf>,
-        #[arg(long)]
-        userid: String,
+        #[command(flatten)]
+        app: AppKey,
         #[arg(
             long,
             conflicts_with = "str_room_id",
@@ -123,31 +133,62 @@ enum UserSigAction {
     },
     /// Exit 0 if the userSig is valid, non-zero with a one-line reason otherwise.
     Verify {
-        #[arg(long)]
-        sdkappid: u64,
-        #[arg(
-            long,
-            conflicts_with = "key_file",
-            required_unless_present = "key_file"
-        )]
-        key: Option<String>,
-        #[arg(long)]
-        key_file: Option<PathBuf>,
-        #[arg(long)]
-        userid: String,
+        #[command(flatten)]
+        app: AppKey,
         sig: String,
     },
 }
 
-fn read_key(key: Option<String>, key_file: Option<PathBuf>) -> anyhow::Result<String> {
-    match (key, key_file) {
-        (Some(k), _) => Ok(k),
-        (None, Some(f)) => Ok(std::fs::read_to_string(&f)
-            .with_context(|| format!("cannot read key file {}", f.display()))?
-            .trim()
-            .to_owned()),
-        (None, None) => bail!("give --key or --key-file"),
+/// `callbox usersig ...`: what it prints, and its exit code.
+fn usersig_action(action: UserSigAction) -> anyhow::Result<std::process::ExitCode> {
+    let now = usersig::unix_now();
+    match action {
+        UserSigAction::Gen { app, expire } => {
+            let key = app.secret()?;
+            callbox::protocol::validate_user_id(&app.userid)?;
+            let sig = usersig::generate(app.sdkappid, &key, &app.userid, expire, now, None);
+            println!("{sig}");
+        }
+        UserSigAction::GenPrivateMapKey {
+            app,
+            room_id,
+            str_room_id,
+            privileges,
+            expire,
+        } => {
+            let key = app.secret()?;
+            callbox::protocol::validate_user_id(&app.userid)?;
+            let room = callbox::protocol::RoomId::from_fields(
+                room_id.map(i64::from),
+                str_room_id.as_deref(),
+            )?;
+            let grant = callbox::private_map_key::Grant {
+                user_id: app.userid,
+                sdk_app_id: app.sdkappid,
+                room,
+                expires_at: now + expire,
+                privileges,
+            };
+            let pmk = callbox::private_map_key::generate(&key, &grant, expire, now);
+            println!("{pmk}");
+        }
+        UserSigAction::Verify { app, sig } => {
+            let key = app.secret()?;
+            match usersig::verify(&sig, app.sdkappid, &key, &app.userid, now) {
+                Ok(c) => println!(
+                    "valid: userId {} of sdkAppId {}, expires at {} (unix)",
+                    c.identifier,
+                    c.sdk_app_id,
+                    c.expires_at()
+                ),
+                Err(e) => {
+                    eprintln!("invalid: {e}");
+                    return Ok(std::process::ExitCode::from(1));
+                }
+            }
+        }
     }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Before the configured level: ICE/DTLS chatter is noise in an
@@ -248,72 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(1));
             }
         }
-        Command::Usersig { action } => match action {
-            UserSigAction::Gen {
-                sdkappid,
-                key,
-                key_file,
-                userid,
-                expire,
-            } => {
-                let key = read_key(key, key_file)?;
-                callbox::protocol::validate_user_id(&userid)?;
-                println!(
-                    "{}",
-                    usersig::generate(sdkappid, &key, &userid, expire, usersig::unix_now(), None)
-                );
-            }
-            UserSigAction::GenPrivateMapKey {
-                sdkappid,
-                key,
-                key_file,
-                userid,
-                room_id,
-                str_room_id,
-                privileges,
-                expire,
-            } => {
-                let key = read_key(key, key_file)?;
-                callbox::protocol::validate_user_id(&userid)?;
-                let room = callbox::protocol::RoomId::from_fields(
-                    room_id.map(i64::from),
-                    str_room_id.as_deref(),
-                )?;
-                let now = usersig::unix_now();
-                let grant = callbox::private_map_key::Grant {
-                    user_id: userid,
-                    sdk_app_id: sdkappid,
-                    room,
-                    expires_at: now + expire,
-                    privileges,
-                };
-                println!(
-                    "{}",
-                    callbox::private_map_key::generate(&key, &grant, expire, now)
-                );
-            }
-            UserSigAction::Verify {
-                sdkappid,
-                key,
-                key_file,
-                userid,
-                sig,
-            } => {
-                let key = read_key(key, key_file)?;
-                match usersig::verify(&sig, sdkappid, &key, &userid, usersig::unix_now()) {
-                    Ok(c) => println!(
-                        "valid: userId {} of sdkAppId {}, expires at {} (unix)",
-                        c.identifier,
-                        c.sdk_app_id,
-                        c.expires_at()
-                    ),
-                    Err(e) => {
-                        eprintln!("invalid: {e}");
-                        return Ok(std::process::ExitCode::from(1));
-                    }
-                }
-            }
-        },
+        Command::Usersig { action } => return usersig_action(action),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

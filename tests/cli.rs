@@ -364,3 +364,34 @@ fn missing_gpio_line_is_a_startup_error_and_probe_reports_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `callbox usersig gen-private-map-key` makes a key that opens exactly
+/// its room with its privileges (checked with the library's verifier).
+#[test]
+fn gen_private_map_key_scopes_a_room() {
+    let (code, out, err) = run(&[
+        "usersig",
+        "gen-private-map-key",
+        "--sdkappid",
+        "1400000000",
+        "--key",
+        KEY,
+        "--userid",
+        "dev-1",
+        "--str-room-id",
+        "front-door",
+        "--privileges",
+        "14",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let now = callbox::usersig::unix_now();
+    let door = callbox::protocol::RoomId::Str("front-door".into());
+    let verify = |room: &callbox::protocol::RoomId| {
+        callbox::private_map_key::verify(out.trim(), 1400000000, KEY, "dev-1", room, now)
+    };
+    assert_eq!(verify(&door), Ok(14));
+    assert_eq!(
+        verify(&callbox::protocol::RoomId::Str("back-door".into())),
+        Err(callbox::private_map_key::PrivateMapKeyError::WrongRoom)
+    );
+}

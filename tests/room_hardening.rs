@@ -328,6 +328,23 @@ async fn a_removed_user_cannot_walk_straight_back() {
         .join(RoomId::Num(ROOM))
         .await
         .expect("rejoin after the block");
+    // A userSig valid for ten years is over the lifetime cap (366 days).
+    let mut config = room.client_config("eternal");
+    config.user_sig = callbox::usersig::generate(
+        DEMO_SDK_APP_ID,
+        callbox::room::local::DEMO_SECRET_KEY,
+        "eternal",
+        10 * 365 * 86_400,
+        callbox::usersig::unix_now(),
+        None,
+    );
+    let mut eternal = Client::connect(config).await.expect("connect");
+    match eternal.join(RoomId::Num(ROOM)).await {
+        Err(callbox::client::ClientError::Refused { reason, .. }) => {
+            assert_eq!(reason, Reason::UsersigTooLong)
+        }
+        other => panic!("a ten-year userSig: {other:?}"),
+    }
     room.stop().await;
 }
 

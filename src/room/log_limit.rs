@@ -73,8 +73,10 @@ impl RateLimitedLog {
     /// Log a warning made by `line` (only built when it goes out).
     pub fn warn(&self, line: impl FnOnce() -> String) {
         match self.admit(Instant::now()) {
-            Some(0) => log::warn!("{}", line()),
-            Some(n) => log::warn!("{} ({n} more like it suppressed)", line()),
+            Some(0) => log::warn!(target: "callbox::room", "{}", line()),
+            Some(n) => {
+                log::warn!(target: "callbox::room", "{} ({n} more like it suppressed)", line())
+            }
             None => {}
         }
     }
