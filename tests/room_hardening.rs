@@ -412,6 +412,14 @@ async fn origin_web_root_health_and_dev_endpoint() {
     .await
     .expect("dev endpoint");
     assert_eq!((ok, never), (200, 400));
+    // A datagram over the media size limit is counted, not truncated and fed on.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    udp.send_to(&[0x80; 3000], room.media).expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, stats) = http_request(room.http, "GET", "/api/stats", Some(&room.admin_key), "")
+        .await
+        .expect("stats");
+    assert_eq!(stats["datagrams_oversized"], 1, "{stats}");
     room.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -275,8 +275,11 @@ fn prepare(offer: &str, advertise: SocketAddr) -> Result<(Rtc, String), SfuError
     cfg.codec_config()
         .add_h264(127.into(), Some(121.into()), true, 0x42001f);
     let mut rtc = cfg.build(Instant::now());
-    let candidate = Candidate::host(advertise, "udp")
-        .map_err(|e| SfuError::Refused(format!("advertised address: {e}")))?;
+    let candidate = Candidate::host(advertise, "udp").map_err(|e| {
+        // The address is the server's business, not the client's.
+        log::error!("E_SFU_ADVERTISE: media.advertise {advertise} is unusable: {e}");
+        SfuError::Refused("the server's media address is misconfigured".into())
+    })?;
     rtc.add_local_candidate(candidate);
     let answer = rtc
         .sdp_api()
