@@ -14,7 +14,7 @@ mod common;
 
 use callbox::client::{Client, RoomId};
 use callbox::room::local::{loopback_config, LocalRoom};
-use common::{audio_packet, joined, joined_with_stream};
+use common::{audio_packet, joined, joined_with_stream, percentile};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,13 +28,6 @@ fn rss_mib(field: &str) -> f64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
-        .copied()
-        .unwrap_or_default()
 }
 
 /// SFU forwarding delay p50/p99 (µs) over a window, from `/api/stats`.
@@ -156,14 +149,13 @@ async fn run(n: usize, window: Duration) {
     let after = rss_mib("VmRSS:");
     flow_stop.store(true, Ordering::Relaxed);
     let _ = flow.await;
-    joins.sort_unstable();
     let peak = *peak.lock().unwrap_or_else(|e| e.into_inner());
     println!(
         "{n:>4} {:>9.1} {:>12.1} {:>10.1} {:>10.1} {:>10.0} {:>10.0} {:>15} {:>15}",
         joins.len() as f64 / secs,
         publishes as f64 / secs,
-        percentile(&joins, 0.5).as_secs_f64() * 1000.0,
-        percentile(&joins, 0.99).as_secs_f64() * 1000.0,
+        percentile(&mut joins, 0.5).as_secs_f64() * 1000.0,
+        percentile(&mut joins, 0.99).as_secs_f64() * 1000.0,
         peak,
         after,
         format!("{}/{}", quiet.0, quiet.1),

@@ -9,9 +9,13 @@
 //! `cargo bench --bench sfu` runs the sweep; under `cargo test` (no
 //! `--bench` argument) it runs one small case as a smoke test.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use bytes::Bytes;
 use callbox::client::{Client, RoomId};
 use callbox::room::local::{loopback_config, LocalRoom};
+use common::percentile;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,13 +63,6 @@ fn thread_named(name: &str) -> Option<u64> {
                 .is_ok_and(|c| c.trim() == name)
         })
         .max()
-}
-
-fn percentile(v: &mut [u32], q: f64) -> u32 {
-    v.sort_unstable();
-    v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
-        .copied()
-        .unwrap_or(0)
 }
 
 /// The traffic of one 640x480@30 camera call: (payload size, is_video) per tick of 1 ms.

@@ -45,6 +45,14 @@ pub fn in_loopback_netns(script: &str) -> std::process::Command {
     cmd
 }
 
+/// The `q` quantile (0..=1) of `v`, sorting it; the default when empty.
+pub fn percentile<T: Ord + Copy + Default>(v: &mut [T], q: f64) -> T {
+    v.sort_unstable();
+    v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
 pub async fn room() -> LocalRoom {
     let _ = env_logger::builder().is_test(true).try_init();
     LocalRoom::start(loopback_config(None, false))
