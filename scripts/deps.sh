@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # systemd: systemd-analyze checks the unit files.
+# espeak-ng: the echo canceller's tests speak their far and near ends.
 # qemu ... make: the hardware-in-the-loop test (tests/hil/) boots a Debian
 # kernel with vivid, snd-aloop and an out-of-tree gpio-sim under qemu.
 pkgs=(libasound2-dev cmake libclang-dev nasm pkg-config chromium iproute2 systemd
-      qemu-system-x86 qemu-system-arm busybox-static cpio xz-utils kmod alsa-utils gcc make binutils)
+      qemu-system-x86 qemu-system-arm busybox-static cpio xz-utils kmod alsa-utils gcc make binutils
+      espeak-ng)
 command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)
 sudo=""

@@ -8,6 +8,7 @@
 //! - [`h264`]: encoder trait, OpenH264, pass-through, decoder.
 //! - [`audio`], [`alsa_io`], [`tone`], [`jitter`]: audio sources and
 //!   sinks, Opus, mixing, the jitter buffer, tones.
+//! - [`processing`]: echo cancellation, noise suppression, gain control.
 //! - [`stats`]: media counters.
 //! - [`pipeline`]: the media threads; [`daemon`]: the device in a call.
 
@@ -21,6 +22,7 @@ pub mod h264;
 pub mod jitter;
 pub mod pattern;
 pub mod pipeline;
+pub mod processing;
 pub mod sources;
 pub mod stats;
 pub mod tone;
