@@ -31,7 +31,7 @@ impl Pattern {
             Pattern::Flashes(n) => {
                 let pos = t.as_millis() % FLASH_CYCLE.as_millis();
                 let slot = pos / FLASH.as_millis();
-                slot < 2 * n as u128 && slot % 2 == 0
+                slot < 2 * n as u128 && slot.is_multiple_of(2)
             }
         }
     }

@@ -158,7 +158,7 @@ impl AudioSink for WavSink {
         }
         w.flush().map_err(wav)?;
         self.frames += 1;
-        if self.frames % 50 == 0 {
+        if self.frames.is_multiple_of(50) {
             self.writer.flush().map_err(wav)?;
         }
         Ok(())

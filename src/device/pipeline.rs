@@ -367,7 +367,7 @@ fn audio_loop(
         add(&heartbeat, 1);
         if let Err(e) = source.read(&mut frame) {
             failures += 1;
-            if failures == 1 || failures % 50 == 0 {
+            if failures == 1 || failures.is_multiple_of(50) {
                 log::error!("microphone {}: {e}", source.describe());
             }
             std::thread::sleep(crate::device::audio::FRAME);
@@ -410,7 +410,7 @@ fn playout_loop(
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 50 == 0 {
+                if failures == 1 || failures.is_multiple_of(50) {
                     log::error!("speaker {}: {e}", sink.describe());
                 }
                 std::thread::sleep(crate::device::audio::FRAME);
