@@ -67,7 +67,7 @@ fn thread_named(name: &str) -> Option<u64> {
 
 /// The traffic of one 640x480@30 camera call: (payload size, is_video) per tick of 1 ms.
 fn frame_size(i: u64) -> usize {
-    if i % 60 == 0 {
+    if i.is_multiple_of(60) {
         25_000
     } else {
         4_000
@@ -76,7 +76,7 @@ fn frame_size(i: u64) -> usize {
 
 fn video_frame(i: u64) -> Bytes {
     let len = frame_size(i);
-    let mut f = vec![0, 0, 0, 1, if i % 60 == 0 { 0x65 } else { 0x41 }];
+    let mut f = vec![0, 0, 0, 1, if i.is_multiple_of(60) { 0x65 } else { 0x41 }];
     f.extend((0..len).map(|j| (j % 251 + 1) as u8));
     Bytes::from(f)
 }

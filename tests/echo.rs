@@ -181,7 +181,17 @@ fn scenario(delay_ms: usize, drift: f64, settings: Settings) -> Outcome {
         double_talk_echo_removed_db: db(power(e) / power(&residual)),
     };
     assert!(l < RATE / 100, "the output lags the input by {l} samples");
-    println!("delay {delay_ms} ms, drift {:+.0} ppm, processing {}: {outcome:?}, canceller reports {report:?}", (drift - 1.0) * 1e6, settings.any());
+    println!(
+        "delay {delay_ms} ms, drift {:+.0} ppm, processing {}: echo -{:.1} dB far-only, near-only loss {:.1} dB; \
+         double talk: echo -{:.1} dB, near-end loss {:.1} dB by power, {:.1} dB by waveform; canceller reports {report:?}",
+        (drift - 1.0) * 1e6,
+        settings.any(),
+        outcome.far_only_reduction_db,
+        outcome.near_only_loss_db,
+        outcome.double_talk_echo_removed_db,
+        outcome.double_talk_power_loss_db,
+        outcome.double_talk_near_loss_db,
+    );
     outcome
 }
 

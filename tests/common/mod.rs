@@ -126,7 +126,7 @@ fn pattern(i: u32, j: usize) -> u8 {
 /// Frame `i` of the known video: one Annex-B NAL (IDR every 30th), with
 /// the frame number in its first bytes, large enough to need FU-A fragments.
 pub fn video_frame(i: u32) -> Bytes {
-    let nal_header = if i % 30 == 0 { 0x65 } else { 0x41 };
+    let nal_header = if i.is_multiple_of(30) { 0x65 } else { 0x41 };
     let len = 1500 + (i as usize % 5) * 700;
     let mut f = vec![0, 0, 0, 1, nal_header];
     f.extend(i.to_be_bytes().map(|b| b | 0x80)); // index, made non-zero
