@@ -132,6 +132,10 @@ impl AudioSource for AlsaCapture {
             self.pcm.device, self.pcm.channels
         )
     }
+
+    fn delay_samples(&self) -> Option<i64> {
+        self.pcm.pcm.delay().ok().map(i64::from)
+    }
 }
 
 /// Speaker on an ALSA PCM device.
@@ -166,6 +170,10 @@ impl AudioSink for AlsaPlayback {
             }
         }
         Ok(())
+    }
+
+    fn delay_samples(&self) -> Option<i64> {
+        self.pcm.pcm.delay().ok().map(i64::from)
     }
 
     fn describe(&self) -> String {

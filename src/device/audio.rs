@@ -34,25 +34,35 @@ pub enum AudioError {
 pub trait AudioSource: Send {
     fn read(&mut self, frame: &mut [i16]) -> Result<(), AudioError>;
     fn describe(&self) -> String;
+    /// Samples captured but not yet read (the device's buffer), if known.
+    fn delay_samples(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// One 20 ms frame of speaker audio per call, blocking at the sink's real-time rate.
 pub trait AudioSink: Send {
     fn write(&mut self, frame: &[i16]) -> Result<(), AudioError>;
     fn describe(&self) -> String;
+    /// Samples written but not yet played (the device's buffer), if known.
+    fn delay_samples(&self) -> Option<i64> {
+        None
+    }
 }
 
-/// Between capture and encoder: where echo cancellation and noise
-/// suppression belong.
+/// Between capture and encoder: echo cancellation, noise suppression and
+/// gain control (`crate::device::processing`), or nothing.
 pub trait AudioProcessor: Send {
-    fn process(&mut self, frame: &mut [i16]);
+    /// Process one frame in place; `buffered`: samples the microphone
+    /// still held when it was read (the echo delay's capture part).
+    fn process(&mut self, frame: &mut [i16], buffered: Option<i64>);
 }
 
 /// The processing stage that leaves the microphone's audio as it is.
 pub struct NoProcessing;
 
 impl AudioProcessor for NoProcessing {
-    fn process(&mut self, _frame: &mut [i16]) {}
+    fn process(&mut self, _frame: &mut [i16], _buffered: Option<i64>) {}
 }
 
 /// Keeps a loop on a fixed period without drift: each wait ends at

@@ -6,6 +6,7 @@
 //! are refused before anything starts, each with its key.
 
 use crate::config::{self, ConfigError, Problems, Secret};
+use crate::device::processing::{NoiseLevel, Settings};
 use crate::device::v4l2::PixelFormat;
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -162,6 +163,50 @@ pub struct AudioSection {
     pub tone_hz: f64,
     pub bitrate_kbps: u32,
     pub sample_rate: u32,
+    /// `[audio.processing]`: echo cancellation, noise suppression, gain.
+    pub processing: ProcessingSection,
+}
+
+/// Where the echo canceller's far-end reference comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reference {
+    /// The frames the playout thread writes to the speaker.
+    #[default]
+    Playback,
+    /// A second ADC channel the codec loops the DAC into (not implemented yet).
+    CaptureChannel,
+}
+
+/// The microphone's processing chain. Unset keys are on when both the
+/// microphone and the speaker are ALSA (a real speakerphone), off otherwise.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingSection {
+    pub echo_cancellation: Option<bool>,
+    pub noise_suppression: Option<NoiseLevel>,
+    pub auto_gain: Option<bool>,
+    pub high_pass: Option<bool>,
+    pub reference: Reference,
+}
+
+impl AudioSection {
+    /// The chain this config runs.
+    pub fn processing(&self) -> Settings {
+        let speakerphone = self.capture == CaptureKind::Alsa && self.playback == PlaybackKind::Alsa;
+        let p = &self.processing;
+        let default_ns = if speakerphone {
+            NoiseLevel::Moderate
+        } else {
+            NoiseLevel::Off
+        };
+        Settings {
+            echo_cancellation: p.echo_cancellation.unwrap_or(speakerphone),
+            noise_suppression: p.noise_suppression.unwrap_or(default_ns),
+            auto_gain: p.auto_gain.unwrap_or(speakerphone),
+            high_pass: p.high_pass.unwrap_or(speakerphone),
+        }
+    }
 }
 
 impl Default for AudioSection {
@@ -176,6 +221,7 @@ impl Default for AudioSection {
             tone_hz: 440.0,
             bitrate_kbps: 32,
             sample_rate: 48_000,
+            processing: ProcessingSection::default(),
         }
     }
 }
@@ -388,6 +434,16 @@ impl AudioSection {
             "audio.wav_path",
             "the wav playback sink needs wav_path",
         );
+        p.check(
+            self.processing.reference == Reference::Playback,
+            "audio.processing.reference",
+            "capture-channel (a looped-back ADC channel) is not implemented yet; use playback",
+        );
+        p.check(
+            !(self.processing().echo_cancellation && self.playback == PlaybackKind::Null),
+            "audio.processing.echo_cancellation",
+            "needs a speaker to cancel (playback = \"null\" plays nothing)",
+        );
     }
 }
 
@@ -454,6 +510,36 @@ playback = "null"
         )
         .unwrap_err();
         assert!(e.to_string().contains("video.colour (line"), "{e}");
+        // Processing: on by default only for a real speakerphone; keys checked.
+        let c = DeviceConfig::parse(Path::new("d.toml"), GOOD).unwrap();
+        assert!(
+            !c.audio.processing().any(),
+            "synthetic microphone: no processing"
+        );
+        let alsa = GOOD.replace(
+            "capture = \"synthetic\"\nplayback = \"null\"",
+            "capture = \"alsa\"\nplayback = \"alsa\"",
+        );
+        let c = DeviceConfig::parse(Path::new("d.toml"), &alsa).unwrap();
+        let s = c.audio.processing();
+        assert!(s.echo_cancellation && s.auto_gain && s.high_pass, "{s:?}");
+        assert_eq!(s.noise_suppression, NoiseLevel::Moderate);
+        let bad = alsa.replace(
+            "[audio]",
+            "[audio.processing]\nnoise_suppression = \"loud\"\n[audio]",
+        );
+        let e = DeviceConfig::parse(Path::new("d.toml"), &bad).unwrap_err();
+        assert!(
+            e.to_string().contains("audio.processing.noise_suppression"),
+            "{e}"
+        );
+        let looped = alsa.replace("playback = \"alsa\"", "playback = \"alsa\"\n[audio.processing]\nreference = \"capture-channel\"\nnoise_suppression = \"off\"");
+        let e = DeviceConfig::parse(Path::new("d.toml"), &looped).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("d.toml: audio.processing.reference: capture-channel"),
+            "{e}"
+        );
         // The userSig must not cross a network in clear.
         let remote = GOOD.replace("ws://127.0.0.1:8080/ws", "ws://192.0.2.7:8080/ws");
         let e = DeviceConfig::parse(Path::new("d.toml"), &remote).unwrap_err();

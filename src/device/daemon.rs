@@ -10,11 +10,12 @@
 use crate::client::{
     Client, ClientConfig, ClientError, Congestion, LocalTrack, NetConfig, Receive, Subscription,
 };
-use crate::device::audio::{AudioError, NoProcessing, OpusEncoder};
+use crate::device::audio::{AudioError, AudioProcessor, NoProcessing, OpusEncoder};
 use crate::device::config::DeviceConfig;
 use crate::device::pipeline::{
     CameraParts, EncodedVideo, Heartbeats, OpenCamera, OpenEncoder, Outputs, Parts, Pipeline,
 };
+use crate::device::processing::{Apm, Capture};
 use crate::device::sources;
 use crate::device::stats::{add, MediaStats};
 use crate::device::video_source::VideoError;
@@ -183,7 +184,7 @@ impl Device {
             None
         };
         let a = &config.audio;
-        let (microphone, speaker) = if a.enabled {
+        let (microphone, speaker, echo_reference) = if a.enabled {
             let source = sources::open_microphone(a, Arc::clone(&stats))?;
             let sink = sources::open_speaker(a, Arc::clone(&stats))?;
             log::info!(
@@ -193,17 +194,23 @@ impl Device {
                 sink.describe()
             );
             let encoder = OpusEncoder::new(a.bitrate_kbps as i32 * 1000)?;
-            (
-                Some((source, Box::new(NoProcessing) as _, encoder)),
-                Some(sink),
-            )
+            let settings = a.processing();
+            let apm = settings.any().then(|| Apm::new(settings));
+            log::info!("audio processing: {settings:?}");
+            let processor: Box<dyn AudioProcessor> = match &apm {
+                Some(apm) => Box::new(Capture::new(apm.clone(), Arc::clone(&stats.echo))),
+                None => Box::new(NoProcessing),
+            };
+            let reference = apm.filter(|a| a.settings.echo_cancellation);
+            (Some((source, processor, encoder)), Some(sink), reference)
         } else {
-            (None, None)
+            (None, None, None)
         };
         let parts = Parts {
             camera,
             microphone,
             speaker,
+            echo_reference,
         };
         let (pipeline, outputs) =
             Pipeline::start(parts, Arc::clone(&stats)).map_err(DeviceError::Threads)?;

@@ -17,6 +17,7 @@ use crate::device::audio::{
 };
 use crate::device::h264::VideoEncoder;
 use crate::device::jitter::{JitterBuffer, Playout};
+use crate::device::processing::Apm;
 use crate::device::stats::{add, MediaStats};
 use crate::device::video_source::{VideoError, VideoSource};
 use bytes::Bytes;
@@ -168,6 +169,8 @@ pub struct Parts {
     pub camera: Option<CameraParts>,
     pub microphone: Option<MicrophoneParts>,
     pub speaker: Option<Box<dyn AudioSink>>,
+    /// The echo canceller, fed every frame the speaker plays.
+    pub echo_reference: Option<Apm>,
 }
 
 /// Channels the pipeline delivers encoded media on.
@@ -214,6 +217,7 @@ impl Pipeline {
             );
         }
         if let Some(sink) = parts.speaker {
+            let reference = parts.echo_reference;
             let (r, s, p, b) = (
                 Arc::clone(&running),
                 Arc::clone(&stats),
@@ -223,7 +227,7 @@ impl Pipeline {
             threads.push(
                 std::thread::Builder::new()
                     .name("callbox-speaker".into())
-                    .spawn(move || playout_loop(sink, p, (r, s, b)))?,
+                    .spawn(move || playout_loop(sink, p, reference, (r, s, b)))?,
             );
         }
         Ok((
@@ -375,7 +379,7 @@ fn audio_loop(
         }
         failures = 0;
         add(&stats.audio_frames_captured, 1);
-        processor.process(&mut frame);
+        processor.process(&mut frame, source.delay_samples());
         match encoder.encode(&frame) {
             Ok(packet) => {
                 // A full channel (no call, or a stalled uplink) drops audio
@@ -394,6 +398,7 @@ fn audio_loop(
 fn playout_loop(
     mut sink: Box<dyn AudioSink>,
     playback: Playback,
+    reference: Option<Apm>,
     (running, stats, heartbeat): LoopCtx,
 ) {
     let mut mix = vec![0i16; FRAME_SAMPLES];
@@ -407,6 +412,9 @@ fn playout_loop(
             Ok(()) => {
                 failures = 0;
                 add(&stats.playback_frames, 1);
+                if let Some(apm) = &reference {
+                    apm.far_end_played(&mix, sink.delay_samples());
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -473,6 +481,7 @@ mod tests {
             }),
             microphone: None,
             speaker: None,
+            echo_reference: None,
         };
         let (pipeline, mut outputs) = Pipeline::start(parts, Arc::clone(&stats)).unwrap();
         let mut dec = H264Decoder::new().unwrap();

@@ -18,6 +18,7 @@ use sonora::config::{
     EchoCanceller, GainController2, HighPassFilter, NoiseSuppression, NoiseSuppressionLevel,
 };
 use sonora::{AudioProcessing, Config, StreamConfig};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// WebRTC's frame: 10 ms at 48 kHz.
@@ -90,6 +91,8 @@ pub struct EchoReport {
 #[derive(Clone)]
 pub struct Apm {
     inner: Arc<Mutex<AudioProcessing>>,
+    /// The speaker's buffered samples at the last far-end frame (-1: unknown).
+    render_delay: Arc<AtomicI64>,
     pub settings: Settings,
 }
 
@@ -102,6 +105,7 @@ impl Apm {
             .build();
         Apm {
             inner: Arc::new(Mutex::new(apm)),
+            render_delay: Arc::new(AtomicI64::new(-1)),
             settings,
         }
     }
@@ -109,6 +113,13 @@ impl Apm {
     fn lock(&self) -> std::sync::MutexGuard<'_, AudioProcessing> {
         // A panic while processing is a bug; the state is still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The far-end reference: one frame as the speaker plays it, with the
+    /// samples the speaker still holds ahead of it, if known.
+    pub fn far_end_played(&self, frame: &[i16], buffered: Option<i64>) {
+        self.render_delay.store(buffered.unwrap_or(-1), Relaxed);
+        self.far_end(frame);
     }
 
     /// The far-end reference: one frame as the speaker plays it.
@@ -170,11 +181,37 @@ pub fn process_recording(far: &[i16], mic: &[i16], settings: Settings) -> (Vec<i
     (out, apm.report())
 }
 
-/// The microphone side, as the pipeline's processing stage.
-pub struct Capture(pub Apm);
+/// The microphone side, as the pipeline's processing stage: it starts the
+/// delay estimate from both devices' buffers, and publishes the echo
+/// report every second.
+pub struct Capture {
+    apm: Apm,
+    report: Arc<Mutex<Option<EchoReport>>>,
+    frames: u32,
+}
+
+impl Capture {
+    pub fn new(apm: Apm, report: Arc<Mutex<Option<EchoReport>>>) -> Self {
+        Capture {
+            apm,
+            report,
+            frames: 0,
+        }
+    }
+}
 
 impl crate::device::audio::AudioProcessor for Capture {
-    fn process(&mut self, frame: &mut [i16]) {
-        self.0.capture(frame);
+    fn process(&mut self, frame: &mut [i16], buffered: Option<i64>) {
+        let render = self.apm.render_delay.load(Relaxed);
+        if let (Some(capture), true) = (buffered, render >= 0) {
+            self.apm
+                .set_delay_hint(((render + capture) * 1000 / 48_000) as i32);
+        }
+        self.apm.capture(frame);
+        self.frames += 1;
+        if self.frames.is_multiple_of(50) && self.apm.settings.echo_cancellation {
+            let r = self.apm.report();
+            *self.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
     }
 }

@@ -34,6 +34,8 @@ pub struct MediaStats {
     pub remote_streams: AtomicU64,
     /// Microseconds from daemon start to the first RTP packet handed to WebRTC.
     pub first_rtp_us: AtomicU64,
+    /// The echo canceller's latest report (every second while it runs).
+    pub echo: std::sync::Arc<Mutex<Option<crate::device::processing::EchoReport>>>,
     encode_us: Mutex<Vec<u32>>,
 }
 
@@ -60,6 +62,8 @@ pub struct StatsSnapshot {
     pub playback_underruns: u64,
     pub playback_frames: u64,
     pub remote_streams: u64,
+    /// Echo delay, ERLE and convergence while echo cancellation runs.
+    pub echo: Option<crate::device::processing::EchoReport>,
     pub first_rtp_ms: Option<f64>,
     pub encode_ms_p50: Option<f64>,
     pub encode_ms_p99: Option<f64>,
@@ -114,6 +118,7 @@ impl MediaStats {
             playback_underruns: g(&self.playback_underruns),
             playback_frames: g(&self.playback_frames),
             remote_streams: g(&self.remote_streams),
+            echo: *self.echo.lock().unwrap_or_else(|e| e.into_inner()),
             first_rtp_ms: (first > 0).then(|| first as f64 / 1000.0),
             encode_ms_p50: p50,
             encode_ms_p99: p99,
