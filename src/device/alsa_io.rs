@@ -133,6 +133,8 @@ impl AudioSource for AlsaCapture {
         )
     }
 
+    // snd_pcm_sframes_t is 32-bit on armv7: the conversion is not useless there.
+    #[allow(clippy::useless_conversion)]
     fn delay_samples(&self) -> Option<i64> {
         self.pcm.pcm.delay().ok().map(i64::from)
     }
@@ -172,6 +174,8 @@ impl AudioSink for AlsaPlayback {
         Ok(())
     }
 
+    // snd_pcm_sframes_t is 32-bit on armv7: the conversion is not useless there.
+    #[allow(clippy::useless_conversion)]
     fn delay_samples(&self) -> Option<i64> {
         self.pcm.pcm.delay().ok().map(i64::from)
     }
