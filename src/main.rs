@@ -62,11 +62,73 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Offline audio tools for integrators.
+    Audio {
+        #[command(subcommand)]
+        action: AudioAction,
+    },
     /// Issue or check a userSig (TLSSigAPIv2-compatible).
     Usersig {
         #[command(subcommand)]
         action: UserSigAction,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Subcommand)]
+enum AudioAction {
+    /// Run the device's processing chain on recordings (48 kHz mono 16-bit
+    /// WAV): what the speaker played and what the microphone heard.
+    Process {
+        #[arg(long)]
+        far: PathBuf,
+        #[arg(long)]
+        mic: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "on")]
+        aec: Switch,
+        #[arg(long, value_enum, default_value = "moderate")]
+        ns: callbox::device::processing::NoiseLevel,
+        #[arg(long, value_enum, default_value = "on")]
+        agc: Switch,
+        #[arg(long, value_enum, default_value = "on")]
+        hpf: Switch,
+    },
+}
+
+fn audio_action(action: AudioAction) -> anyhow::Result<()> {
+    let AudioAction::Process {
+        far,
+        mic,
+        out,
+        aec,
+        ns,
+        agc,
+        hpf,
+    } = action;
+    let on = |s: Switch| matches!(s, Switch::On);
+    let settings = callbox::device::processing::Settings {
+        echo_cancellation: on(aec),
+        noise_suppression: ns,
+        auto_gain: on(agc),
+        high_pass: on(hpf),
+    };
+    let r = callbox::device::audio_tool::process_files(&far, &mic, &out, settings)?;
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!(
+        "wrote {}: echo delay {} ms, ERLE {} dB, converged {}",
+        out.display(),
+        or_dash(r.delay_ms.map(|d| d.to_string())),
+        or_dash(r.erle_db.map(|e| format!("{e:.1}"))),
+        r.converged
+    );
+    Ok(())
 }
 
 /// Which app signs, and with which key, for the usersig subcommands.
@@ -289,6 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(1));
             }
         }
+        Command::Audio { action } => audio_action(action)?,
         Command::Usersig { action } => return usersig_action(action),
     }
     Ok(std::process::ExitCode::SUCCESS)

@@ -8,12 +8,14 @@
 //! - [`h264`]: encoder trait, OpenH264, pass-through, decoder.
 //! - [`audio`], [`alsa_io`], [`tone`], [`jitter`]: audio sources and
 //!   sinks, Opus, mixing, the jitter buffer, tones.
-//! - [`processing`]: echo cancellation, noise suppression, gain control.
+//! - [`processing`]: echo cancellation, noise suppression, gain control;
+//!   [`audio_tool`]: the same chain on recordings (`callbox audio process`).
 //! - [`stats`]: media counters.
 //! - [`pipeline`]: the media threads; [`daemon`]: the device in a call.
 
 pub mod alsa_io;
 pub mod audio;
+pub mod audio_tool;
 pub mod config;
 pub mod convert;
 pub mod daemon;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 const HALF: usize = 480;
 
 /// How hard noise is suppressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum NoiseLevel {
     Off,
