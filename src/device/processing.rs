@@ -7,19 +7,26 @@
 //! measured on exactly this version. `webrtc-audio-processing` 2.x does not
 //! build here, and speexdsp copes badly with clock drift.
 //!
-//! One [`Apm`] is shared by two threads: the speaker's playout loop feeds it
-//! the far-end reference ([`Apm::far_end`]: exactly the frames the speaker
-//! plays, silence included), and the microphone's loop runs its capture
-//! side ([`Apm::capture`]). Frames are 20 ms; WebRTC works in 10 ms, so
-//! each is processed as two halves.
+//! One [`Apm`] is shared by two threads: the speaker's playout loop hands
+//! it the far-end reference ([`Apm::far_end_played`]: exactly the frames
+//! the speaker plays, silence included) through a short bounded queue, so
+//! the speaker never waits on processing; the microphone's loop runs all
+//! the processing ([`Apm::capture`]), the queued far end first, as WebRTC's
+//! own render queue does. Frames are 20 ms; WebRTC works in 10 ms, so each
+//! is processed as two halves.
 
 use serde::{Deserialize, Serialize};
 use sonora::config::{
     EchoCanceller, GainController2, HighPassFilter, NoiseSuppression, NoiseSuppressionLevel,
 };
 use sonora::{AudioProcessing, Config, StreamConfig};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+
+/// Far-end frames waiting for the microphone thread: one second; older
+/// ones are dropped (the microphone has stalled; the canceller re-adapts).
+const FAR_QUEUE: usize = 50;
 
 /// WebRTC's frame: 10 ms at 48 kHz.
 const HALF: usize = 480;
@@ -91,6 +98,7 @@ pub struct EchoReport {
 #[derive(Clone)]
 pub struct Apm {
     inner: Arc<Mutex<AudioProcessing>>,
+    far: Arc<Mutex<VecDeque<Vec<i16>>>>,
     /// The speaker's buffered samples at the last far-end frame (-1: unknown).
     render_delay: Arc<AtomicI64>,
     pub settings: Settings,
@@ -105,6 +113,7 @@ impl Apm {
             .build();
         Apm {
             inner: Arc::new(Mutex::new(apm)),
+            far: Arc::new(Mutex::new(VecDeque::with_capacity(FAR_QUEUE))),
             render_delay: Arc::new(AtomicI64::new(-1)),
             settings,
         }
@@ -119,7 +128,11 @@ impl Apm {
     /// samples the speaker still holds ahead of it, if known.
     pub fn far_end_played(&self, frame: &[i16], buffered: Option<i64>) {
         self.render_delay.store(buffered.unwrap_or(-1), Relaxed);
-        self.far_end(frame);
+        let mut q = self.far.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == FAR_QUEUE {
+            q.pop_front();
+        }
+        q.push_back(frame.to_vec());
     }
 
     /// The far-end reference: one frame as the speaker plays it.
@@ -138,8 +151,17 @@ impl Apm {
         let _ = self.lock().set_stream_delay_ms(ms.clamp(0, 500));
     }
 
-    /// Process one microphone frame in place.
+    /// Process one microphone frame in place, after the far end queued so far.
     pub fn capture(&self, frame: &mut [i16]) {
+        let queued: Vec<Vec<i16>> = self
+            .far
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for f in queued {
+            self.far_end(&f);
+        }
         let mut apm = self.lock();
         let mut out = [0i16; HALF];
         for half in frame.chunks_exact_mut(HALF) {
