@@ -137,7 +137,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
 const MAX_BODY: usize = 4096;
 
 /// The key is checked from the headers before a byte of the body is read;
-/// then at most [`MAX_BODY`] bytes are.
+/// then at most `MAX_BODY` (4 KiB) bytes are.
 pub async fn handle(
     State(s): State<AppState>,
     Path(action): Path<String>,
