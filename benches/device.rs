@@ -162,6 +162,71 @@ fn browser_glass(base: &str, mode: &str, seconds: u64) -> Option<serde_json::Val
     serde_json::from_str(line).ok()
 }
 
+/// A `callbox device` process from `toml`, and where it reports (from its
+/// log) how long it took to its first RTP packet.
+fn start_device(
+    cfg: &Path,
+    toml: &DeviceToml,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    std::fs::write(cfg, toml.text()).expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callbox"))
+        .args(["device", "--config"])
+        .arg(cfg)
+        .env("RUST_LOG", "info,webrtc=warn,rtc=warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("callbox device starts");
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(ms) = line
+                .split("first RTP packet ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+            {
+                let _ = first_tx.send(ms.to_owned());
+            }
+            if line.contains("ERROR") {
+                eprintln!("device: {line}");
+            }
+        }
+    });
+    (child, first_rx)
+}
+
+/// A device process's CPU and memory while a Rust subscriber watches it.
+struct DeviceRun {
+    cpu_pct: f64,
+    rss_kb: u64,
+    hwm_kb: u64,
+    glass: (usize, f64, f64),
+}
+
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    room: &LocalRoom,
+    pid: u32,
+    warmup: Duration,
+    window: Duration,
+) -> DeviceRun {
+    let cpu_start = (Instant::now(), proc_cpu_ticks(pid));
+    let glass = rt.block_on(rust_glass(room, warmup, window));
+    let cpu_end = (Instant::now(), proc_cpu_ticks(pid));
+    let cpu_pct = match (cpu_start.1, cpu_end.1) {
+        (Some(a), Some(b)) => {
+            (b - a) as f64 / CLK_TCK / (cpu_end.0 - cpu_start.0).as_secs_f64() * 100.0
+        }
+        _ => f64::NAN,
+    };
+    DeviceRun {
+        cpu_pct,
+        rss_kb: proc_kb(pid, "VmRSS:").unwrap_or(0),
+        hwm_kb: proc_kb(pid, "VmHWM:").unwrap_or(0),
+        glass,
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     // Re-run inside a loopback-only network namespace (Chromium then gathers 127.0.0.1).
@@ -192,46 +257,10 @@ fn main() {
         .expect("room");
     let dir = std::env::temp_dir().join(format!("callbox-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
-    let cfg = dir.join("device.toml");
-    let toml = DeviceToml::loopback(&room.ws_url(), "bench-device", ROOM, 3600);
-    std::fs::write(&cfg, toml.text()).expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_callbox"))
-        .args(["device", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info,webrtc=warn,rtc=warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("callbox device starts");
-    let pid = child.id();
-    // The device logs how long it took from start to its first RTP packet.
-    let (first_tx, first_rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(ms) = line
-                .split("first RTP packet ")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-            {
-                let _ = first_tx.send(ms.to_owned());
-            }
-            if line.contains("ERROR") {
-                eprintln!("device: {line}");
-            }
-        }
-    });
-
-    let cpu_start = (Instant::now(), proc_cpu_ticks(pid));
-    let (n, g50, g99) = rt.block_on(rust_glass(&room, warmup, window));
-    let cpu_end = (Instant::now(), proc_cpu_ticks(pid));
-    let cpu_pct = match (cpu_start.1, cpu_end.1) {
-        (Some(a), Some(b)) => {
-            (b - a) as f64 / CLK_TCK / (cpu_end.0 - cpu_start.0).as_secs_f64() * 100.0
-        }
-        _ => f64::NAN,
-    };
-    let rss_kb = proc_kb(pid, "VmRSS:").unwrap_or(0);
-    let hwm_kb = proc_kb(pid, "VmHWM:").unwrap_or(0);
+    let plain = DeviceToml::loopback(&room.ws_url(), "bench-device", ROOM, 3600);
+    let (mut child, first_rx) = start_device(&dir.join("device.toml"), &plain);
+    let run = measure(&rt, &room, child.id(), warmup, window);
+    let (n, g50, g99) = run.glass;
     let first = first_rx
         .recv_timeout(Duration::from_secs(1))
         .unwrap_or_else(|_| "?".into());
@@ -248,6 +277,22 @@ fn main() {
         let _ = child.wait();
         (None, None)
     };
+    // The same device with the whole audio chain on (a WAV file as the
+    // speaker, so the echo canceller has a reference to follow).
+    let wav = dir.join("speaker.wav").display().to_string();
+    let processed = plain
+        .set("audio", "playback", "wav")
+        .set("audio", "wav_path", wav)
+        .set_toml(
+            "audio",
+            "processing",
+            r#"{ echo_cancellation = true, noise_suppression = "moderate", auto_gain = true, high_pass = true }"#,
+        )
+        .expect("processing keys");
+    let (mut with_processing, _) = start_device(&dir.join("device-processing.toml"), &processed);
+    let on = measure(&rt, &room, with_processing.id(), warmup, window);
+    let _ = with_processing.kill();
+    let _ = with_processing.wait();
     rt.block_on(room.stop());
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -255,12 +300,17 @@ fn main() {
         "callbox device benchmark: synthetic 640x480@30 + 440 Hz tone, room service on loopback"
     );
     println!("  encode (OpenH264, pattern)       p50 {e50:.2} ms  p99 {e99:.2} ms per frame");
-    println!("  device process CPU               {cpu_pct:.1} % of one core (target <= 15)");
-    println!(
-        "  device process RSS               {:.1} MB (peak {:.1} MB; target <= 25)",
-        rss_kb as f64 / 1024.0,
-        hwm_kb as f64 / 1024.0
-    );
+    for (what, r) in [("", &run), (" with audio processing", &on)] {
+        println!(
+            "  device process CPU{what:<22} {:.1} % of one core (target <= 15)",
+            r.cpu_pct
+        );
+        println!(
+            "  device process RSS{what:<22} {:.1} MB (peak {:.1} MB; target <= 25)",
+            r.rss_kb as f64 / 1024.0,
+            r.hwm_kb as f64 / 1024.0
+        );
+    }
     println!("  start -> first RTP packet        {first} ms (target <= 500)");
     println!("  glass-to-glass, capture stamp -> decoded at the subscriber:");
     println!("    device   -> Rust subscriber    p50 {g50:.1} ms  p99 {g99:.1} ms  ({n} frames)");
