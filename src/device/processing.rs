@@ -98,7 +98,7 @@ pub struct EchoReport {
 #[derive(Clone)]
 pub struct Apm {
     inner: Arc<Mutex<AudioProcessing>>,
-    far: Arc<Mutex<VecDeque<Vec<i16>>>>,
+    far: Arc<Mutex<VecDeque<[i16; 2 * HALF]>>>,
     /// The speaker's buffered samples at the last far-end frame (-1: unknown).
     render_delay: Arc<AtomicI64>,
     pub settings: Settings,
@@ -128,11 +128,15 @@ impl Apm {
     /// samples the speaker still holds ahead of it, if known.
     pub fn far_end_played(&self, frame: &[i16], buffered: Option<i64>) {
         self.render_delay.store(buffered.unwrap_or(-1), Relaxed);
+        // Fixed-size frames in a queue allocated once: nothing allocated per frame.
+        let mut copy = [0i16; 2 * HALF];
+        let n = frame.len().min(copy.len());
+        copy[..n].copy_from_slice(&frame[..n]);
         let mut q = self.far.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() == FAR_QUEUE {
             q.pop_front();
         }
-        q.push_back(frame.to_vec());
+        q.push_back(copy);
     }
 
     /// The far-end reference: one frame as the speaker plays it.
@@ -153,14 +157,17 @@ impl Apm {
 
     /// Process one microphone frame in place, after the far end queued so far.
     pub fn capture(&self, frame: &mut [i16]) {
-        let queued: Vec<Vec<i16>> = self
-            .far
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        for f in queued {
-            self.far_end(&f);
+        // One frame at a time, so the speaker's lock is held only for a pop.
+        loop {
+            let next = self
+                .far
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            match next {
+                Some(f) => self.far_end(&f),
+                None => break,
+            }
         }
         let mut apm = self.lock();
         let mut out = [0i16; HALF];
