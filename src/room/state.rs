@@ -16,12 +16,6 @@ use std::time::{Duration, Instant};
 pub struct Privileges(pub u32);
 
 impl Privileges {
-    pub const CREATE: u32 = privilege::CREATE;
-    pub const ENTER: u32 = privilege::ENTER;
-    pub const SEND_AUDIO: u32 = privilege::SEND_AUDIO;
-    pub const RECV_AUDIO: u32 = privilege::RECV_AUDIO;
-    pub const SEND_VIDEO: u32 = privilege::SEND_VIDEO;
-    pub const RECV_VIDEO: u32 = privilege::RECV_VIDEO;
     /// Everything (no privateMapKey required).
     pub const ALL: Privileges = Privileges(u32::MAX);
 
@@ -32,9 +26,9 @@ impl Privileges {
     /// The bits sending (or receiving) these kinds needs.
     pub fn for_kinds(audio: bool, video: bool, send: bool) -> u32 {
         let (a, v) = if send {
-            (Self::SEND_AUDIO, Self::SEND_VIDEO)
+            (privilege::SEND_AUDIO, privilege::SEND_VIDEO)
         } else {
-            (Self::RECV_AUDIO, Self::RECV_VIDEO)
+            (privilege::RECV_AUDIO, privilege::RECV_VIDEO)
         };
         (if audio { a } else { 0 }) | (if video { v } else { 0 })
     }
@@ -263,7 +257,7 @@ impl Rooms {
         if let Some(until) = self.removed.get(&(key.clone(), who.user_id.to_owned())) {
             return Err(RoomError::RecentlyRemoved((*until - now).as_secs().max(1)));
         }
-        if !who.privileges.allows(Privileges::ENTER) {
+        if !who.privileges.allows(privilege::ENTER) {
             return Err(RoomError::NotPermitted("entering the room"));
         }
         match self.rooms.get(key) {
@@ -275,7 +269,7 @@ impl Rooms {
             }
             Some(_) => {}
             None => {
-                if !who.privileges.allows(Privileges::CREATE) {
+                if !who.privileges.allows(privilege::CREATE) {
                     return Err(RoomError::NotPermitted("creating the room"));
                 }
                 let n = self
@@ -1070,16 +1064,12 @@ mod limit_tests {
         let mut r = Rooms::new(RoomLimits::default());
         let now = Instant::now();
         let p = |bits: &[u32]| bits.iter().fold(0, |a, b| a | b);
-        let enter_only = p(&[Privileges::ENTER, Privileges::RECV_AUDIO]);
+        let enter_only = p(&[privilege::ENTER, privilege::RECV_AUDIO]);
         assert_eq!(
             r.join(1, joiner("a", 8, enter_only), now),
             Err(RoomError::NotPermitted("creating the room"))
         );
-        let host = p(&[
-            Privileges::CREATE,
-            Privileges::ENTER,
-            Privileges::SEND_AUDIO,
-        ]);
+        let host = p(&[privilege::CREATE, privilege::ENTER, privilege::SEND_AUDIO]);
         r.join(1, joiner("host", 8, host), now).unwrap();
         assert_eq!(
             r.can_publish(1, true, true),
@@ -1087,7 +1077,7 @@ mod limit_tests {
         );
         r.publish(1, "s1".into(), true, false).unwrap();
         assert_eq!(
-            r.join(2, joiner("b", 8, Privileges::CREATE), now),
+            r.join(2, joiner("b", 8, privilege::CREATE), now),
             Err(RoomError::NotPermitted("entering the room"))
         );
         r.join(2, joiner("b", 8, enter_only), now).unwrap();
