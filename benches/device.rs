@@ -84,12 +84,6 @@ fn proc_cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-fn proc_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Subscribe to the device and measure capture -> decoded for `window`.
 async fn rust_glass(room: &LocalRoom, warmup: Duration, window: Duration) -> (usize, f64, f64) {
     let mut c = Client::connect(room.client_config("bench-viewer"))
@@ -221,8 +215,8 @@ fn measure(
     };
     DeviceRun {
         cpu_pct,
-        rss_kb: proc_kb(pid, "VmRSS:").unwrap_or(0),
-        hwm_kb: proc_kb(pid, "VmHWM:").unwrap_or(0),
+        rss_kb: common::proc_kib(Some(pid), "VmRSS:").unwrap_or(0),
+        hwm_kb: common::proc_kib(Some(pid), "VmHWM:").unwrap_or(0),
         glass,
     }
 }

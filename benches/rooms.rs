@@ -21,13 +21,9 @@ use std::time::{Duration, Instant};
 
 const MEDIA_ROOM: u32 = 9000;
 
-fn rss_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+/// This process's resident memory, MiB.
+fn rss_mib() -> f64 {
+    common::proc_kib(None, "VmRSS:").unwrap_or(0) as f64 / 1024.0
 }
 
 /// SFU forwarding delay p50/p99 (µs) over a window, from `/api/stats`.
@@ -116,7 +112,7 @@ async fn run(n: usize, window: Duration) {
         let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
         async move {
             while !stop.load(Ordering::Relaxed) {
-                let now = rss_mib("VmRSS:");
+                let now = rss_mib();
                 {
                     let mut p = peak.lock().unwrap_or_else(|e| e.into_inner());
                     *p = p.max(now);
@@ -146,7 +142,7 @@ async fn run(n: usize, window: Duration) {
     let secs = t.elapsed().as_secs_f64();
     let _ = sampler.await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = rss_mib("VmRSS:");
+    let after = rss_mib();
     flow_stop.store(true, Ordering::Relaxed);
     let _ = flow.await;
     let peak = *peak.lock().unwrap_or_else(|e| e.into_inner());

@@ -123,12 +123,7 @@ async fn idle_and_slow_connections_are_capped_and_timed_out() {
 
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    common::proc_kib(None, "VmRSS:").unwrap_or(0)
 }
 
 /// A WebSocket that sends requests but never reads its replies is cut off

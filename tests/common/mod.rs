@@ -45,6 +45,15 @@ pub fn in_loopback_netns(script: &str) -> std::process::Command {
     cmd
 }
 
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`); this
+/// process's own with `None`.
+pub fn proc_kib(pid: Option<u32>, field: &str) -> Option<u64> {
+    let who = pid.map_or_else(|| "self".to_owned(), |p| p.to_string());
+    let status = std::fs::read_to_string(format!("/proc/{who}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The `q` quantile (0..=1) of `v`, sorting it; the default when empty.
 pub fn percentile<T: Ord + Copy + Default>(v: &mut [T], q: f64) -> T {
     v.sort_unstable();

@@ -107,27 +107,18 @@ async fn run_arch(arch: Arch) -> Result<usize> {
     let media_port = free_port(true);
     let share = dir.join("share");
     std::fs::write(share.join("room.toml"), guest_room_toml(media_port))?;
-    // Provisioned without the audio processing chain (on by default for an
-    // ALSA speakerphone): under TCG the guests run it close to real time at
-    // best (x86_64: capture overruns; arm64: a third of the audio), which
-    // would make the tone checks flaky. A processing scenario with an
-    // acoustic path will turn it on for itself.
-    let board = Provision {
-        size,
-        processing: false,
-    };
     std::fs::write(
         share.join("device.toml"),
-        board.device_toml(&["YU12"], "openh264")?,
+        device_toml(size, &["YU12"], "openh264")?,
     )?;
     std::fs::write(
         share.join("device-yuyv.toml"),
-        board.device_toml(&["YUYV"], "openh264")?,
+        device_toml(size, &["YUYV"], "openh264")?,
     )?;
     // vivid offers no H.264: the daemon could not open it for passthrough.
     std::fs::write(
         share.join("device-passthrough.toml"),
-        board.device_toml(&["YUYV", "H264"], "passthrough")?,
+        device_toml(size, &["YUYV", "H264"], "passthrough")?,
     )?;
     write_tone(&share.join("mic.wav"), MIC_HZ, 30)?;
 
