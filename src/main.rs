@@ -61,6 +61,12 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also run the echo self-test: play a probe on the configured
+        /// speaker, record the microphone, report the acoustic delay, the
+        /// echo's level and what the canceller removes (the daemon must be
+        /// stopped: it holds the devices).
+        #[arg(long, requires = "config")]
+        echo: bool,
     },
     /// Offline audio tools for integrators.
     Audio {
@@ -100,18 +106,49 @@ enum AudioAction {
         #[arg(long, value_enum, default_value = "on")]
         hpf: Switch,
     },
+    /// Simulate a speaker-to-microphone echo path between two ALSA PCMs
+    /// (e.g. the two sides of snd-aloop): what FROM captures comes out of
+    /// TO after the delay, attenuated, with NEAR (a WAV, looped) mixed in,
+    /// to test the canceller end to end without an enclosure.
+    Loop {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// The whole path's delay, devices' buffers included.
+        #[arg(long, default_value_t = 80)]
+        delay_ms: u32,
+        #[arg(long, default_value_t = -6.0, allow_negative_numbers = true)]
+        gain_db: f64,
+        /// Near-end audio (48 kHz mono 16-bit WAV), looped.
+        #[arg(long)]
+        near: Option<PathBuf>,
+        /// Stop after this long (default: run until killed).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
 }
 
 fn audio_action(action: AudioAction) -> anyhow::Result<()> {
-    let AudioAction::Process {
-        far,
-        mic,
-        out,
-        aec,
-        ns,
-        agc,
-        hpf,
-    } = action;
+    let (far, mic, out, aec, ns, agc, hpf) = match action {
+        AudioAction::Process {
+            far,
+            mic,
+            out,
+            aec,
+            ns,
+            agc,
+            hpf,
+        } => (far, mic, out, aec, ns, agc, hpf),
+        AudioAction::Loop {
+            from,
+            to,
+            delay_ms,
+            gain_db,
+            near,
+            seconds,
+        } => return audio_loop(&from, &to, delay_ms, gain_db, near.as_deref(), seconds),
+    };
     let on = |s: Switch| matches!(s, Switch::On);
     let settings = callbox::device::processing::Settings {
         echo_cancellation: on(aec),
@@ -127,6 +164,34 @@ fn audio_action(action: AudioAction) -> anyhow::Result<()> {
         or_dash(r.delay_ms.map(|d| d.to_string())),
         or_dash(r.erle_db.map(|e| format!("{e:.1}"))),
         r.converged
+    );
+    Ok(())
+}
+
+fn audio_loop(
+    from: &str,
+    to: &str,
+    delay_ms: u32,
+    gain_db: f64,
+    near: Option<&std::path::Path>,
+    seconds: Option<u64>,
+) -> anyhow::Result<()> {
+    use callbox::device::alsa_io::{AlsaCapture, AlsaPlayback};
+    let near = near
+        .map(callbox::device::audio_tool::read_mono48)
+        .transpose()?
+        .unwrap_or_default();
+    let mut line =
+        callbox::device::delay_line::DelayLine::new(delay_ms as usize * 48, gain_db, near);
+    let stats = std::sync::Arc::default;
+    let mut capture = AlsaCapture::open(from, stats())?;
+    let mut playback = AlsaPlayback::open(to, stats())?;
+    let total =
+        callbox::device::audio_tool::loop_path(&mut capture, &mut playback, &mut line, seconds)?;
+    println!(
+        "path delay {:.1} ms (median), {} correction(s)",
+        total as f64 / 48.0,
+        line.corrections
     );
     Ok(())
 }
@@ -340,8 +405,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(1));
             }
         }
-        Command::Probe { config, json } => {
-            let report = callbox::appliance::probe::probe(config.as_deref())?;
+        Command::Probe { config, json, echo } => {
+            let report = callbox::appliance::probe::probe(config.as_deref(), echo)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -351,7 +416,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::from(1));
             }
         }
-        Command::Audio { action } => audio_action(action)?,
+        Command::Audio { action } => {
+            init_logging_at("info");
+            audio_action(action)?
+        }
         Command::Usersig { action } => return usersig_action(action),
     }
     Ok(std::process::ExitCode::SUCCESS)

@@ -2,11 +2,15 @@
 //! and rates; ALSA capture and playback devices; GPIO chips and lines with
 //! name, consumer and direction) and, given a config, whether each thing
 //! it names is there and usable: the TRTC guide's pre-call device check.
+//! With `--echo`, the echo self-test on the configured speaker and
+//! microphone (`audio_tool::echo_test`).
 
 use crate::appliance::config::ApplianceConfig;
 use crate::appliance::gpio;
 use crate::config::ConfigError;
+use crate::device::audio_tool;
 use crate::device::config::{CaptureKind, PlaybackKind, VideoSourceKind};
+use crate::device::echo_probe::EchoMeasurement;
 use crate::device::sources;
 use crate::device::v4l2::{self, Sizes};
 use serde::Serialize;
@@ -65,6 +69,9 @@ pub struct Report {
     pub pcms: Vec<Pcm>,
     pub gpio_chips: Vec<GpioChip>,
     pub checks: Vec<Check>,
+    /// The echo self-test's numbers, when it ran and heard the probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<EchoMeasurement>,
 }
 
 fn sizes_text(s: &Sizes) -> String {
@@ -182,15 +189,21 @@ fn gpio_chips() -> Vec<GpioChip> {
 }
 
 fn check(checks: &mut Vec<Check>, key: &str, result: Result<String, String>) {
-    let (ok, detail) = match result {
-        Ok(d) => (true, d),
-        Err(d) => (false, d),
-    };
-    checks.push(Check {
-        key: key.to_owned(),
-        ok,
-        detail,
-    });
+    checks.push(Check::new(key, result));
+}
+
+impl Check {
+    fn new(key: &str, result: Result<String, String>) -> Check {
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        Check {
+            key: key.to_owned(),
+            ok,
+            detail,
+        }
+    }
 }
 
 /// Open each device the config names the way the daemon does (through
@@ -224,17 +237,58 @@ fn check_config(c: &ApplianceConfig) -> Vec<Check> {
     checks
 }
 
-/// Probe the board; with `config`, also check that config against it.
-pub fn probe(config: Option<&Path>) -> Result<Report, ConfigError> {
+/// The echo self-test on the configured speaker and microphone: a check
+/// line, and the numbers when the probe was heard.
+fn check_echo(c: &ApplianceConfig) -> (Check, Option<EchoMeasurement>) {
+    let a = &c.audio;
+    let mut numbers = None;
+    let result = if a.capture != CaptureKind::Alsa || a.playback != PlaybackKind::Alsa {
+        Err("the echo test needs audio.capture and audio.playback = \"alsa\"".to_owned())
+    } else {
+        let stats = std::sync::Arc::default;
+        sources::open_microphone(a, stats())
+            .and_then(|mut mic| {
+                let mut speaker = sources::open_speaker(a, stats())?;
+                audio_tool::echo_test(mic.as_mut(), speaker.as_mut())
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|fault| fault.to_string()))
+            .map(|m| {
+                let text = format!(
+                    "delay {:.1} ms, echo {:.1} dBFS ({:.1} dB below the probe), noise floor {:.1} dBFS, the canceller removes {:.1} dB of it",
+                    m.delay_ms,
+                    m.echo_level_dbfs,
+                    m.echo_return_loss_db,
+                    m.noise_floor_dbfs,
+                    m.echo_reduction_db,
+                );
+                numbers = Some(m);
+                text
+            })
+    };
+    (Check::new("audio.echo", result), numbers)
+}
+
+/// Probe the board; with `config`, also check that config against it, and
+/// with `echo` run the echo self-test on its speaker and microphone.
+pub fn probe(config: Option<&Path>, echo: bool) -> Result<Report, ConfigError> {
     let config = config.map(ApplianceConfig::load).transpose()?;
     let want = config
         .as_ref()
         .map_or((640, 480), |c| (c.video.width, c.video.height));
+    let mut checks = config.as_ref().map(check_config).unwrap_or_default();
+    let mut numbers = None;
+    if let (true, Some(c)) = (echo, &config) {
+        let (line, m) = check_echo(c);
+        checks.push(line);
+        numbers = m;
+    }
     Ok(Report {
         cameras: cameras(want),
         pcms: pcms(),
         gpio_chips: gpio_chips(),
-        checks: config.as_ref().map(check_config).unwrap_or_default(),
+        checks,
+        echo: numbers,
     })
 }
 

@@ -37,7 +37,11 @@ fn open(device: &str, dir: Direction) -> Result<Pcm, AudioError> {
         let channels = hw.set_channels_near(1).map_err(err("channels"))?;
         hw.set_period_size_near(FRAME_SAMPLES as alsa::pcm::Frames, ValueOr::Nearest)
             .map_err(err("20 ms period"))?;
-        hw.set_buffer_size_near(4 * FRAME_SAMPLES as alsa::pcm::Frames)
+        // The speaker's buffer is latency: four periods. The microphone's
+        // is only headroom (it is read as soon as a period is there), so a
+        // busy moment in the processing costs no overrun.
+        let periods = if dir == Direction::Capture { 10 } else { 4 };
+        hw.set_buffer_size_near(periods * FRAME_SAMPLES as alsa::pcm::Frames)
             .map_err(err("buffer size"))?;
         pcm.hw_params(&hw)
             .map_err(err("apply hardware parameters"))?;

@@ -9,7 +9,10 @@
 //! - [`audio`], [`alsa_io`], [`tone`], [`jitter`]: audio sources and
 //!   sinks, Opus, mixing, the jitter buffer, tones.
 //! - [`processing`]: echo cancellation, noise suppression, gain control;
-//!   [`audio_tool`]: the same chain on recordings (`callbox audio process`).
+//!   [`audio_tool`]: the same chain on recordings (`callbox audio process`),
+//!   the echo self-test's I/O and a simulated echo path (`audio loop`);
+//!   [`echo_probe`]: the self-test's signal and analysis; [`delay_line`]:
+//!   the simulated path's delay.
 //! - [`stats`]: media counters.
 //! - [`pipeline`]: the media threads; [`daemon`]: the device in a call.
 
@@ -19,6 +22,8 @@ pub mod audio_tool;
 pub mod config;
 pub mod convert;
 pub mod daemon;
+pub mod delay_line;
+pub mod echo_probe;
 pub mod frame;
 pub mod h264;
 pub mod jitter;

@@ -120,7 +120,9 @@ async fn run_arch(arch: Arch) -> Result<usize> {
         share.join("device-passthrough.toml"),
         device_toml(size, &["YUYV", "H264"], "passthrough")?,
     )?;
-    write_tone(&share.join("mic.wav"), MIC_HZ, 30)?;
+    write_tone(&share.join("mic.wav"), MIC_HZ, 30, 0.4)?;
+    // The near end's talker in the echo scenario, at about the echo's level.
+    write_tone(&share.join("near.wav"), MIC_HZ, 30, 0.1)?;
 
     let t = Instant::now();
     let guest = boot(arch, &prepared, &initrd, &dir, media_port)?;
@@ -186,6 +188,7 @@ async fn run_arch(arch: Arch) -> Result<usize> {
         "probe_asks_the_camera_what_the_daemon_asks",
         probe_agrees
     );
+    scenario!(10, "probe_measures_a_looped_echo_path", echo_probe);
 
     if failed > 0 {
         let log = rig.guest.device_log();

@@ -54,7 +54,7 @@ pub(crate) fn device_toml(size: (usize, usize), formats: &[&str], encoder: &str)
     Ok(toml.text())
 }
 
-pub(crate) fn write_tone(path: &Path, hz: f64, secs: u32) -> Result<()> {
+pub(crate) fn write_tone(path: &Path, hz: f64, secs: u32, amplitude: f64) -> Result<()> {
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: SAMPLE_RATE,
@@ -62,7 +62,7 @@ pub(crate) fn write_tone(path: &Path, hz: f64, secs: u32) -> Result<()> {
         sample_format: hound::SampleFormat::Int,
     };
     let mut w = hound::WavWriter::create(path, spec)?;
-    let mut t = tone::Tone::new(hz, SAMPLE_RATE, 0.4);
+    let mut t = tone::Tone::new(hz, SAMPLE_RATE, amplitude);
     let mut buf = vec![0i16; SAMPLE_RATE as usize];
     for _ in 0..secs {
         t.fill(&mut buf);

@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// The microphone's tone, played into the loopback for the rest of the run.
+const MIC_LOOP: &str = "(while true; do aplay -q -D hw:Loopback,0,0 /share/mic.wav; done) > /dev/null 2>&1 & echo $! > /run/mic-loop.pid";
+
+/// The echo scenario's path: what the speaker plays comes back into the
+/// microphone 80 ms later, 6 dB down, with the near end's tone.
+const ECHO_PATH_MS: f64 = 80.0;
+const ECHO_LOOP: &str = "callbox audio loop --from hw:Loopback,1,1 --to hw:Loopback,0,0 --delay-ms 80 --gain-db -6 --near /share/near.wav > /share/loop.log 2>&1 & echo $! > /run/echo-loop.pid";
+
 /// Everything a scenario needs.
 pub(crate) struct Rig {
     pub(crate) arch: Arch,
@@ -49,9 +57,7 @@ impl Rig {
     /// microphone's 440 Hz.
     pub(crate) async fn subscriber_decodes(&mut self) -> Result<String> {
         // The microphone: a tone played into the loopback, for the rest of the run.
-        self.guest
-            .ok("(while true; do aplay -q -D hw:Loopback,0,0 /share/mic.wav; done) > /dev/null 2>&1 &")
-            .await?;
+        self.guest.ok(MIC_LOOP).await?;
         let t = Instant::now();
         let mut viewer = Viewer::join(self.guest.http).await?;
         viewer.subscribe_device(10).await?;
@@ -456,6 +462,7 @@ impl Rig {
     /// streaming camera refuses a second format).
     pub(crate) async fn probe_agrees(&mut self) -> Result<String> {
         self.guest.ok("hil-device stop").await?;
+        self.viewer()?.expect_device_gone(10).await?;
         let (code, out) = self
             .guest
             .sh("callbox probe --config /etc/callbox/device-passthrough.toml")
@@ -484,5 +491,79 @@ impl Rig {
         Ok(format!(
             "passthrough on vivid: exit 1, \"{line}\"; openh264 on YUYV: exit 0; daemon back in call"
         ))
+    }
+
+    /// Scenario 10: a speakerphone's echo, simulated: `callbox audio loop`
+    /// sends what the speaker plays back into the microphone 80 ms later,
+    /// 6 dB down, with a near-end tone. `callbox probe --echo` measures the
+    /// path through the real drivers and runs the device's canceller on
+    /// what it recorded; with the path cut it reports the speaker unheard.
+    pub(crate) async fn echo_probe(&mut self) -> Result<String> {
+        self.guest.ok("hil-device stop").await?;
+        self.viewer()?.expect_device_gone(10).await?;
+        self.guest
+            .ok("kill $(cat /run/mic-loop.pid); kill $(pidof aplay); sleep 0.2")
+            .await?;
+        self.guest.ok(ECHO_LOOP).await?;
+        let measured = self.probe_looped_path().await;
+        self.guest
+            .ok("kill $(cat /run/echo-loop.pid); sleep 0.2")
+            .await?;
+        let cut = self.probe_cut_path().await;
+        // Leave the board as the other scenarios found it.
+        self.guest.ok(MIC_LOOP).await?;
+        self.guest
+            .ok("hil-device start /etc/callbox/device.toml")
+            .await?;
+        Ok(format!("{}; path cut: {}", measured?, cut?))
+    }
+
+    async fn probe_echo(&self) -> Result<(i32, Value, String)> {
+        let (code, out) = self
+            .guest
+            .sh("callbox probe --config /etc/callbox/device.toml --echo --json 2>/dev/null")
+            .await?;
+        let report: Value =
+            serde_json::from_str(&out).with_context(|| format!("probe exited {code}: {out}"))?;
+        let check = report["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["key"] == "audio.echo"))
+            .map(|c| c["detail"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        Ok((code, report["echo"].clone(), check))
+    }
+
+    /// The looped path: its delay within 10 ms, and the canceller removing
+    /// at least 20 dB of its echo.
+    async fn probe_looped_path(&mut self) -> Result<String> {
+        // The path must carry sound before the probe plays.
+        self.guest
+            .ok("i=0; until grep -q 'path delay' /share/loop.log; do [ $i -ge 100 ] && exit 1; sleep 0.1; i=$((i + 1)); done")
+            .await
+            .context("callbox audio loop did not start")?;
+        let (code, echo, check) = self.probe_echo().await?;
+        let delay = echo["delay_ms"].as_f64().unwrap_or(f64::NAN);
+        let removed = echo["echo_reduction_db"].as_f64().unwrap_or(f64::NAN);
+        ensure!(
+            code == 0 && (delay - ECHO_PATH_MS).abs() <= 10.0 && removed >= 20.0,
+            "probe --echo exited {code}: {check} (want delay {ECHO_PATH_MS} +- 10 ms, >= 20 dB removed)"
+        );
+        Ok(format!("probe --echo: {check}"))
+    }
+
+    /// Nothing carries the speaker to the microphone, which hears only the
+    /// room (the near tone): the probe says the speaker was not heard.
+    async fn probe_cut_path(&mut self) -> Result<String> {
+        self.guest
+            .ok("aplay -q -D hw:Loopback,0,0 /share/near.wav > /dev/null 2>&1 &")
+            .await?;
+        let probed = self.probe_echo().await;
+        self.guest.ok("kill $(pidof aplay); sleep 0.2").await?;
+        let (code, echo, check) = probed?;
+        ensure!(
+            code == 1 && echo.is_null() && check.contains("did not reach the microphone"),
+            "probe --echo on a cut path exited {code}: {check}"
+        );
+        Ok(format!("exit 1, \"{check}\""))
     }
 }
