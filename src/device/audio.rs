@@ -1,8 +1,8 @@
 //! Audio as the device handles it: 20 ms mono frames at 48 kHz. Sources
 //! (ALSA capture, or the synthetic tone) and sinks (ALSA playback, a WAV
 //! file, or nothing) behind one trait each; a processing stage between
-//! capture and encoder (pass-through today; echo cancellation and noise
-//! suppression go there); Opus encode and decode (`opus` crate, libopus);
+//! capture and encoder (`processing`: echo cancellation, noise
+//! suppression, gain control, or nothing); Opus encode and decode (`opus` crate, libopus);
 //! and the mixer for several remote streams.
 
 use crate::device::tone::Tone;
