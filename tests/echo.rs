@@ -5,8 +5,8 @@
 //! (`processing::process_recording`, what `callbox audio process` runs):
 //! - after 3 s, far-end-only echo is reduced by >= 25 dB;
 //! - near-end-only speech loses <= 3 dB;
-//! - in double talk >= 10 dB of echo goes (the near end's loss there is
-//!   measured and printed; it does not yet meet the 6 dB aim);
+//! - in double talk >= 10 dB of echo goes, and the near end loses <= 7 dB
+//!   (6.1-6.2 dB measured: just over the 6 dB aim);
 //! - with +100 ppm drift between the streams, double talk still removes >= 8 dB;
 //! - and live: the device's media threads in real time over simulated air.
 //!
@@ -209,9 +209,11 @@ fn echo_is_cancelled_at_40_100_and_150_ms_and_near_speech_kept() {
         let o = scenario(delay, 1.0, ON);
         assert!(o.far_only_reduction_db >= 25.0, "{delay} ms: {o:?}");
         assert!(o.near_only_loss_db <= 3.0, "{delay} ms: {o:?}");
-        // The near end's loss in double talk is printed, not asserted: it
-        // is 5-6 dB by power and 12-13 dB by waveform here, not reliably
-        // within the 6 dB the appliance aims for (AEC3's suppressor ducks).
+        // The near end's loss in double talk: 6.1-6.2 dB by power (12 dB
+        // by waveform) here, just over the 6 dB the appliance aims for;
+        // AEC3's suppressor ducks an echo this loud, and sonora does not
+        // expose its tuning. Held at 7 dB so it cannot get worse unseen.
+        assert!(o.double_talk_power_loss_db <= 7.0, "{delay} ms: {o:?}");
         assert!(o.double_talk_echo_removed_db >= 10.0, "{delay} ms: {o:?}");
     }
 }

@@ -123,6 +123,9 @@ async fn run_arch(arch: Arch) -> Result<usize> {
     write_tone(&share.join("mic.wav"), MIC_HZ, 30, 0.4)?;
     // The near end's talker in the echo scenario, at about the echo's level.
     write_tone(&share.join("near.wav"), MIC_HZ, 30, 0.1)?;
+    // A short far end and microphone for timing the chain in the guest.
+    write_tone(&share.join("far3.wav"), SPEAKER_HZ, 3, 0.3)?;
+    write_tone(&share.join("mic3.wav"), MIC_HZ, 3, 0.3)?;
 
     let t = Instant::now();
     let guest = boot(arch, &prepared, &initrd, &dir, media_port)?;

@@ -510,12 +510,33 @@ impl Rig {
             .ok("kill $(cat /run/echo-loop.pid); sleep 0.2")
             .await?;
         let cut = self.probe_cut_path().await;
+        let cost = self.processing_cost().await;
         // Leave the board as the other scenarios found it.
         self.guest.ok(MIC_LOOP).await?;
         self.guest
             .ok("hil-device start /etc/callbox/device.toml")
             .await?;
-        Ok(format!("{}; path cut: {}", measured?, cut?))
+        Ok(format!("{}; path cut: {}; {}", measured?, cut?, cost?))
+    }
+
+    /// What the whole chain costs on this board, beside the pass-through:
+    /// `callbox audio process` on 3 s of audio, timed (relative only
+    /// under TCG).
+    async fn processing_cost(&mut self) -> Result<String> {
+        let mut took = Vec::new();
+        for switches in ["", "--aec off --ns off --agc off --hpf off"] {
+            let t = Instant::now();
+            self.guest
+                .ok(&format!("callbox audio process --far /share/far3.wav --mic /share/mic3.wav --out /tmp/out.wav {switches}"))
+                .await?;
+            took.push(t.elapsed().as_secs_f64());
+        }
+        // 300 frames of 10 ms.
+        let per_frame_ms = (took[0] - took[1]) * 1000.0 / 300.0;
+        Ok(format!(
+            "processing 3 s in the guest: full chain {:.2} s, pass-through {:.2} s: {per_frame_ms:.2} ms per 10 ms frame",
+            took[0], took[1]
+        ))
     }
 
     async fn probe_echo(&self) -> Result<(i32, Value, String)> {
