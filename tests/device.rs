@@ -19,33 +19,13 @@ use tokio::sync::oneshot;
 
 const ROOM: u32 = 3300;
 
-/// The shared loopback device config, as `tweak` changes it.
+/// The shared loopback device config in this file's room, as `tweak` changes it.
 fn device_config(
     room: &LocalRoom,
     user: &str,
     tweak: impl FnOnce(DeviceToml) -> DeviceToml,
 ) -> DeviceConfig {
-    let toml = tweak(DeviceToml::loopback(&room.ws_url(), user, ROOM, 3600));
-    DeviceConfig::parse(Path::new("test-device.toml"), &toml.text()).expect("config")
-}
-
-/// Run the device's call in the background until the returned sender fires.
-fn start_device(config: DeviceConfig) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Device>) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let mut device = Device::open(config, Instant::now()).expect("device opens");
-    let task = tokio::spawn(async move {
-        let r = device
-            .call(
-                async {
-                    let _ = stopped.await;
-                },
-                Default::default(),
-            )
-            .await;
-        assert!(r.is_ok(), "call ended with {r:?}");
-        device
-    });
-    (stop, task)
+    common::device_config(room, ROOM, user, tweak)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 use crate::appliance::controller::{BannedPress, ButtonMode, Policy};
 use crate::config::{self, ConfigError, Problems};
 use crate::device::config::{
-    AudioSection, DeviceConfig, NetworkSection, RoomSection, VideoSection,
+    AudioSection, DeviceConfig, DisplaySection, NetworkSection, RoomSection, VideoSection,
 };
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,8 @@ pub struct ApplianceConfig {
     pub video: VideoSection,
     #[serde(default)]
     pub audio: AudioSection,
+    #[serde(default)]
+    pub display: DisplaySection,
     #[serde(default)]
     pub call: CallSection,
     #[serde(default)]
@@ -58,6 +60,7 @@ impl ApplianceConfig {
             network: self.network.clone(),
             video: self.video.clone(),
             audio: self.audio.clone(),
+            display: self.display.clone(),
         }
     }
 }

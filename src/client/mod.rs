@@ -157,6 +157,14 @@ impl RemoteStream {
     pub fn request_keyframe(&self) {
         let _ = self.keyframe.send(());
     }
+
+    /// The same, for a decoder that outlives this handle's borrow.
+    pub fn keyframe_requester(&self) -> Box<dyn Fn() + Send> {
+        let tx = self.keyframe.clone();
+        Box::new(move || {
+            let _ = tx.send(());
+        })
+    }
 }
 
 /// One participant. Events (`peer-join`, `stream-added`, `client-banned`, ...)

@@ -1,6 +1,6 @@
 //! The device's sections of `device.toml`: where to join (`[room]`,
-//! `[network]`) and which camera, microphone and speaker to use (`[video]`,
-//! `[audio]`). Each section checks itself; the whole file (with the
+//! `[network]`) and which camera, microphone, speaker and screen to use
+//! (`[video]`, `[audio]`, `[display]`). Each section checks itself; the whole file (with the
 //! appliance's `[call]`, `[gpio]`, `[service]`) is
 //! `crate::appliance::config::ApplianceConfig`. Unknown keys and bad values
 //! are refused before anything starts, each with its key.
@@ -25,6 +25,8 @@ pub struct DeviceConfig {
     pub video: VideoSection,
     #[serde(default)]
     pub audio: AudioSection,
+    #[serde(default)]
+    pub display: DisplaySection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +228,93 @@ impl Default for AudioSection {
     }
 }
 
+/// Where the people the device calls are shown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DisplayKind {
+    /// No screen: remote video is not even negotiated.
+    #[default]
+    None,
+    /// The composed screen as YUV4MPEG2, to a file or a FIFO.
+    Y4m,
+    /// A DRM/KMS screen (not implemented yet).
+    Drm,
+}
+
+/// What the screen shows when no one is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleKind {
+    /// The call state and the room, as text.
+    #[default]
+    Text,
+    /// Black.
+    Blank,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisplaySection {
+    pub sink: DisplayKind,
+    /// Where the `y4m` sink writes.
+    pub path: Option<PathBuf>,
+    /// The composed screen's size.
+    pub width: usize,
+    pub height: usize,
+    pub fps: u32,
+    /// A small picture of the local camera in the corner.
+    pub self_view: bool,
+    pub idle: IdleKind,
+}
+
+impl Default for DisplaySection {
+    fn default() -> Self {
+        DisplaySection {
+            sink: DisplayKind::None,
+            path: None,
+            width: 640,
+            height: 480,
+            fps: 15,
+            self_view: false,
+            idle: IdleKind::Text,
+        }
+    }
+}
+
+impl DisplaySection {
+    pub fn validate(&self, p: &mut Problems) {
+        match self.sink {
+            DisplayKind::None => return,
+            DisplayKind::Drm => p.add(
+                "display.sink",
+                "drm (a DRM/KMS screen) is not implemented yet; use \"y4m\" or \"none\"",
+            ),
+            DisplayKind::Y4m => match &self.path {
+                None => p.add("display.path", "the y4m sink needs a path"),
+                Some(path) => {
+                    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                    p.check(
+                        dir.is_none_or(|d| d.is_dir()),
+                        "display.path",
+                        format!("{}: its directory does not exist", path.display()),
+                    );
+                }
+            },
+        }
+        p.check(
+            (64..=3840).contains(&self.width) && (64..=2160).contains(&self.height),
+            "display.width",
+            "width 64 to 3840 and height 64 to 2160",
+        );
+        p.check((1..=60).contains(&self.fps), "display.fps", "1 to 60");
+        p.check(
+            !self.self_view,
+            "display.self_view",
+            "the self-view is not implemented yet",
+        );
+    }
+}
+
 impl DeviceConfig {
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         config::load_checked(file, |c: &Self, f| c.check(f))
@@ -240,6 +329,7 @@ impl DeviceConfig {
         self.room.validate(p);
         self.video.validate(p);
         self.audio.validate(p);
+        self.display.validate(p);
     }
 
     fn check(&self, file: &Path) -> Result<(), ConfigError> {

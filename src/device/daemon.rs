@@ -3,15 +3,21 @@
 //! startup error naming the device, but for a camera that is not there
 //! yet: that one starts audio-only) and starts the media threads;
 //! [`Device::call`] joins the room as a TRTC-style client, publishes, and
-//! subscribes to every stream in the room, playing its audio. A call is a
+//! subscribes to every stream in the room, playing its audio and, with a
+//! display, showing its video (`display`). A call is a
 //! `Call` whose methods are its steps. Call control (buttons,
 //! reconnect, banned state) is the appliance's, around it.
 
 use crate::client::{
-    Client, ClientConfig, ClientError, Congestion, LocalTrack, NetConfig, Receive, Subscription,
+    Client, ClientConfig, ClientError, Congestion, LocalTrack, NetConfig, Receive, RemoteStream,
+    Subscription,
 };
 use crate::device::audio::{AudioError, AudioProcessor, NoProcessing, OpusEncoder};
-use crate::device::config::DeviceConfig;
+use crate::device::config::{DeviceConfig, DisplayKind, IdleKind};
+use crate::device::display::decode::VideoDecoder;
+use crate::device::display::screen::{self, Idle, Screen, ScreenThread};
+use crate::device::display::y4m::Y4mSink;
+use crate::device::display::DisplaySink;
 use crate::device::pipeline::{
     CameraParts, EncodedVideo, Heartbeats, OpenCamera, OpenEncoder, Outputs, Parts, Pipeline,
 };
@@ -169,7 +175,38 @@ pub struct Device {
     // Dropped before the pipeline: closing the channels unblocks its threads so they can be joined.
     outputs: Outputs,
     pipeline: Pipeline,
+    display: Option<ScreenThread>,
     started: Instant,
+}
+
+/// The configured screen, composing; a sink that cannot be opened leaves
+/// the device without one (logged with a code), never stops it.
+fn open_display(c: &DeviceConfig, stats: &Arc<MediaStats>) -> Option<ScreenThread> {
+    let d = &c.display;
+    let path = match (d.sink, &d.path) {
+        (DisplayKind::Y4m, Some(path)) => path,
+        _ => return None,
+    };
+    let idle = match d.idle {
+        IdleKind::Text => Idle::Text,
+        IdleKind::Blank => Idle::Blank,
+    };
+    let opened = Y4mSink::create(path, (d.width, d.height), d.fps)
+        .map_err(|e| e.to_string())
+        .and_then(|sink| {
+            log::info!("display: {} at {} fps", sink.describe(), d.fps);
+            screen::start(Box::new(sink), d.fps, idle, Arc::clone(stats)).map_err(|e| e.to_string())
+        });
+    match opened {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::error!(
+                "display failed (code {:#06x}): {e}; going on without a screen",
+                crate::protocol::code::DEVICE_NOT_FOUND
+            );
+            None
+        }
+    }
 }
 
 impl Device {
@@ -214,13 +251,22 @@ impl Device {
         };
         let (pipeline, outputs) =
             Pipeline::start(parts, Arc::clone(&stats)).map_err(DeviceError::Threads)?;
-        Ok(Device {
+        let display = open_display(&config, &stats);
+        let device = Device {
             config,
             stats,
             pipeline,
             outputs,
+            display,
             started,
-        })
+        };
+        device.show_state("idle", false);
+        Ok(device)
+    }
+
+    /// The screen, when the device has one.
+    pub fn screen(&self) -> Option<Screen> {
+        self.display.as_ref().map(|d| d.screen.clone())
     }
 
     pub fn heartbeats(&self) -> Heartbeats {
@@ -276,10 +322,24 @@ impl Device {
         if let Some(j) = link.joined.take() {
             let _ = j.send(());
         }
+        self.show_state("in call", false);
         let mut call = Call::start(self, client, link, existing)?;
         let result = call.run(hangup).await;
         call.finish().await;
+        match &result {
+            Err(DeviceError::Banned(reason)) => {
+                self.show_state(&format!("banned: {}", reason.as_str()), true)
+            }
+            _ => self.show_state("idle", false),
+        }
         result
+    }
+
+    /// The call state the screen's idle picture shows (in red when banned).
+    pub fn show_state(&self, state: &str, banned: bool) {
+        if let Some(screen) = self.screen() {
+            screen.set_state(state, &self.config.join_room().to_string(), banned);
+        }
     }
 
     /// Connect, join and publish. A hang-up while this runs drops it,
@@ -497,8 +557,8 @@ impl<'d> Call<'d> {
             && self.wanted.len() < MAX_REMOTE_STREAMS
     }
 
-    /// Start subscribing to the next stream's audio (the device has no
-    /// screen, so it negotiates no video), off the loop.
+    /// Start subscribing to the next stream's audio (and its video, when
+    /// the device has a screen), off the loop.
     fn subscribe_next(&mut self) -> Step {
         let Some(info) = self.to_subscribe.pop_front() else {
             return ControlFlow::Continue(());
@@ -508,7 +568,7 @@ impl<'d> Call<'d> {
         }
         let receive = Receive {
             audio: true,
-            video: false,
+            video: self.device.display.is_some(),
         };
         let negotiation = self.client.subscription(&info, receive);
         self.subscribing
@@ -549,17 +609,35 @@ impl<'d> Call<'d> {
         }
         self.count_remote_streams();
         let stats = Arc::clone(&self.device.stats);
+        let video = self.video_decoder(&id, &remote);
         let mut packets = remote.packets;
         tokio::spawn(async move {
             while let Some(p) = packets.recv().await {
-                if p.kind == MediaKind::Audio && !p.packet.payload.is_empty() {
-                    add(&stats.audio_packets_received, 1);
-                    let seq = p.packet.header.sequence_number;
-                    playback.push(&id, seq, p.packet.payload);
+                match (p.kind, &video) {
+                    (MediaKind::Audio, _) if !p.packet.payload.is_empty() => {
+                        add(&stats.audio_packets_received, 1);
+                        let seq = p.packet.header.sequence_number;
+                        playback.push(&id, seq, p.packet.payload);
+                    }
+                    (MediaKind::Video, Some(decoder)) => decoder.push(p.packet),
+                    _ => {}
                 }
             }
         });
         ControlFlow::Continue(())
+    }
+
+    /// A decoder for a remote stream's video, onto the screen (if any).
+    fn video_decoder(&self, id: &str, remote: &RemoteStream) -> Option<VideoDecoder> {
+        let screen = self.device.screen()?;
+        if !remote.info.video {
+            return None;
+        }
+        screen.add(id);
+        let stats = Arc::clone(&self.device.stats);
+        VideoDecoder::start(id, screen, remote.keyframe_requester(), stats)
+            .map_err(|e| log::error!("E_INTERNAL: no decoder thread for {id}: {e}"))
+            .ok()
     }
 
     async fn on_room_event(&mut self, event: Option<ServerMessage>) -> Step {
@@ -570,6 +648,9 @@ impl<'d> Call<'d> {
                 log::info!("{user_id} stopped publishing");
                 self.to_subscribe.retain(|s| s.stream_id != stream_id);
                 self.device.pipeline.playback.remove_stream(&stream_id);
+                if let Some(screen) = self.device.screen() {
+                    screen.remove(&stream_id);
+                }
                 self.count_remote_streams();
                 // Still negotiating: closed when it finishes (not wanted any more).
                 if self.wanted.remove(&stream_id) {
@@ -598,6 +679,9 @@ impl<'d> Call<'d> {
         self.subscribing.abort_all();
         self.client.close_media().await;
         self.device.pipeline.playback.clear();
+        if let Some(screen) = self.device.screen() {
+            screen.clear();
+        }
         self.count_remote_streams();
     }
 }

@@ -13,6 +13,7 @@
 //!   the echo self-test's I/O and a simulated echo path (`audio loop`);
 //!   [`echo_probe`]: the self-test's signal and analysis; [`delay_line`]:
 //!   the simulated path's delay.
+//! - [`display`]: the screen: remote video decoded, composed, presented.
 //! - [`stats`]: media counters.
 //! - [`pipeline`]: the media threads; [`daemon`]: the device in a call.
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod convert;
 pub mod daemon;
 pub mod delay_line;
+pub mod display;
 pub mod echo_probe;
 pub mod frame;
 pub mod h264;

@@ -32,6 +32,13 @@ pub struct MediaStats {
     pub playback_frames: AtomicU64,
     /// Remote streams being played now.
     pub remote_streams: AtomicU64,
+    /// Remote pictures decoded for the screen, decoding failures, and the
+    /// keyframes asked of remote publishers after loss or a failure.
+    pub remote_video_frames_decoded: AtomicU64,
+    pub remote_video_decode_errors: AtomicU64,
+    pub remote_keyframe_requests: AtomicU64,
+    /// Composed frames the display presented.
+    pub display_frames: AtomicU64,
     /// Microseconds from daemon start to the first RTP packet handed to WebRTC.
     pub first_rtp_us: AtomicU64,
     /// The echo canceller's latest report (every second while it runs).
@@ -62,6 +69,10 @@ pub struct StatsSnapshot {
     pub playback_underruns: u64,
     pub playback_frames: u64,
     pub remote_streams: u64,
+    pub remote_video_frames_decoded: u64,
+    pub remote_video_decode_errors: u64,
+    pub remote_keyframe_requests: u64,
+    pub display_frames: u64,
     /// Echo delay, ERLE and convergence while echo cancellation runs.
     pub echo: Option<crate::device::processing::EchoReport>,
     pub first_rtp_ms: Option<f64>,
@@ -118,6 +129,10 @@ impl MediaStats {
             playback_underruns: g(&self.playback_underruns),
             playback_frames: g(&self.playback_frames),
             remote_streams: g(&self.remote_streams),
+            remote_video_frames_decoded: g(&self.remote_video_frames_decoded),
+            remote_video_decode_errors: g(&self.remote_video_decode_errors),
+            remote_keyframe_requests: g(&self.remote_keyframe_requests),
+            display_frames: g(&self.display_frames),
             echo: *self.echo.lock().unwrap_or_else(|e| e.into_inner()),
             first_rtp_ms: (first > 0).then(|| first as f64 / 1000.0),
             encode_ms_p50: p50,

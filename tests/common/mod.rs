@@ -5,12 +5,17 @@
 use bytes::Bytes;
 use callbox::client::peer::RemotePacket;
 use callbox::client::{Client, ClientConfig, LocalTrack, RoomId};
+use callbox::device::config::DeviceConfig;
+use callbox::device::daemon::Device;
 use callbox::protocol::{MediaKind, ServerMessage, StreamInfo};
-use callbox::room::local::{loopback_config, LocalRoom};
+use callbox::room::local::{loopback_config, DeviceToml, LocalRoom};
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
+use std::path::Path;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 /// A port free on loopback now, for TCP and, with `udp`, under the same
 /// number for UDP too (the HIL guest's media port is forwarded as itself).
@@ -232,4 +237,36 @@ pub async fn receive(
         }
     }
     r
+}
+
+/// The shared loopback device config for `room_id`, as `tweak` changes it.
+pub fn device_config(
+    room: &LocalRoom,
+    room_id: u32,
+    user: &str,
+    tweak: impl FnOnce(DeviceToml) -> DeviceToml,
+) -> DeviceConfig {
+    let toml = tweak(DeviceToml::loopback(&room.ws_url(), user, room_id, 3600));
+    DeviceConfig::parse(Path::new("test-device.toml"), &toml.text()).expect("config")
+}
+
+/// Run the device's call in the background until the returned sender fires.
+pub fn start_device(
+    config: DeviceConfig,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Device>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut device = Device::open(config, Instant::now()).expect("device opens");
+    let task = tokio::spawn(async move {
+        let r = device
+            .call(
+                async {
+                    let _ = stopped.await;
+                },
+                Default::default(),
+            )
+            .await;
+        assert!(r.is_ok(), "call ended with {r:?}");
+        device
+    });
+    (stop, task)
 }

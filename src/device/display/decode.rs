@@ -1,0 +1,136 @@
+//! A remote stream's video, decoded for the screen, on a thread of its
+//! own: RTP packets arrive through a bounded queue (full: dropped, as the
+//! network would), are depacketized (webrtc-rs's `H264Packet`) into access
+//! units completed by the marker bit, and decoded by OpenH264; each picture
+//! goes to the [`Screen`]. A sequence gap, a depacketizing or decoding
+//! error, or a dropped packet asks the publisher for a keyframe (PLI, at
+//! most twice a second) and nothing is decoded until an IDR arrives, so the
+//! screen holds the last good picture instead of showing a smeared one.
+
+use crate::device::display::screen::Screen;
+use crate::device::h264::{nal_types, H264Decoder};
+use crate::device::stats::{add, MediaStats};
+use rtc::rtp::codec::h264::H264Packet;
+use rtc::rtp::packetizer::Depacketizer;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// About a second of video at 1.5 Mbit/s.
+const QUEUE: usize = 256;
+/// An access unit larger than this is not a picture this device shows.
+const MAX_AU: usize = 2 << 20;
+const KEYFRAME_EVERY: Duration = Duration::from_millis(500);
+
+/// The feeding end; dropping it ends the thread.
+pub struct VideoDecoder {
+    tx: SyncSender<rtc::rtp::Packet>,
+    lost: Arc<AtomicU64>,
+}
+
+impl VideoDecoder {
+    /// Start decoding `stream_id` for `screen`; `keyframe` asks its publisher for one.
+    pub fn start(
+        stream_id: &str,
+        screen: Screen,
+        keyframe: Box<dyn Fn() + Send>,
+        stats: Arc<MediaStats>,
+    ) -> std::io::Result<VideoDecoder> {
+        let (tx, rx) = sync_channel(QUEUE);
+        let lost = Arc::new(AtomicU64::new(0));
+        let id = stream_id.to_owned();
+        let dropped = Arc::clone(&lost);
+        std::thread::Builder::new()
+            .name(format!("decode {stream_id}"))
+            .spawn(move || run(rx, &id, screen, keyframe, stats, dropped))?;
+        Ok(VideoDecoder { tx, lost })
+    }
+
+    /// One received packet; a full queue drops it (and costs a keyframe).
+    pub fn push(&self, packet: rtc::rtp::Packet) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(packet) {
+            self.lost.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Access-unit assembly and the wait for a keyframe after damage.
+struct Assembly {
+    depacketizer: H264Packet,
+    au: Vec<u8>,
+    next_seq: Option<u16>,
+    /// Damaged since the last IDR: decode nothing until the next.
+    broken: bool,
+    last_request: Option<Instant>,
+}
+
+fn run(
+    rx: Receiver<rtc::rtp::Packet>,
+    stream_id: &str,
+    screen: Screen,
+    keyframe: Box<dyn Fn() + Send>,
+    stats: Arc<MediaStats>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut decoder = match H264Decoder::new() {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("cannot decode {stream_id}'s video: {e}");
+            return;
+        }
+    };
+    let mut a = Assembly {
+        depacketizer: H264Packet::default(),
+        au: Vec::new(),
+        next_seq: None,
+        broken: true,
+        last_request: None,
+    };
+    let mut seen_dropped = 0;
+    while let Ok(p) = rx.recv() {
+        let gap = a.next_seq.is_some_and(|s| s != p.header.sequence_number);
+        a.next_seq = Some(p.header.sequence_number.wrapping_add(1));
+        let now_dropped = dropped.load(Relaxed);
+        if gap || now_dropped != seen_dropped {
+            seen_dropped = now_dropped;
+            a.damage();
+        }
+        match a.depacketizer.depacketize(&p.payload) {
+            Ok(bytes) if a.au.len() + bytes.len() <= MAX_AU => a.au.extend_from_slice(&bytes),
+            _ => a.damage(),
+        }
+        if !p.header.marker {
+            continue;
+        }
+        let au = std::mem::take(&mut a.au);
+        if nal_types(&au).any(|t| t == 5) {
+            a.broken = false;
+        }
+        if !a.broken && !au.is_empty() {
+            match decoder.decode(&au, |pic| screen.show(stream_id, pic)) {
+                Ok(Some(())) => add(&stats.remote_video_frames_decoded, 1),
+                Ok(None) => {}
+                Err(e) => {
+                    add(&stats.remote_video_decode_errors, 1);
+                    log::warn!("{stream_id}: {e}; waiting for a keyframe");
+                    a.damage();
+                }
+            }
+        }
+        if a.broken && a.last_request.is_none_or(|t| t.elapsed() >= KEYFRAME_EVERY) {
+            a.last_request = Some(Instant::now());
+            add(&stats.remote_keyframe_requests, 1);
+            keyframe();
+        }
+        a.au = au;
+        a.au.clear();
+    }
+}
+
+impl Assembly {
+    fn damage(&mut self) {
+        self.broken = true;
+        self.au.clear();
+    }
+}

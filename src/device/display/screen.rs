@@ -1,0 +1,272 @@
+//! The compositor: a thread that, at the display's rate, lays out the
+//! latest picture of each remote stream (in the order they arrived, at
+//! most four), the self-view if asked for, or, with no one to show, the
+//! idle picture (the call state and room as text, red when banned, or
+//! black), and hands the canvas to the sink. Decoders and the daemon talk
+//! to it through [`Screen`]: pictures are copied in under a short lock and
+//! only the newest of each stream is kept, so a slow sink drops frames
+//! instead of queueing them.
+
+use crate::device::display::canvas::{Canvas, BLACK, RED, WHITE};
+use crate::device::display::layout::{self, Rect, MAX_TILES};
+use crate::device::display::{DisplayError, DisplaySink};
+use crate::device::frame::I420;
+use crate::device::stats::{add, MediaStats};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A decoded picture, owned (tightly packed I420).
+#[derive(Clone, Default)]
+struct Picture {
+    width: usize,
+    height: usize,
+    data: Vec<u8>,
+}
+
+impl Picture {
+    fn set(&mut self, pic: &I420<'_>) {
+        let (w, h) = (pic.width, pic.height);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        self.data.clear();
+        for row in 0..h {
+            self.data
+                .extend_from_slice(&pic.y[row * pic.y_stride..][..w]);
+        }
+        for plane in [pic.u, pic.v] {
+            for row in 0..ch {
+                self.data
+                    .extend_from_slice(&plane[row * pic.uv_stride..][..cw]);
+            }
+        }
+        (self.width, self.height) = (w, h);
+    }
+
+    fn view(&self) -> Option<I420<'_>> {
+        I420::packed(&self.data, self.width, self.height)
+    }
+}
+
+/// What the screen shows when no one is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// The call state and the room, as text.
+    Text,
+    /// Nothing (black).
+    Blank,
+}
+
+#[derive(Default)]
+struct Scene {
+    /// Remote streams in the order they arrived; `None` until a picture.
+    remote: Vec<(String, Option<Picture>)>,
+    self_view: Option<Picture>,
+    state: String,
+    room: String,
+    banned: bool,
+}
+
+/// The daemon's and the decoders' handle on the screen.
+#[derive(Clone)]
+pub struct Screen {
+    scene: Arc<Mutex<Scene>>,
+    last: Arc<Mutex<Canvas>>,
+    running: Arc<AtomicBool>,
+}
+
+impl Screen {
+    fn scene(&self) -> std::sync::MutexGuard<'_, Scene> {
+        self.scene.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A remote stream to show (its picture comes with [`Screen::show`]).
+    pub fn add(&self, stream_id: &str) {
+        let mut s = self.scene();
+        if !s.remote.iter().any(|(id, _)| id == stream_id) {
+            s.remote.push((stream_id.to_owned(), None));
+        }
+    }
+
+    /// The newest picture of a remote stream.
+    pub fn show(&self, stream_id: &str, pic: &I420<'_>) {
+        let mut s = self.scene();
+        if let Some((_, p)) = s.remote.iter_mut().find(|(id, _)| id == stream_id) {
+            p.get_or_insert_with(Picture::default).set(pic);
+        }
+    }
+
+    /// A remote stream left (or stopped its video): its tile goes.
+    pub fn remove(&self, stream_id: &str) {
+        self.scene().remote.retain(|(id, _)| id != stream_id);
+    }
+
+    /// Everyone left: back to the idle picture.
+    pub fn clear(&self) {
+        self.scene().remote.clear();
+    }
+
+    /// The local camera's picture, for the self-view.
+    pub fn show_self(&self, pic: &I420<'_>) {
+        self.scene()
+            .self_view
+            .get_or_insert_with(Picture::default)
+            .set(pic);
+    }
+
+    /// The call state the idle picture shows (`banned` in red).
+    pub fn set_state(&self, state: &str, room: &str, banned: bool) {
+        let mut s = self.scene();
+        s.state = state.to_owned();
+        s.room = room.to_owned();
+        s.banned = banned;
+    }
+
+    /// What the screen shows now.
+    pub fn snapshot(&self) -> Canvas {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for ScreenThread {
+    fn drop(&mut self) {
+        self.screen.running.store(false, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The running compositor; dropping it stops the thread.
+pub struct ScreenThread {
+    pub screen: Screen,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Start composing onto `sink` at `fps`.
+pub fn start(
+    mut sink: Box<dyn DisplaySink>,
+    fps: u32,
+    idle: Idle,
+    stats: Arc<MediaStats>,
+) -> std::io::Result<ScreenThread> {
+    let size = sink.size();
+    let screen = Screen {
+        scene: Arc::default(),
+        last: Arc::new(Mutex::new(Canvas::new(size.0, size.1))),
+        running: Arc::new(AtomicBool::new(true)),
+    };
+    let s = screen.clone();
+    let thread = std::thread::Builder::new()
+        .name("screen".into())
+        .spawn(move || {
+            let mut pacer = crate::device::audio::Pacer::new(Duration::from_secs(1) / fps.max(1));
+            let mut canvas = Canvas::new(size.0, size.1);
+            let mut failing = false;
+            while s.running.load(Relaxed) {
+                compose(&s.scene(), &mut canvas, idle);
+                match sink.show(&canvas) {
+                    Ok(()) => {
+                        failing = false;
+                        add(&stats.display_frames, 1);
+                    }
+                    Err(e) if !failing => {
+                        failing = true;
+                        log::error!(
+                            "display failed (code {:#06x}): {e}; retrying every frame",
+                            crate::protocol::code::DEVICE_NOT_FOUND
+                        );
+                    }
+                    Err(_) => {}
+                }
+                s.last
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .data
+                    .copy_from_slice(&canvas.data);
+                pacer.wait();
+            }
+        })?;
+    Ok(ScreenThread {
+        screen,
+        thread: Some(thread),
+    })
+}
+
+/// Draw the scene on the canvas.
+fn compose(s: &Scene, c: &mut Canvas, idle: Idle) {
+    let size = (c.width, c.height);
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        w: size.0,
+        h: size.1,
+    };
+    c.fill(whole, BLACK);
+    let shown: Vec<&Picture> = s
+        .remote
+        .iter()
+        .filter_map(|(_, p)| p.as_ref())
+        .take(MAX_TILES)
+        .collect();
+    if shown.is_empty() && (idle == Idle::Text || s.banned) {
+        idle_text(s, c);
+    }
+    for (pic, tile) in shown.iter().zip(layout::tiles(size, shown.len())) {
+        if let Some(view) = pic.view() {
+            c.blit(&view, layout::fit((pic.width, pic.height), tile));
+        }
+    }
+    if let Some(me) = &s.self_view {
+        if let Some(view) = me.view() {
+            c.blit(&view, layout::self_view(size, (me.width, me.height)));
+        }
+    }
+}
+
+/// The state in large letters, the room under it; banned in red.
+fn idle_text(s: &Scene, c: &mut Canvas) {
+    let scale = (c.width / 320).max(1) * 2;
+    let colour = if s.banned { RED } else { WHITE };
+    let lines = [(s.state.as_str(), scale), (s.room.as_str(), scale / 2)];
+    let mut y = c.height / 3;
+    for (text, scale) in lines {
+        let w = Canvas::text_width(text, scale.max(1));
+        c.text(c.width.saturating_sub(w) / 2, y, scale.max(1), text, colour);
+        y += 12 * scale.max(1);
+    }
+}
+
+/// Write what the screen shows as a PNG.
+pub fn save_png(canvas: &Canvas, path: &std::path::Path) -> Result<(), DisplayError> {
+    let err = |reason: String| DisplayError::Screenshot {
+        path: path.to_owned(),
+        reason,
+    };
+    let rgb = to_rgb(canvas);
+    let file = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
+    let mut enc = png::Encoder::new(
+        std::io::BufWriter::new(file),
+        canvas.width as u32,
+        canvas.height as u32,
+    );
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().map_err(|e| err(e.to_string()))?;
+    w.write_image_data(&rgb).map_err(|e| err(e.to_string()))
+}
+
+/// BT.601 limited range, as the camera and the encoder use.
+fn to_rgb(c: &Canvas) -> Vec<u8> {
+    let v = c.view();
+    let mut out = Vec::with_capacity(c.width * c.height * 3);
+    for y in 0..c.height {
+        for x in 0..c.width {
+            let yy = (v.y[y * v.y_stride + x] as f32 - 16.0) * 1.164;
+            let u = v.u[(y / 2) * v.uv_stride + x / 2] as f32 - 128.0;
+            let vv = v.v[(y / 2) * v.uv_stride + x / 2] as f32 - 128.0;
+            let px = [yy + 1.596 * vv, yy - 0.392 * u - 0.813 * vv, yy + 2.017 * u];
+            out.extend(px.iter().map(|p| p.round().clamp(0.0, 255.0) as u8));
+        }
+    }
+    out
+}

@@ -1,0 +1,117 @@
+//! The device's screen, with the YUV4MPEG2 sink: device B (no camera, a
+//! screen) in a room with device A (the synthetic camera). B's screen shows
+//! A's picture, the pattern's stamps counting up in the file; before A
+//! comes and after A leaves it shows its idle picture (the state and room
+//! as text), and the status counts what was decoded and presented.
+
+mod common;
+
+use callbox::device::display::y4m;
+use callbox::device::frame::I420;
+use callbox::device::pattern::{self, Stamp};
+use callbox::room::local::DeviceToml;
+use common::*;
+use std::time::{Duration, Instant};
+
+const ROOM: u32 = 3400;
+const SIZE: (usize, usize) = (640, 480);
+
+/// The newest whole frame in the y4m file, if any.
+fn last_frame(path: &std::path::Path) -> Option<Vec<u8>> {
+    let data = std::fs::read(path).ok()?;
+    let (size, frames) = y4m::read(&data)?;
+    assert_eq!(size, SIZE);
+    frames.last().map(|f| f.to_vec())
+}
+
+fn stamp(frame: &[u8]) -> Option<Stamp> {
+    pattern::read(&I420::packed(frame, SIZE.0, SIZE.1)?)
+}
+
+/// Text on black: some pixels at the idle text's white, most black.
+fn is_idle_picture(frame: &[u8]) -> bool {
+    let luma = &frame[..SIZE.0 * SIZE.1];
+    let white = luma.iter().filter(|&&v| v == 235).count();
+    let black = luma.iter().filter(|&&v| v == 16).count();
+    white > 200 && black > luma.len() * 9 / 10
+}
+
+/// Poll the screen until `want` holds of its newest frame.
+async fn wait_for<T>(
+    path: &std::path::Path,
+    secs: u64,
+    what: &str,
+    want: impl Fn(&[u8]) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(t) = last_frame(path).as_deref().and_then(&want) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not on screen within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
+    let room = room().await;
+    let dir = std::env::temp_dir().join(format!("callbox-display-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let screen = dir.join("screen.y4m");
+    let path = screen.to_string_lossy().into_owned();
+    let b = device_config(&room, ROOM, "device-b", |d: DeviceToml| {
+        d.set("video", "enabled", false)
+            .set("display", "sink", "y4m")
+            .set("display", "path", path.as_str())
+            .set("display", "fps", 10)
+    });
+    let (stop_b, task_b) = start_device(b);
+    wait_for(&screen, 10, "B's idle picture", |f| {
+        is_idle_picture(f).then_some(())
+    })
+    .await;
+
+    let t = Instant::now();
+    let (stop_a, task_a) = start_device(device_config(&room, ROOM, "device-a", |d| d));
+    let first = wait_for(&screen, 15, "A's picture", stamp).await;
+    let shown_after = t.elapsed();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let later = wait_for(&screen, 5, "A's picture", stamp).await;
+    assert!(
+        later.counter > first.counter + 5,
+        "the picture does not move: {first:?} then {later:?}"
+    );
+    let lag_ms = (pattern::now_us().saturating_sub(later.capture_us)) as f64 / 1000.0;
+
+    let _ = stop_a.send(());
+    task_a.await.expect("A's task");
+    let t = Instant::now();
+    wait_for(&screen, 10, "B's idle picture after A left", |f| {
+        (stamp(f).is_none() && is_idle_picture(f)).then_some(())
+    })
+    .await;
+    let idle_after = t.elapsed();
+
+    let _ = stop_b.send(());
+    let b = task_b.await.expect("B's task");
+    let s = b.stats().snapshot();
+    println!(
+        "A on B's screen {:.2} s after A started; counters {} -> {} in 1 s; newest picture {lag_ms:.0} ms old when read; idle again {:.2} s after A left; {} pictures decoded, {} frames presented, {} decode errors, {} keyframes asked for",
+        shown_after.as_secs_f64(),
+        first.counter,
+        later.counter,
+        idle_after.as_secs_f64(),
+        s.remote_video_frames_decoded,
+        s.display_frames,
+        s.remote_video_decode_errors,
+        s.remote_keyframe_requests
+    );
+    assert!(s.remote_video_frames_decoded >= 20, "{s:?}");
+    assert!(s.display_frames >= 20, "{s:?}");
+    std::fs::remove_dir_all(&dir).ok();
+    room.stop().await;
+}
