@@ -52,6 +52,8 @@ enum Command {
         socket: PathBuf,
         #[arg(value_enum)]
         command: callbox::appliance::control::Request,
+        /// For `screenshot`: the PNG file to write.
+        file: Option<PathBuf>,
     },
     /// List cameras, ALSA devices and GPIO lines; with --config, check a
     /// device config against them (pre-call device detection).
@@ -166,6 +168,37 @@ fn audio_action(action: AudioAction) -> anyhow::Result<()> {
         r.converged
     );
     Ok(())
+}
+
+fn ctl(
+    socket: &std::path::Path,
+    command: callbox::appliance::control::Request,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<std::process::ExitCode> {
+    use callbox::appliance::control::Request;
+    let screenshot = command == Request::Screenshot;
+    if screenshot != file.is_some() {
+        anyhow::bail!("a FILE goes with `screenshot`, and only with it");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut reply = rt.block_on(callbox::appliance::control::request(socket, command))?;
+    let ok = reply.get("ok") == Some(&serde_json::Value::Bool(true));
+    if let (true, Some(file), Some(png)) = (ok, file, reply.get("png_base64")) {
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or_default())
+            .context("the daemon's screenshot")?;
+        std::fs::write(file, png).with_context(|| format!("{}", file.display()))?;
+        reply["png_base64"] = serde_json::Value::String(format!("written to {}", file.display()));
+    }
+    println!("{}", serde_json::to_string_pretty(&reply)?);
+    Ok(if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }
 
 fn audio_loop(
@@ -395,16 +428,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             demo(port, room_id, wav, no_device)?;
         }
         Command::Device { config } => device(config)?,
-        Command::Ctl { socket, command } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let reply = rt.block_on(callbox::appliance::control::request(&socket, command))?;
-            println!("{}", serde_json::to_string_pretty(&reply)?);
-            if reply.get("ok") != Some(&serde_json::Value::Bool(true)) {
-                return Ok(std::process::ExitCode::from(1));
-            }
-        }
+        Command::Ctl {
+            socket,
+            command,
+            file,
+        } => return ctl(&socket, command, file.as_deref()),
         Command::Probe { config, json, echo } => {
             let report = callbox::appliance::probe::probe(config.as_deref(), echo)?;
             if json {

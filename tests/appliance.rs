@@ -531,3 +531,74 @@ async fn expired_usersig_fails_with_its_reason() {
     assert_eq!(status(&socket).await["state"], "failed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `callbox ctl screenshot FILE.png` writes what the screen shows: with
+/// the y4m display idle, the PNG is the y4m file's newest frame, pixel
+/// for pixel (the same BT.601 conversion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_screenshot_writes_what_the_screen_shows() {
+    use callbox::device::display::{canvas::Canvas, screen::to_rgb, y4m};
+    let dir = std::env::temp_dir().join(format!("callbox-shot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (socket, config, screen) = (
+        dir.join("control.sock"),
+        dir.join("device.toml"),
+        dir.join("screen.y4m"),
+    );
+    let url = format!("ws://127.0.0.1:{}/ws", free_port(false));
+    let toml = DeviceToml::loopback(&url, DEVICE, ROOM_ID, 3600)
+        .set("video", "enabled", false)
+        .set("call", "auto_join", false)
+        .set("display", "sink", "y4m")
+        .set("display", "path", screen.display().to_string())
+        .set("display", "width", 320)
+        .set("display", "height", 240)
+        .set("service", "control_socket", socket.display().to_string());
+    std::fs::write(&config, toml.text()).expect("write device.toml");
+    let _daemon = Proc(
+        Command::new(BIN)
+            .args(["device", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn callbox device"),
+    );
+    let t0 = Instant::now();
+    let frame = loop {
+        let data = std::fs::read(&screen).unwrap_or_default();
+        if let Some((_, frames)) = y4m::read(&data).filter(|(_, f)| f.len() >= 2) {
+            break frames[frames.len() - 1].to_vec();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no screen frames");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let shot = dir.join("shot.png");
+    let out = Command::new(BIN)
+        .args(["ctl", "--socket"])
+        .arg(&socket)
+        .arg("screenshot")
+        .arg(&shot)
+        .output()
+        .expect("callbox ctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let decoder = png::Decoder::new(std::fs::File::open(&shot).expect("the PNG"));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut rgb = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut rgb).expect("its pixels");
+    assert_eq!((info.width, info.height), (320, 240));
+    let mut canvas = Canvas::new(320, 240);
+    canvas.data.copy_from_slice(&frame);
+    assert!(
+        rgb[..info.buffer_size()] == to_rgb(&canvas)[..],
+        "the screenshot is not the screen"
+    );
+    // The idle picture: the state as text on black.
+    let lit = rgb.chunks(3).filter(|p| p.iter().all(|&c| c > 200)).count();
+    assert!(lit > 100, "{lit} white pixels");
+    let _ = std::fs::remove_dir_all(&dir);
+}

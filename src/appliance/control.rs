@@ -22,6 +22,8 @@ pub enum Request {
     Hangup,
     MuteAudio,
     UnmuteAudio,
+    /// What the screen shows, as a PNG (base64 in the reply; `ctl` writes the file).
+    Screenshot,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

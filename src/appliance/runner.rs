@@ -16,6 +16,7 @@ use crate::appliance::leds::{Leds, Pattern};
 use crate::appliance::notify::{stalled, Notifier};
 use crate::appliance::status::{CommandDone, LedLevels, RoomStatus, Status};
 use crate::device::daemon::{CallLink, Device, DeviceError};
+use crate::device::display::screen::Screen;
 use crate::device::pipeline::Heartbeats;
 use crate::device::stats::MediaStats;
 use crate::usersig;
@@ -163,6 +164,7 @@ struct Daemon {
     mute: watch::Sender<bool>,
     notifier: Notifier,
     stats: Arc<MediaStats>,
+    screen: Option<Screen>,
     heartbeats: Heartbeats,
     /// Heartbeats at the last watchdog check.
     beats: Vec<(&'static str, u64)>,
@@ -182,6 +184,7 @@ impl Daemon {
         let mut gpio = Gpio::open(&config.gpio)?;
         let device = Device::open(config.device(), started)?;
         let (stats, heartbeats) = (device.stats(), device.heartbeats());
+        let screen = device.screen();
         let (calls, device_task) = spawn_device(device);
         let (requests_tx, requests) = mpsc::channel::<Incoming>(16);
         let socket = config.service.control_socket.clone();
@@ -224,6 +227,7 @@ impl Daemon {
             notifier,
             beats: heartbeats.read(),
             stats,
+            screen,
             heartbeats,
             next_watchdog: watchdog.map(|w| now + w),
             next_usersig_check: now,
@@ -354,6 +358,10 @@ impl Daemon {
                 let _ = reply.send(serde_json::to_value(status).unwrap_or_default());
                 return;
             }
+            Request::Screenshot => {
+                let _ = reply.send(self.screenshot());
+                return;
+            }
             Request::Call => Command::Call,
             Request::Hangup => Command::Hangup,
             Request::MuteAudio => Command::MuteAudio(true),
@@ -362,6 +370,26 @@ impl Daemon {
         log::info!("control: {request:?}");
         self.inputs.push_back(Input::Command(command));
         self.answers.push((request, reply));
+    }
+
+    /// What the screen shows, PNG in base64, or why there is nothing.
+    fn screenshot(&self) -> Value {
+        use base64::Engine;
+        let Some(screen) = &self.screen else {
+            return control::error_reply(
+                "E_NO_DISPLAY: this device has no display ([display] sink = \"none\")",
+            );
+        };
+        let canvas = screen.snapshot();
+        match crate::device::display::screen::encode_png(&canvas) {
+            Ok(png) => serde_json::json!({
+                "ok": true,
+                "width": canvas.width,
+                "height": canvas.height,
+                "png_base64": base64::engine::general_purpose::STANDARD.encode(png),
+            }),
+            Err(e) => control::error_reply(format!("E_SCREENSHOT: {e}")),
+        }
     }
 
     fn on_edge(&mut self, edge: Edge) {

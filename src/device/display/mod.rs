@@ -25,8 +25,8 @@ pub enum DisplayError {
         #[source]
         source: std::io::Error,
     },
-    #[error("screenshot {}: {reason}", .path.display())]
-    Screenshot { path: PathBuf, reason: String },
+    #[error("screenshot: PNG: {0}")]
+    Png(String),
 }
 
 /// Where the composed screen goes.

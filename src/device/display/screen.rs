@@ -236,27 +236,21 @@ fn idle_text(s: &Scene, c: &mut Canvas) {
     }
 }
 
-/// Write what the screen shows as a PNG.
-pub fn save_png(canvas: &Canvas, path: &std::path::Path) -> Result<(), DisplayError> {
-    let err = |reason: String| DisplayError::Screenshot {
-        path: path.to_owned(),
-        reason,
-    };
-    let rgb = to_rgb(canvas);
-    let file = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
-    let mut enc = png::Encoder::new(
-        std::io::BufWriter::new(file),
-        canvas.width as u32,
-        canvas.height as u32,
-    );
+/// What the screen shows, as a PNG (`callbox ctl screenshot`).
+pub fn encode_png(canvas: &Canvas) -> Result<Vec<u8>, DisplayError> {
+    let err = |e: png::EncodingError| DisplayError::Png(e.to_string());
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, canvas.width as u32, canvas.height as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().map_err(|e| err(e.to_string()))?;
-    w.write_image_data(&rgb).map_err(|e| err(e.to_string()))
+    let mut w = enc.write_header().map_err(err)?;
+    w.write_image_data(&to_rgb(canvas)).map_err(err)?;
+    w.finish().map_err(err)?;
+    Ok(out)
 }
 
-/// BT.601 limited range, as the camera and the encoder use.
-fn to_rgb(c: &Canvas) -> Vec<u8> {
+/// RGB of the canvas: BT.601 limited range, as the camera and the encoder use.
+pub fn to_rgb(c: &Canvas) -> Vec<u8> {
     let v = c.view();
     let mut out = Vec::with_capacity(c.width * c.height * 3);
     for y in 0..c.height {
