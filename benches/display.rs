@@ -1,6 +1,6 @@
 //! The screen's cost per remote frame, at 640x480 and 1280x720: H.264
-//! decode alone (the baseline, what a subscriber pays anyway), then decode
-//! + compose (letterboxed onto a screen of the same size) + present (the
+//! decode alone (the baseline, what a subscriber pays anyway), then decode,
+//! compose (letterboxed onto a screen of the same size) and present (the
 //! YUV4MPEG2 sink, to /dev/null), p50/p99 per frame in the same run.
 //!
 //! `cargo bench --bench display`; under `cargo test` a short smoke run.
