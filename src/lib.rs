@@ -28,17 +28,30 @@
 //! -> `Pipeline::bitrate` -> `VideoEncoder::set_bitrate`.
 //!
 //! **Microphone -> Opus** (thread `callbox-mic`): `AudioSource::read` (20 ms,
-//! ALSA or the tone) -> `AudioProcessor::process` -> `OpusEncoder::encode`
-//! in `pipeline::audio_loop` -> `Outputs::audio` -> `Call::on_audio` (dropped
-//! while muted) -> `LocalTrack::write`.
+//! ALSA or the tone) -> `AudioProcessor::process` (`processing::Capture`:
+//! the far-end frames queued by the speaker thread first, then high-pass,
+//! AEC3, noise suppression, AGC2 on the microphone frame) ->
+//! `OpusEncoder::encode` in `pipeline::audio_loop` -> `Outputs::audio` ->
+//! `Call::on_audio` (dropped while muted) -> `LocalTrack::write`.
 //!
 //! **Remote audio -> speaker**: `stream-added` -> `Call::on_room_event` ->
-//! `Call::subscribe_next` -> `Client::subscribe_to` (audio only: the
-//! device shows no video) -> `Downlink::finish` delivers `RemotePacket`s ->
-//! `Playback::push` into the stream's `JitterBuffer`; thread
+//! `Call::subscribe_next` -> `Client::subscription` (video too only with a
+//! display) -> `Call::on_subscribed` -> its task hands audio `RemotePacket`s
+//! to `Playback::push` into the stream's `JitterBuffer`; thread
 //! `callbox-speaker`, every 20 ms: `pipeline::playout_loop` ->
 //! `Playback::mix` (`OpusDecoder::decode`, or `conceal` on loss, `mix_into`)
-//! -> `AudioSink::write`.
+//! -> `AudioSink::write`, and the same frame to `Apm::far_end_played` (the
+//! echo canceller's reference).
+//!
+//! **Remote video -> screen** (with a `[display]`): `Call::on_subscribed`
+//! -> `Call::video_decoder` -> the stream's task hands video packets to
+//! `VideoDecoder::push` (bounded) -> thread `decode <id>`: `H264Packet`
+//! depacketizes, the marker bit completes an access unit ->
+//! `H264Decoder::decode` -> `Screen::show` (latest picture per stream);
+//! thread `screen`, at the display's rate: `screen::compose`
+//! (`layout::tiles`, `layout::fit`, `Canvas::blit`, or the idle text) ->
+//! `DisplaySink::show` (`Y4mSink`). Loss or a decoding error ->
+//! `RemoteStream::keyframe_requester` -> PLI to the publisher.
 //!
 //! **userSig -> verdict**: `Client::join` sends `ClientMessage::Join` ->
 //! `room::server::handle` -> `authenticate` -> `usersig::verify` (base64,

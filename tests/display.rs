@@ -28,6 +28,21 @@ fn stamp(frame: &[u8]) -> Option<Stamp> {
     pattern::read(&I420::packed(frame, SIZE.0, SIZE.1)?)
 }
 
+/// The stamp of the half-size picture in the tile at `x`: the picture sits
+/// at (x, 120) at 320x240; doubled back to 640x480 its cells read again.
+fn tile_stamp(frame: &[u8], x: usize) -> Option<Stamp> {
+    let (w, h) = SIZE;
+    let mut big = vec![0u8; w * h * 3 / 2];
+    let (y_plane, chroma) = big.split_at_mut(w * h);
+    for row in 0..h {
+        for col in 0..w {
+            y_plane[row * w + col] = frame[(120 + row / 2) * w + x + col / 2];
+        }
+    }
+    chroma.fill(128);
+    stamp(&big)
+}
+
 /// Text on black: some pixels at the idle text's white, most black.
 fn is_idle_picture(frame: &[u8]) -> bool {
     let luma = &frame[..SIZE.0 * SIZE.1];
@@ -87,6 +102,17 @@ async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
     );
     let lag_ms = (pattern::now_us().saturating_sub(later.capture_us)) as f64 / 1000.0;
 
+    // A second caller: two pictures side by side, each letterboxed into
+    // half the screen (320x240 at the middle of a 320x480 tile).
+    let (stop_c, task_c) = start_device(device_config(&room, ROOM, "device-c", |d| d));
+    let (left, right) = wait_for(&screen, 15, "two pictures side by side", |f| {
+        Some((tile_stamp(f, 0)?, tile_stamp(f, 320)?))
+    })
+    .await;
+    let _ = stop_c.send(());
+    task_c.await.expect("C's task");
+    wait_for(&screen, 10, "A alone again", stamp).await;
+
     let _ = stop_a.send(());
     task_a.await.expect("A's task");
     let t = Instant::now();
@@ -100,10 +126,12 @@ async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
     let b = task_b.await.expect("B's task");
     let s = b.stats().snapshot();
     println!(
-        "A on B's screen {:.2} s after A started; counters {} -> {} in 1 s; newest picture {lag_ms:.0} ms old when read; idle again {:.2} s after A left; {} pictures decoded, {} frames presented, {} decode errors, {} keyframes asked for",
+        "A on B's screen {:.2} s after A started; counters {} -> {} in 1 s; newest picture {lag_ms:.0} ms old when read; with C: tiles at {} and {}; idle again {:.2} s after A left; {} pictures decoded, {} frames presented, {} decode errors, {} keyframes asked for",
         shown_after.as_secs_f64(),
         first.counter,
         later.counter,
+        left.counter,
+        right.counter,
         idle_after.as_secs_f64(),
         s.remote_video_frames_decoded,
         s.display_frames,
