@@ -37,6 +37,10 @@ enum Command {
         /// Write what the device hears (the browser's audio) to this WAV file.
         #[arg(long)]
         wav: Option<PathBuf>,
+        /// Show who calls the device on a screen written to this
+        /// YUV4MPEG2 file or FIFO (`mpv FILE`).
+        #[arg(long)]
+        screen: Option<PathBuf>,
         /// Room service only, no device.
         #[arg(long)]
         no_device: bool,
@@ -422,10 +426,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             port,
             room_id,
             wav,
+            screen,
             no_device,
         } => {
             init_logging_at("info");
-            demo(port, room_id, wav, no_device)?;
+            demo(port, room_id, wav, screen, no_device)?;
         }
         Command::Device { config } => device(config)?,
         Command::Ctl {
@@ -516,7 +521,13 @@ fn room(config: PathBuf) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "room")]
-fn demo(port: u16, room_id: u32, wav: Option<PathBuf>, no_device: bool) -> anyhow::Result<()> {
+fn demo(
+    port: u16,
+    room_id: u32,
+    wav: Option<PathBuf>,
+    screen: Option<PathBuf>,
+    no_device: bool,
+) -> anyhow::Result<()> {
     use callbox::appliance::config::ApplianceConfig;
     use callbox::room::local::{
         loopback_config, DeviceToml, LocalRoom, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID,
@@ -546,6 +557,10 @@ fn demo(port: u16, room_id: u32, wav: Option<PathBuf>, no_device: bool) -> anyho
             .set("service", "control_socket", socket.as_str());
         if let Some(p) = &wav {
             device = device.set("audio", "playback", "wav").set("audio", "wav_path", p.display().to_string());
+        }
+        if let Some(p) = &screen {
+            device = device.set("display", "sink", "y4m").set("display", "path", p.display().to_string());
+            println!("  screen:       who calls the device, as YUV4MPEG2 in {} (mpv plays it)", p.display());
         }
         let device_config = ApplianceConfig::parse(std::path::Path::new("(demo device)"), &device.text())?;
         println!("  device:       userId {device_user} in room {room_id}: synthetic test pattern 640x480@30 + 440 Hz tone");

@@ -1,14 +1,16 @@
 // Device <-> Chromium: the seed page calls a callbox device (synthetic
 // camera and tone). The browser must play the device's video at the
 // configured size and its audio; the device must hear the browser's fake
-// microphone (energy in its WAV sink).
+// microphone (energy in its WAV sink) and show its fake camera on its
+// screen (the YUV4MPEG2 sink): moving pictures, not the idle text.
 import { join } from 'node:path';
-import { artifactDir, finish, launch, remoteMedia, scenario, seedCall, startDemo, waitUntil, wavLevels, sleep } from './lib.mjs';
+import { artifactDir, finish, launch, remoteMedia, scenario, seedCall, startDemo, waitUntil, wavLevels, sleep, y4mFrames } from './lib.mjs';
 
 const out = artifactDir();
 const wav = join(out, 'device-speaker.wav');
+const screen = join(out, 'device-screen.y4m');
 const roomId = 4321;
-const demo = await startDemo({ port: 18080, roomId, wav });
+const demo = await startDemo({ port: 18080, roomId, wav, screen });
 const browser = await launch();
 try {
   const page = await seedCall(browser, demo.base, { roomId, userId: 'browser-1' });
@@ -32,6 +34,25 @@ try {
     if (!/^127\.0\.0\.1:/.test(later.transport.remoteCandidate || '')) throw new Error(`ICE not on loopback: ${later.transport.remoteCandidate}`);
   });
   await page.screenshot({ path: join(out, 'device-call.png') });
+  await scenario('device shows the browser camera on its screen', async () => {
+    const mean = (f) => f.reduce((a, v) => a + v, 0) / f.length;
+    // The idle picture is black (luma 16) but for its text.
+    const black = (f) => f.reduce((n, v) => n + (v === 16 ? 1 : 0), 0) / f.length;
+    const differ = (a, b) => a.reduce((n, v, i) => n + (Math.abs(v - b[i]) > 24 ? 1 : 0), 0) / a.length;
+    const shown = await waitUntil('the browser on the device screen', async () => {
+      const { w, h, frames } = y4mFrames(screen);
+      const last = frames[frames.length - 1];
+      return { ok: frames.length > 20 && last && black(last) < 0.5, w, h, n: frames.length };
+    });
+    await sleep(1000);
+    const { frames } = y4mFrames(screen);
+    // One second apart at 15 fps: the fake camera's picture has moved.
+    const [a, b] = [frames[frames.length - 16], frames[frames.length - 1]];
+    const moved = differ(a, b);
+    console.log(`device screen ${shown.w}x${shown.h}: ${frames.length} frames, mean luma ${mean(b).toFixed(0)}, ${(black(b) * 100).toFixed(1)} % black, ${(moved * 100).toFixed(1)} % of pixels changed in 1 s`);
+    if (!(black(b) < 0.5)) throw new Error(`the device screen went back to idle (${black(b)} black)`);
+    if (!(moved > 0.001)) throw new Error(`the device screen is frozen (${moved})`);
+  });
   await sleep(1500);
 } finally {
   await browser.close();

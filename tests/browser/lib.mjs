@@ -14,11 +14,12 @@ export function chromiumPath() {
 }
 
 /** Run `callbox demo`; resolves once its room service answers /health. */
-export async function startDemo({ port, roomId, wav, device = true }) {
+export async function startDemo({ port, roomId, wav, screen, device = true }) {
   const bin = process.env.CALLBOX_BIN;
   if (!bin) throw new Error('CALLBOX_BIN is not set');
   const args = ['demo', '--port', String(port), '--room-id', String(roomId)];
   if (wav) args.push('--wav', wav);
+  if (screen) args.push('--screen', screen);
   if (!device) args.push('--no-device');
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info,str0m=warn,webrtc=warn,rtc=warn' } });
   const log = [];
@@ -178,3 +179,18 @@ process.on('unhandledRejection', (e) => {
   console.log(`FAILED: outside a scenario: ${e && e.stack}`);
   process.exit(1);
 });
+
+// A YUV4MPEG2 file as the device's screen writes it: size and frames (luma planes).
+export function y4mFrames(path) {
+  const data = readFileSync(path);
+  const end = data.indexOf(0x0a);
+  const header = data.subarray(0, end).toString();
+  const w = Number(/ W(\d+)/.exec(header)[1]);
+  const h = Number(/ H(\d+)/.exec(header)[1]);
+  const size = (w * h * 3) / 2;
+  const frames = [];
+  for (let at = end + 1; at + 6 + size <= data.length; at += 6 + size) {
+    frames.push(data.subarray(at + 6, at + 6 + w * h));
+  }
+  return { w, h, frames };
+}
