@@ -237,7 +237,7 @@ pub enum DisplayKind {
     None,
     /// The composed screen as YUV4MPEG2, to a file or a FIFO.
     Y4m,
-    /// A DRM/KMS screen (not implemented yet).
+    /// A DRM/KMS screen, the daemon its DRM master.
     Drm,
 }
 
@@ -258,7 +258,13 @@ pub struct DisplaySection {
     pub sink: DisplayKind,
     /// Where the `y4m` sink writes.
     pub path: Option<PathBuf>,
-    /// The composed screen's size.
+    /// For `drm`: the card (default: the first with a connected connector),
+    /// the connector as `callbox probe` names it, the mode (`1280x720`;
+    /// default: the connector's preferred one).
+    pub device: Option<PathBuf>,
+    pub connector: Option<String>,
+    pub mode: Option<String>,
+    /// The composed screen's size (y4m; drm takes the mode's).
     pub width: usize,
     pub height: usize,
     pub fps: u32,
@@ -272,6 +278,9 @@ impl Default for DisplaySection {
         DisplaySection {
             sink: DisplayKind::None,
             path: None,
+            device: None,
+            connector: None,
+            mode: None,
             width: 640,
             height: 480,
             fps: 15,
@@ -282,12 +291,19 @@ impl Default for DisplaySection {
 }
 
 impl DisplaySection {
+    /// `display.mode` as a size.
+    pub fn mode_size(&self) -> Option<(u16, u16)> {
+        let (w, h) = self.mode.as_deref()?.split_once('x')?;
+        Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
+    }
+
     pub fn validate(&self, p: &mut Problems) {
         match self.sink {
             DisplayKind::None => return,
-            DisplayKind::Drm => p.add(
-                "display.sink",
-                "drm (a DRM/KMS screen) is not implemented yet; use \"y4m\" or \"none\"",
+            DisplayKind::Drm => p.check(
+                self.mode.is_none() || self.mode_size().is_some(),
+                "display.mode",
+                "WIDTHxHEIGHT, as `callbox probe` lists the connector's modes",
             ),
             DisplayKind::Y4m => match &self.path {
                 None => p.add("display.path", "the y4m sink needs a path"),

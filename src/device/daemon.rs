@@ -15,9 +15,10 @@ use crate::client::{
 use crate::device::audio::{AudioError, AudioProcessor, NoProcessing, OpusEncoder};
 use crate::device::config::{DeviceConfig, DisplayKind, IdleKind};
 use crate::device::display::decode::VideoDecoder;
+use crate::device::display::kms::{KmsSettings, KmsSink};
 use crate::device::display::screen::{self, Idle, Screen, ScreenThread};
 use crate::device::display::y4m::Y4mSink;
-use crate::device::display::DisplaySink;
+use crate::device::display::{DisplaySink, Reopening};
 use crate::device::pipeline::{
     CameraParts, EncodedVideo, Heartbeats, OpenCamera, OpenEncoder, Outputs, Parts, Pipeline,
 };
@@ -179,25 +180,38 @@ pub struct Device {
     started: Instant,
 }
 
-/// The configured screen, composing; a sink that cannot be opened leaves
-/// the device without one (logged with a code), never stops it.
+/// The configured screen, composing. A y4m file that cannot be created
+/// leaves the device without a screen; a DRM screen that is missing or
+/// unplugged is retried (logged with a code) while the call goes on.
 fn open_display(c: &DeviceConfig, stats: &Arc<MediaStats>) -> Option<ScreenThread> {
     let d = &c.display;
-    let path = match (d.sink, &d.path) {
-        (DisplayKind::Y4m, Some(path)) => path,
-        _ => return None,
-    };
     let idle = match d.idle {
         IdleKind::Text => Idle::Text,
         IdleKind::Blank => Idle::Blank,
     };
-    let opened = Y4mSink::create(path, (d.width, d.height), d.fps)
-        .map_err(|e| e.to_string())
-        .and_then(|sink| {
-            log::info!("display: {} at {} fps", sink.describe(), d.fps);
-            screen::start(Box::new(sink), d.fps, idle, Arc::clone(stats)).map_err(|e| e.to_string())
-        });
-    match opened {
+    let sink: Result<Box<dyn DisplaySink>, String> = match (d.sink, &d.path) {
+        (DisplayKind::Y4m, Some(path)) => Y4mSink::create(path, (d.width, d.height), d.fps)
+            .map(|s| Box::new(s) as Box<dyn DisplaySink>)
+            .map_err(|e| e.to_string()),
+        (DisplayKind::Drm, _) => {
+            let settings = KmsSettings {
+                device: d.device.clone(),
+                connector: d.connector.clone(),
+                mode: d.mode_size(),
+            };
+            let open = Box::new(move || {
+                KmsSink::open(&settings).map(|s| Box::new(s) as Box<dyn DisplaySink>)
+            });
+            let size = (d.width, d.height);
+            Ok(Box::new(Reopening::new(open, size, Duration::from_secs(2))))
+        }
+        _ => return None,
+    };
+    let started = sink.and_then(|sink| {
+        log::info!("display: {} at {} fps", sink.describe(), d.fps);
+        screen::start(sink, d.fps, idle, Arc::clone(stats)).map_err(|e| e.to_string())
+    });
+    match started {
         Ok(s) => Some(s),
         Err(e) => {
             log::error!(

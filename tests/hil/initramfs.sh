@@ -25,7 +25,7 @@ cp "$P/busybox" "$S/bin/busybox"
 # The modules and what they depend on, decompressed (busybox modprobe reads
 # plain .ko), with a module database for the guest's modprobe.
 declare -A seen=()
-for name in configfs vivid snd-aloop virtio_pci virtio_net 9pnet_virtio 9p; do
+for name in configfs vivid snd-aloop virtio_pci virtio_net 9pnet_virtio 9p bochs; do
   while read -r cmd path _; do
     [ "$cmd" = insmod ] || continue
     rel=${path#"$MODDIR/"}

@@ -33,8 +33,11 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::Bytes;
 use callbox::client::{Client, ClientConfig, NetConfig, RemoteStream, RoomId};
 use callbox::device::audio::{OpusDecoder, OpusEncoder, FRAME, FRAME_SAMPLES, SAMPLE_RATE};
-use callbox::device::h264::H264Decoder;
+use callbox::device::frame::I420;
+use callbox::device::h264::{EncoderSettings, H264Decoder, OpenH264Encoder, VideoEncoder};
+use callbox::device::pattern;
 use callbox::device::tone;
+use callbox::device::video_source::{Frame, Pixels};
 use callbox::protocol::ServerMessage;
 use callbox::room::local::{http_post, room_toml, DeviceToml, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID};
 use common::{expect_event, free_port, receive, Received};
@@ -120,6 +123,7 @@ async fn run_arch(arch: Arch) -> Result<usize> {
         share.join("device-passthrough.toml"),
         device_toml(size, &["YUYV", "H264"], "passthrough")?,
     )?;
+    std::fs::write(share.join("device-screen.toml"), screen_device_toml(size)?)?;
     write_tone(&share.join("mic.wav"), MIC_HZ, 30, 0.4)?;
     // The near end's talker in the echo scenario, at about the echo's level.
     write_tone(&share.join("near.wav"), MIC_HZ, 30, 0.1)?;
@@ -192,6 +196,7 @@ async fn run_arch(arch: Arch) -> Result<usize> {
         probe_agrees
     );
     scenario!(10, "probe_measures_a_looped_echo_path", echo_probe);
+    scenario!(11, "screen_shows_the_caller", screen_shows_caller);
 
     if failed > 0 {
         let log = rig.guest.device_log();

@@ -19,6 +19,10 @@ pub(crate) fn guest_room_toml(media_port: u16) -> String {
 /// it close to real time at best (x86_64: capture overruns; arm64: a third
 /// of the audio), which would make the tone checks flaky.
 pub(crate) fn device_toml(size: (usize, usize), formats: &[&str], encoder: &str) -> Result<String> {
+    Ok(board(size, formats, encoder)?.text())
+}
+
+fn board(size: (usize, usize), formats: &[&str], encoder: &str) -> Result<DeviceToml> {
     let url = format!("ws://127.0.0.1:{GUEST_HTTP}/ws");
     let button = |line: &str| {
         format!(
@@ -51,7 +55,19 @@ pub(crate) fn device_toml(size: (usize, usize), formats: &[&str], encoder: &str)
             r#"{ echo_cancellation = false, noise_suppression = "off", auto_gain = false, high_pass = false }"#,
         )?
         .set("service", "log_level", "info");
-    Ok(toml.text())
+    Ok(toml)
+}
+
+/// The board with its screen (bochs-display, DRM) at 640x480, the size
+/// the host's pattern is sent at, so its stamps read back 1:1 from the
+/// screen; no camera of its own (it only has to show).
+pub(crate) fn screen_device_toml(size: (usize, usize)) -> Result<String> {
+    Ok(board(size, &["YU12"], "openh264")?
+        .set("video", "enabled", false)
+        .set("display", "sink", "drm")
+        .set("display", "mode", "640x480")
+        .set("display", "fps", 15)
+        .text())
 }
 
 pub(crate) fn write_tone(path: &Path, hz: f64, secs: u32, amplitude: f64) -> Result<()> {

@@ -58,6 +58,69 @@ pub(crate) struct Guest {
     pub(crate) http: SocketAddr,
 }
 
+impl Guest {
+    /// What the guest's screen shows, by QMP `screendump` (a PPM): its size
+    /// and RGB pixels.
+    pub(crate) async fn screendump(&self) -> Result<((usize, usize), Vec<u8>)> {
+        let file = self.dir.join("screendump.ppm");
+        let _ = std::fs::remove_file(&file);
+        let stream = tokio::net::UnixStream::connect(self.dir.join("qmp.sock")).await?;
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        lines.next_line().await?; // the greeting
+        write
+            .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+            .await?;
+        qmp_return(&mut lines).await?;
+        let cmd = json!({"execute": "screendump", "arguments": {"filename": file}});
+        write.write_all(format!("{cmd}\n").as_bytes()).await?;
+        qmp_return(&mut lines).await?;
+        let data = std::fs::read(&file)?;
+        parse_ppm(&data).ok_or_else(|| anyhow!("screendump: not a P6 PPM"))
+    }
+}
+
+type QmpLines = tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>;
+
+/// Read QMP replies until the command's `return` (events skipped).
+async fn qmp_return(lines: &mut QmpLines) -> Result<()> {
+    loop {
+        let line = lines
+            .next_line()
+            .await?
+            .ok_or_else(|| anyhow!("QMP closed"))?;
+        let v: Value = serde_json::from_str(&line)?;
+        if v.get("return").is_some() {
+            return Ok(());
+        }
+        if let Some(e) = v.get("error") {
+            bail!("QMP: {e}");
+        }
+    }
+}
+
+/// A binary PPM (P6, maxval 255): size and RGB.
+fn parse_ppm(data: &[u8]) -> Option<((usize, usize), Vec<u8>)> {
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while fields.len() < 4 {
+        while data.get(at)?.is_ascii_whitespace() {
+            at += 1;
+        }
+        let start = at;
+        while !data.get(at)?.is_ascii_whitespace() {
+            at += 1;
+        }
+        fields.push(std::str::from_utf8(&data[start..at]).ok()?);
+    }
+    let (w, h): (usize, usize) = (fields[1].parse().ok()?, fields[2].parse().ok()?);
+    if fields[0] != "P6" || fields[3] != "255" {
+        return None;
+    }
+    let pixels = data.get(at + 1..at + 1 + w * h * 3)?;
+    Some(((w, h), pixels.to_vec()))
+}
+
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.qemu.kill();
@@ -222,6 +285,13 @@ pub(crate) fn boot(
              hostfwd=udp:127.0.0.1:{media_port}-:{media_port}"
         ))
         .args(["-device", "virtio-net-pci,netdev=n0"])
+        // The board's screen (Debian's bochs DRM driver), read back over QMP.
+        .args(["-device", "bochs-display"])
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.join("qmp.sock").display()
+        ))
         .arg("-virtfs")
         .arg(format!(
             "local,path={},mount_tag=share,security_model=none,id=share",

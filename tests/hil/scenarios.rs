@@ -516,6 +516,7 @@ impl Rig {
         self.guest
             .ok("hil-device start /etc/callbox/device.toml")
             .await?;
+        self.guest.wait_state("in-call", 30).await?;
         Ok(format!("{}; path cut: {}; {}", measured?, cut?, cost?))
     }
 
@@ -587,4 +588,170 @@ impl Rig {
         );
         Ok(format!("exit 1, \"{check}\""))
     }
+
+    /// Scenario 11: the board's screen (bochs-display, the daemon its DRM
+    /// master) shows a caller: the host publishes the test pattern, and
+    /// QMP screendumps of the guest's screen carry its stamps, counters
+    /// rising; `ctl screenshot` matches the screendump; when the caller
+    /// stops, the idle picture.
+    pub(crate) async fn screen_shows_caller(&mut self) -> Result<String> {
+        self.guest.ok("hil-device stop").await?;
+        self.viewer()?.expect_device_gone(10).await?;
+        self.guest
+            .ok("hil-device start /etc/callbox/device-screen.toml")
+            .await?;
+        self.guest.wait_state("in-call", 30).await?;
+        let shown = self.show_pattern().await;
+        self.guest.ok("hil-device stop").await?;
+        self.guest
+            .ok("hil-device start /etc/callbox/device.toml")
+            .await?;
+        self.guest.wait_state("in-call", 30).await?;
+        shown
+    }
+
+    async fn show_pattern(&mut self) -> Result<String> {
+        let viewer = self.viewer()?;
+        let local = viewer.client.publish(false, true).await?;
+        let track = local
+            .video()
+            .cloned()
+            .ok_or_else(|| anyhow!("no video track"))?;
+        let size = (640, 480);
+        let sender = tokio::spawn(async move {
+            let mut enc = OpenH264Encoder::new(EncoderSettings {
+                width: size.0,
+                height: size.1,
+                fps: 15,
+                bitrate_bps: 1_000_000,
+                keyframe_interval_frames: 30,
+                library: None,
+            })?;
+            let mut buf = vec![0u8; size.0 * size.1 * 3 / 2];
+            let mut out = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(66));
+            for counter in 0u32.. {
+                tick.tick().await;
+                let stamp = pattern::Stamp {
+                    counter,
+                    capture_us: pattern::now_us(),
+                };
+                pattern::draw(&mut buf, size.0, size.1, stamp);
+                let frame = Frame {
+                    pixels: Pixels::I420(
+                        I420::packed(&buf, size.0, size.1).ok_or_else(|| anyhow!("frame"))?,
+                    ),
+                    capture_us: stamp.capture_us,
+                    copies: 0,
+                };
+                if enc.encode(&frame, counter == 0, &mut out)?.is_some() {
+                    track
+                        .write(Bytes::copy_from_slice(&out), Duration::from_millis(66))
+                        .await?;
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+        let seen = self.screen_stamps().await;
+        sender.abort();
+        self.viewer()?.client.unpublish().await?;
+        let (first, second, lag_ms) = seen?;
+        let idle = self.screen_idle().await?;
+        Ok(format!(
+            "the pattern on the screen: counters {} -> {} in 0.5 s, {lag_ms:.0} ms from the publisher's stamp to the screendump; {idle}",
+            first.counter, second.counter
+        ))
+    }
+
+    /// Two screendumps 0.5 s apart, both with the pattern's stamp.
+    async fn screen_stamps(&mut self) -> Result<(pattern::Stamp, pattern::Stamp, f64)> {
+        let t = Instant::now();
+        let first = loop {
+            let (size, rgb) = self.guest.screendump().await?;
+            if let Some(s) = screen_stamp(size, &rgb) {
+                break s;
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(20),
+                "no pattern on the screen within 20 s (screen {size:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (size, rgb) = self.guest.screendump().await?;
+        let dumped = pattern::now_us();
+        let second = screen_stamp(size, &rgb).ok_or_else(|| anyhow!("the pattern went away"))?;
+        ensure!(
+            second.counter > first.counter,
+            "the screen does not move: {first:?} then {second:?}"
+        );
+        Ok((
+            first,
+            second,
+            dumped.saturating_sub(second.capture_us) as f64 / 1000.0,
+        ))
+    }
+
+    /// The caller gone: the idle picture, and `ctl screenshot` shows what
+    /// the screendump does.
+    async fn screen_idle(&mut self) -> Result<String> {
+        let t = Instant::now();
+        let (size, rgb) = loop {
+            let (size, rgb) = self.guest.screendump().await?;
+            let black = rgb.chunks(3).filter(|p| p.iter().all(|&c| c < 8)).count();
+            if screen_stamp(size, &rgb).is_none() && black * 10 > size.0 * size.1 * 9 {
+                break (size, rgb);
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "no idle picture within 10 s of the caller leaving"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        self.guest
+            .ok("callbox ctl screenshot /share/screen.png")
+            .await?;
+        let decoder =
+            png::Decoder::new(std::fs::File::open(self.guest.share().join("screen.png"))?);
+        let mut reader = decoder.read_info()?;
+        let mut shot = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut shot)?;
+        ensure!(
+            (info.width as usize, info.height as usize) == size,
+            "screenshot {}x{}, screen {size:?}",
+            info.width,
+            info.height
+        );
+        // Two BT.601 conversions (ours for the PNG, the yuv crate's for
+        // the screen): equal within rounding.
+        let worst = shot
+            .iter()
+            .zip(&rgb)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap_or(0);
+        ensure!(
+            worst <= 3,
+            "screenshot and screendump differ by up to {worst}"
+        );
+        Ok(format!(
+            "idle picture {:.2} s after the caller left; ctl screenshot = screendump ({}x{}, within {worst})",
+            t.elapsed().as_secs_f64(),
+            size.0,
+            size.1
+        ))
+    }
+}
+
+/// The pattern's stamp on an RGB screen at 640x480 (drawn 1:1).
+fn screen_stamp(size: (usize, usize), rgb: &[u8]) -> Option<pattern::Stamp> {
+    if size != (640, 480) {
+        return None;
+    }
+    let mut i420 = vec![128u8; size.0 * size.1 * 3 / 2];
+    for (y, px) in i420.iter_mut().zip(rgb.chunks(3)) {
+        let l = 0.299 * px[0] as f64 + 0.587 * px[1] as f64 + 0.114 * px[2] as f64;
+        *y = (16.0 + l * 219.0 / 255.0).round() as u8;
+    }
+    pattern::read(&I420::packed(&i420, size.0, size.1)?)
 }

@@ -5,12 +5,12 @@
 //! - [`screen`]: the compositor thread: latest picture per remote stream
 //!   (plus the self-view and the call state) -> canvas -> sink, at a fixed rate.
 //! - [`decode`]: a remote stream's RTP -> H.264 access units -> pictures.
-//! - [`y4m`]: the YUV4MPEG2 sink (file or FIFO).
-//!
-//! A DRM/KMS sink is not implemented yet: the config refuses it by name.
+//! - [`y4m`]: the YUV4MPEG2 sink (file or FIFO); [`kms`]: the DRM/KMS
+//!   screen; [`Reopening`]: a sink that is missing or unplugged, retried.
 
 pub mod canvas;
 pub mod decode;
+pub mod kms;
 pub mod layout;
 pub mod screen;
 pub mod y4m;
@@ -27,6 +27,17 @@ pub enum DisplayError {
     },
     #[error("screenshot: PNG: {0}")]
     Png(String),
+    #[error("DRM {}: {what}: {source}", .path.display())]
+    Kms {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("display: {0}")]
+    Convert(String),
+    #[error("no display yet (retried every {} s)", .0.as_secs())]
+    Missing(std::time::Duration),
 }
 
 /// Where the composed screen goes.
@@ -36,4 +47,66 @@ pub trait DisplaySink: Send {
     /// Present one composed frame.
     fn show(&mut self, canvas: &canvas::Canvas) -> Result<(), DisplayError>;
     fn describe(&self) -> String;
+}
+
+/// A sink that may be missing (no card yet, unplugged): opened again every
+/// `retry` while it is, so the device goes on without a screen meanwhile.
+pub struct Reopening {
+    open: Box<dyn FnMut() -> Result<Box<dyn DisplaySink>, DisplayError> + Send>,
+    inner: Option<Box<dyn DisplaySink>>,
+    /// The size to compose at until the sink says otherwise.
+    size: (usize, usize),
+    retry: std::time::Duration,
+    next_try: std::time::Instant,
+}
+
+impl Reopening {
+    pub fn new(
+        open: Box<dyn FnMut() -> Result<Box<dyn DisplaySink>, DisplayError> + Send>,
+        size: (usize, usize),
+        retry: std::time::Duration,
+    ) -> Reopening {
+        Reopening {
+            open,
+            inner: None,
+            size,
+            retry,
+            next_try: std::time::Instant::now(),
+        }
+    }
+}
+
+impl DisplaySink for Reopening {
+    fn size(&self) -> (usize, usize) {
+        self.inner.as_ref().map_or(self.size, |s| s.size())
+    }
+
+    fn show(&mut self, canvas: &canvas::Canvas) -> Result<(), DisplayError> {
+        if self.inner.is_none() && std::time::Instant::now() >= self.next_try {
+            self.next_try = std::time::Instant::now() + self.retry;
+            match (self.open)() {
+                Ok(sink) => {
+                    log::info!("display: {}", sink.describe());
+                    self.inner = Some(sink);
+                    // Composed for the old size: the next frame fits.
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(sink) = self.inner.as_mut() else {
+            return Err(DisplayError::Missing(self.retry));
+        };
+        let shown = sink.show(canvas);
+        if shown.is_err() {
+            self.inner = None;
+        }
+        shown
+    }
+
+    fn describe(&self) -> String {
+        self.inner
+            .as_ref()
+            .map_or_else(|| "no display yet".to_owned(), |s| s.describe())
+    }
 }

@@ -163,6 +163,10 @@ pub fn start(
             let mut canvas = Canvas::new(size.0, size.1);
             let mut failing = false;
             while s.running.load(Relaxed) {
+                let size = sink.size();
+                if size != (canvas.width, canvas.height) {
+                    canvas = Canvas::new(size.0, size.1);
+                }
                 compose(&s.scene(), &mut canvas, idle);
                 match sink.show(&canvas) {
                     Ok(()) => {
