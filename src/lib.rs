@@ -50,7 +50,8 @@
 //! `H264Decoder::decode` -> `Screen::show` (latest picture per stream);
 //! thread `screen`, at the display's rate: `screen::compose`
 //! (`layout::tiles`, `layout::fit`, `Canvas::blit`, or the idle text) ->
-//! `DisplaySink::show` (`Y4mSink`). Loss or a decoding error ->
+//! `DisplaySink::show` (`KmsSink`: I420 -> XRGB into the back dumb buffer,
+//! page flip; or `Y4mSink`). Loss or a decoding error ->
 //! `RemoteStream::keyframe_requester` -> PLI to the publisher.
 //!
 //! **userSig -> verdict**: `Client::join` sends `ClientMessage::Join` ->
