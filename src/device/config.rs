@@ -583,6 +583,37 @@ playback = "null"
         assert!(!format!("{c:?}").contains("\"sig\""));
     }
 
+    fn display_problems(section: &str) -> Vec<String> {
+        let text = format!("{GOOD}\n[display]\n{section}\n");
+        match DeviceConfig::parse(Path::new("d.toml"), &text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| p.key).collect()
+            }
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn display_settings_are_checked_by_key() {
+        assert!(display_problems("sink = \"drm\"\nmode = \"1280x720\"").is_empty());
+        assert_eq!(
+            display_problems("sink = \"drm\"\nmode = \"big\""),
+            ["display.mode"]
+        );
+        assert_eq!(display_problems("sink = \"y4m\""), ["display.path"]);
+        assert_eq!(
+            display_problems("sink = \"y4m\"\npath = \"/nonexistent-dir/s.y4m\""),
+            ["display.path"]
+        );
+        assert_eq!(
+            display_problems("sink = \"y4m\"\npath = \"/tmp/s.y4m\"\nfps = 0\nself_view = true"),
+            ["display.fps", "display.self_view"]
+        );
+        // A headless board ignores the rest.
+        assert!(display_problems("sink = \"none\"\nfps = 0").is_empty());
+    }
+
     #[test]
     fn every_problem_is_reported_with_its_key() {
         let bad = GOOD
