@@ -480,6 +480,19 @@ async fn daemon_through_control_socket_ban_reconnect_and_dead_media() {
     phase("SIGTERM", rig.sigterm()).await;
 }
 
+/// `callbox device` on `toml`, written to `config`.
+fn spawn_daemon(config: &Path, toml: &DeviceToml) -> Proc {
+    std::fs::write(config, toml.text()).expect("write device.toml");
+    Proc(
+        Command::new(BIN)
+            .args(["device", "--config"])
+            .arg(config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn callbox device"),
+    )
+}
+
 /// An expired userSig: the daemon fails with that reason (error LED on)
 /// instead of retrying, and stays up for `ctl` and a new provisioning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,15 +516,7 @@ async fn expired_usersig_fails_with_its_reason() {
         .set("room", "user_sig", expired)
         .set("video", "enabled", false)
         .set("service", "control_socket", socket.display().to_string());
-    std::fs::write(&config, toml.text()).expect("write device.toml");
-    let _daemon = Proc(
-        Command::new(BIN)
-            .args(["device", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn callbox device"),
-    );
+    let _daemon = spawn_daemon(&config, &toml);
     let t0 = Instant::now();
     while !socket.exists() {
         assert!(t0.elapsed() < Duration::from_secs(10), "no control socket");
@@ -555,15 +560,7 @@ async fn ctl_screenshot_writes_what_the_screen_shows() {
         .set("display", "width", 320)
         .set("display", "height", 240)
         .set("service", "control_socket", socket.display().to_string());
-    std::fs::write(&config, toml.text()).expect("write device.toml");
-    let _daemon = Proc(
-        Command::new(BIN)
-            .args(["device", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn callbox device"),
-    );
+    let _daemon = spawn_daemon(&config, &toml);
     let t0 = Instant::now();
     let frame = loop {
         let data = std::fs::read(&screen).unwrap_or_default();
