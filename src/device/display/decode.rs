@@ -134,3 +134,111 @@ impl Assembly {
         self.au.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::display::screen::{self, Idle};
+    use crate::device::display::y4m::Y4mSink;
+    use crate::device::frame::{i420_len, I420};
+    use crate::device::h264::{EncoderSettings, OpenH264Encoder, VideoEncoder};
+    use crate::device::pattern::{self, Stamp};
+    use crate::device::video_source::{Frame, Pixels};
+    use rtc::rtp::codec::h264::H264Payloader;
+    use rtc::rtp::packetizer::Payloader;
+
+    /// The pattern encoded (IDR at the frames in `idr`), as RTP packets per frame.
+    fn stream(frames: u32, idr: &[u32]) -> Vec<Vec<rtc::rtp::Packet>> {
+        let (w, h) = (320, 240);
+        let mut enc = OpenH264Encoder::new(EncoderSettings {
+            width: w,
+            height: h,
+            fps: 30,
+            bitrate_bps: 500_000,
+            keyframe_interval_frames: 300,
+            library: None,
+        })
+        .expect("encoder");
+        let mut buf = vec![0u8; i420_len(w, h)];
+        let (mut out, mut seq) = (Vec::new(), 0u16);
+        let mut payloader = H264Payloader::default();
+        (0..frames)
+            .map(|n| {
+                let stamp = Stamp {
+                    counter: n,
+                    capture_us: 0,
+                };
+                pattern::draw(&mut buf, w, h, stamp);
+                let frame = Frame {
+                    pixels: Pixels::I420(I420::packed(&buf, w, h).expect("frame")),
+                    capture_us: 0,
+                    copies: 0,
+                };
+                enc.encode(&frame, idr.contains(&n), &mut out)
+                    .expect("encode");
+                let payloads = payloader
+                    .payload(1200, &bytes::Bytes::copy_from_slice(&out))
+                    .expect("payload");
+                let last = payloads.len() - 1;
+                payloads
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, payload)| {
+                        seq = seq.wrapping_add(1);
+                        let mut p = rtc::rtp::Packet {
+                            payload,
+                            ..Default::default()
+                        };
+                        p.header.sequence_number = seq;
+                        p.header.marker = i == last;
+                        p
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_lost_packet_asks_for_a_keyframe_and_pictures_resume_at_the_next() {
+        let frames = stream(10, &[0, 6]);
+        let stats = Arc::new(MediaStats::default());
+        let sink =
+            Y4mSink::create(std::path::Path::new("/dev/null"), (320, 240), 30).expect("sink");
+        let shown =
+            screen::start(Box::new(sink), 30, Idle::Blank, Arc::clone(&stats)).expect("screen");
+        shown.screen.add("s");
+        let asked = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&asked);
+        let keyframe = Box::new(move || {
+            counter.fetch_add(1, Relaxed);
+        });
+        let dec = VideoDecoder::start("s", shown.screen.clone(), keyframe, Arc::clone(&stats))
+            .expect("decoder");
+        let decoded = || stats.remote_video_frames_decoded.load(Relaxed);
+        for p in frames[..3].iter().flatten() {
+            dec.push(p.clone());
+        }
+        wait_for("the first three frames decode", || decoded() == 3);
+        assert_eq!(asked.load(Relaxed), 0);
+        // Frame 3 loses its first packet: nothing more decodes until the IDR.
+        for p in frames[3..6].iter().flatten().skip(1) {
+            dec.push(p.clone());
+        }
+        wait_for("a keyframe is asked for", || asked.load(Relaxed) >= 1);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(decoded(), 3, "damaged frames were shown");
+        for p in frames[6..].iter().flatten() {
+            dec.push(p.clone());
+        }
+        wait_for("pictures resume at the keyframe", || decoded() == 7);
+        assert_eq!(stats.remote_video_decode_errors.load(Relaxed), 0);
+    }
+}
