@@ -176,17 +176,17 @@ pub fn start(
                     Err(e) if !failing => {
                         failing = true;
                         log::error!(
-                            "display failed (code {:#06x}): {e}; retrying every frame",
+                            "display failed (code {:#06x}): {e}; the call goes on, the display is retried",
                             crate::protocol::code::DEVICE_NOT_FOUND
                         );
                     }
                     Err(_) => {}
                 }
+                // clone_from: the sink may have changed size (a screen plugged in).
                 s.last
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .data
-                    .copy_from_slice(&canvas.data);
+                    .clone_from(&canvas);
                 pacer.wait();
             }
         })?;
