@@ -18,10 +18,10 @@
 mod common;
 
 use callbox::client::{Client, RoomId};
-use callbox::device::frame::{i420_len, I420};
+use callbox::device::frame::i420_len;
 use callbox::device::h264::{EncoderSettings, H264Decoder, OpenH264Encoder, VideoEncoder};
 use callbox::device::pattern::{self, Stamp};
-use callbox::device::video_source::{Frame, Pixels};
+use callbox::device::video_source::pattern_frame;
 use callbox::protocol::{MediaKind, ServerMessage};
 use callbox::room::local::{loopback_config, DeviceToml, LocalRoom};
 use rtc::rtp::codec::h264::H264Packet;
@@ -57,20 +57,11 @@ fn encode_bench(frames: u32) -> (f64, f64) {
     let mut out = Vec::new();
     let mut times = Vec::new();
     for counter in 1..=frames {
-        pattern::draw(
-            &mut buf,
-            w,
-            h,
-            Stamp {
-                counter,
-                capture_us: pattern::now_us(),
-            },
-        );
-        let frame = Frame {
-            pixels: Pixels::I420(I420::packed(&buf, w, h).expect("buffer")),
-            capture_us: 0,
-            copies: 0,
+        let stamp = Stamp {
+            counter,
+            capture_us: pattern::now_us(),
         };
+        let frame = pattern_frame(&mut buf, w, h, stamp).expect("buffer");
         let t = Instant::now();
         enc.encode(&frame, false, &mut out).expect("encode");
         times.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -9,10 +9,10 @@ use callbox::device::display::canvas::Canvas;
 use callbox::device::display::layout::{fit, Rect};
 use callbox::device::display::y4m::Y4mSink;
 use callbox::device::display::DisplaySink;
-use callbox::device::frame::{i420_len, I420};
+use callbox::device::frame::i420_len;
 use callbox::device::h264::{EncoderSettings, H264Decoder, OpenH264Encoder, VideoEncoder};
 use callbox::device::pattern::{self, Stamp};
-use callbox::device::video_source::{Frame, Pixels};
+use callbox::device::video_source::pattern_frame;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -36,12 +36,7 @@ fn stream(size: (usize, usize), frames: u32) -> Vec<Vec<u8>> {
                 counter: n,
                 capture_us: pattern::now_us(),
             };
-            pattern::draw(&mut buf, w, h, stamp);
-            let frame = Frame {
-                pixels: Pixels::I420(I420::packed(&buf, w, h).expect("buffer")),
-                capture_us: stamp.capture_us,
-                copies: 0,
-            };
+            let frame = pattern_frame(&mut buf, w, h, stamp).expect("buffer");
             enc.encode(&frame, n == 0, &mut out).expect("encode")?;
             Some(out.clone())
         })

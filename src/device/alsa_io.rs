@@ -75,6 +75,13 @@ fn open(device: &str, dir: Direction) -> Result<Pcm, AudioError> {
 }
 
 impl Pcm {
+    /// Frames between the application and the converter (`snd_pcm_delay`).
+    // snd_pcm_sframes_t is 32-bit on armv7: the conversion is not useless there.
+    #[allow(clippy::useless_conversion)]
+    fn delay(&self) -> Option<i64> {
+        self.pcm.delay().ok().map(i64::from)
+    }
+
     fn err(&self, what: &'static str) -> impl Fn(alsa::Error) -> AudioError + '_ {
         move |source| AudioError::Alsa {
             device: self.device.clone(),
@@ -137,10 +144,8 @@ impl AudioSource for AlsaCapture {
         )
     }
 
-    // snd_pcm_sframes_t is 32-bit on armv7: the conversion is not useless there.
-    #[allow(clippy::useless_conversion)]
     fn delay_samples(&self) -> Option<i64> {
-        self.pcm.pcm.delay().ok().map(i64::from)
+        self.pcm.delay()
     }
 }
 
@@ -178,10 +183,8 @@ impl AudioSink for AlsaPlayback {
         Ok(())
     }
 
-    // snd_pcm_sframes_t is 32-bit on armv7: the conversion is not useless there.
-    #[allow(clippy::useless_conversion)]
     fn delay_samples(&self) -> Option<i64> {
-        self.pcm.pcm.delay().ok().map(i64::from)
+        self.pcm.delay()
     }
 
     fn describe(&self) -> String {

@@ -8,7 +8,7 @@
 //! library's job. The device I/O that plays and records is
 //! `audio_tool::echo_test`.
 
-use crate::device::processing::{process_recording, EchoReport, NoiseLevel, Settings};
+use crate::device::processing::{power, process_recording, EchoReport, NoiseLevel, Settings};
 use serde::Serialize;
 
 const RATE: usize = 48_000;
@@ -73,10 +73,6 @@ pub fn probe_signal() -> Vec<i16> {
         *s = ((x >> 16) as i16) / 3;
     }
     out
-}
-
-fn power(x: &[i16]) -> f64 {
-    x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len().max(1) as f64
 }
 
 fn dbfs(p: f64) -> f64 {

@@ -56,6 +56,22 @@ impl<'a> I420<'a> {
         })
     }
 
+    /// Copy the planes, rows without their padding, into `out` (cleared
+    /// first): a tightly packed frame for [`I420::packed`].
+    pub fn pack_into(&self, out: &mut Vec<u8>) {
+        let (w, h) = (self.width, self.height);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        out.clear();
+        for row in 0..h {
+            out.extend_from_slice(&self.y[row * self.y_stride..][..w]);
+        }
+        for plane in [self.u, self.v] {
+            for row in 0..ch {
+                out.extend_from_slice(&plane[row * self.uv_stride..][..cw]);
+            }
+        }
+    }
+
     /// Luma at (x, y).
     pub fn luma(&self, x: usize, y: usize) -> u8 {
         self.y[y * self.y_stride + x]

@@ -240,19 +240,19 @@ impl H264Decoder {
             return Ok(None);
         };
         let (w, h) = pic.dimensions();
-        let (ys, us, vs) = pic.strides();
+        // U and V share OpenH264's one chroma stride (its iStride[1]).
+        let (ys, us, _) = pic.strides();
+        let decoded = I420 {
+            width: w,
+            height: h,
+            y: pic.y(),
+            u: pic.u(),
+            v: pic.v(),
+            y_stride: ys,
+            uv_stride: us,
+        };
         // Repack to a contiguous buffer (decoded planes are padded); only tests and sinks use this.
-        self.buf.clear();
-        for row in 0..h {
-            self.buf.extend_from_slice(&pic.y()[row * ys..row * ys + w]);
-        }
-        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-        for (plane, stride) in [(pic.u(), us), (pic.v(), vs)] {
-            for row in 0..ch {
-                self.buf
-                    .extend_from_slice(&plane[row * stride..row * stride + cw]);
-            }
-        }
+        decoded.pack_into(&mut self.buf);
         let view = I420::packed(&self.buf, w, h)
             .ok_or_else(|| VideoError::Encoder("decoded frame size".into()))?;
         Ok(Some(f(&view)))
@@ -264,6 +264,7 @@ mod tests {
     use super::*;
     use crate::device::frame::i420_len;
     use crate::device::pattern::{self, Stamp};
+    use crate::device::video_source::pattern_frame;
 
     fn settings(library: Option<PathBuf>) -> EncoderSettings {
         EncoderSettings {
@@ -288,12 +289,7 @@ mod tests {
                 counter,
                 capture_us: 1_000_000 + counter as u64,
             };
-            pattern::draw(&mut buf, 320, 240, stamp);
-            let frame = Frame {
-                pixels: Pixels::I420(I420::packed(&buf, 320, 240).unwrap()),
-                capture_us: 0,
-                copies: 0,
-            };
+            let frame = pattern_frame(&mut buf, 320, 240, stamp).unwrap();
             // PLI at frame 20 -> that frame is a keyframe.
             let key = enc.encode(&frame, counter == 20, &mut out).unwrap();
             let Some(key) = key else { continue };

@@ -194,7 +194,8 @@ impl Apm {
     }
 }
 
-fn power(x: &[i16]) -> f64 {
+/// Mean power of a block of samples.
+pub(crate) fn power(x: &[i16]) -> f64 {
     x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len().max(1) as f64
 }
 

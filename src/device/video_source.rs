@@ -54,6 +54,23 @@ pub trait VideoSource: Send {
     fn describe(&self) -> String;
 }
 
+/// The test pattern with `stamp`, drawn into `buf` (tightly packed I420 at
+/// `width` x `height`), as a camera hands out a frame; `None` if `buf` is
+/// too small.
+pub fn pattern_frame(
+    buf: &mut [u8],
+    width: usize,
+    height: usize,
+    stamp: Stamp,
+) -> Option<Frame<'_>> {
+    pattern::draw(buf, width, height, stamp);
+    Some(Frame {
+        pixels: Pixels::I420(I420::packed(buf, width, height)?),
+        capture_us: stamp.capture_us,
+        copies: 0,
+    })
+}
+
 /// The synthetic camera: the test pattern, drawn in place each frame at
 /// the configured rate.
 pub struct SyntheticCamera {
@@ -87,14 +104,8 @@ impl VideoSource for SyntheticCamera {
             counter: self.counter,
             capture_us,
         };
-        pattern::draw(&mut self.buf, self.width, self.height, stamp);
-        let i420 = I420::packed(&self.buf, self.width, self.height)
-            .ok_or_else(|| VideoError::Encoder("pattern buffer too small".into()))?;
-        Ok(Frame {
-            pixels: Pixels::I420(i420),
-            capture_us,
-            copies: 0,
-        })
+        pattern_frame(&mut self.buf, self.width, self.height, stamp)
+            .ok_or_else(|| VideoError::Encoder("pattern buffer too small".into()))
     }
 
     fn size(&self) -> (usize, usize) {

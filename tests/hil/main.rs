@@ -37,7 +37,7 @@ use callbox::device::frame::I420;
 use callbox::device::h264::{EncoderSettings, H264Decoder, OpenH264Encoder, VideoEncoder};
 use callbox::device::pattern;
 use callbox::device::tone;
-use callbox::device::video_source::{Frame, Pixels};
+use callbox::device::video_source::pattern_frame;
 use callbox::protocol::ServerMessage;
 use callbox::room::local::{http_post, room_toml, DeviceToml, DEMO_ADMIN_KEY, DEMO_SDK_APP_ID};
 use common::{expect_event, free_port, receive, Received};

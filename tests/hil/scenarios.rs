@@ -19,6 +19,19 @@ pub(crate) struct Rig {
 }
 
 impl Rig {
+    /// Stop the daemon and see its stream leave the room.
+    async fn stop_device(&mut self) -> Result<()> {
+        self.guest.ok("hil-device stop").await?;
+        self.viewer()?.expect_device_gone(10).await
+    }
+
+    /// Start the daemon as `config` provisions it, and wait until it is in the call.
+    async fn start_device(&mut self, config: &str) -> Result<()> {
+        self.guest.ok(&format!("hil-device start {config}")).await?;
+        self.guest.wait_state("in-call", 30).await?;
+        Ok(())
+    }
+
     pub(crate) fn viewer(&mut self) -> Result<&mut Viewer> {
         self.viewer
             .as_mut()
@@ -377,12 +390,8 @@ impl Rig {
         );
 
         // The same board provisioned for YUYV: restart the service.
-        self.guest.ok("hil-device stop").await?;
-        self.viewer()?.expect_device_gone(10).await?;
-        self.guest
-            .ok("hil-device start /etc/callbox/device-yuyv.toml")
-            .await?;
-        self.guest.wait_state("in-call", 30).await?;
+        self.stop_device().await?;
+        self.start_device("/etc/callbox/device-yuyv.toml").await?;
         let viewer = self.viewer()?;
         viewer.subscribe_device(15).await?;
         let got = viewer.receive(2.0).await?;
@@ -413,8 +422,7 @@ impl Rig {
     /// camera still enumerating, or unplugged): it joins audio-only,
     /// degraded, and picks the camera up when it appears.
     pub(crate) async fn boot_without_camera(&mut self) -> Result<String> {
-        self.guest.ok("hil-device stop").await?;
-        self.viewer()?.expect_device_gone(10).await?;
+        self.stop_device().await?;
         self.guest.ok("rmmod vivid").await?;
         self.guest.ok("hil-device start").await?;
         let (joined, s) = self
@@ -461,8 +469,7 @@ impl Rig {
     /// same camera for OpenH264 passes. The daemon is stopped meanwhile (a
     /// streaming camera refuses a second format).
     pub(crate) async fn probe_agrees(&mut self) -> Result<String> {
-        self.guest.ok("hil-device stop").await?;
-        self.viewer()?.expect_device_gone(10).await?;
+        self.stop_device().await?;
         let (code, out) = self
             .guest
             .sh("callbox probe --config /etc/callbox/device-passthrough.toml")
@@ -484,10 +491,7 @@ impl Rig {
             .sh("callbox probe --config /etc/callbox/device-yuyv.toml")
             .await?;
         ensure!(ok_code == 0, "YUYV probe exited {ok_code}: {ok_out}");
-        self.guest
-            .ok("hil-device start /etc/callbox/device.toml")
-            .await?;
-        self.guest.wait_state("in-call", 30).await?;
+        self.start_device("/etc/callbox/device.toml").await?;
         Ok(format!(
             "passthrough on vivid: exit 1, \"{line}\"; openh264 on YUYV: exit 0; daemon back in call"
         ))
@@ -499,8 +503,7 @@ impl Rig {
     /// path through the real drivers and runs the device's canceller on
     /// what it recorded; with the path cut it reports the speaker unheard.
     pub(crate) async fn echo_probe(&mut self) -> Result<String> {
-        self.guest.ok("hil-device stop").await?;
-        self.viewer()?.expect_device_gone(10).await?;
+        self.stop_device().await?;
         self.guest
             .ok("kill $(cat /run/mic-loop.pid); kill $(pidof aplay); sleep 0.2")
             .await?;
@@ -513,10 +516,7 @@ impl Rig {
         let cost = self.processing_cost().await;
         // Leave the board as the other scenarios found it.
         self.guest.ok(MIC_LOOP).await?;
-        self.guest
-            .ok("hil-device start /etc/callbox/device.toml")
-            .await?;
-        self.guest.wait_state("in-call", 30).await?;
+        self.start_device("/etc/callbox/device.toml").await?;
         Ok(format!("{}; path cut: {}; {}", measured?, cut?, cost?))
     }
 
@@ -595,18 +595,11 @@ impl Rig {
     /// rising; `ctl screenshot` matches the screendump; when the caller
     /// stops, the idle picture.
     pub(crate) async fn screen_shows_caller(&mut self) -> Result<String> {
-        self.guest.ok("hil-device stop").await?;
-        self.viewer()?.expect_device_gone(10).await?;
-        self.guest
-            .ok("hil-device start /etc/callbox/device-screen.toml")
-            .await?;
-        self.guest.wait_state("in-call", 30).await?;
+        self.stop_device().await?;
+        self.start_device("/etc/callbox/device-screen.toml").await?;
         let shown = self.show_pattern().await;
         self.guest.ok("hil-device stop").await?;
-        self.guest
-            .ok("hil-device start /etc/callbox/device.toml")
-            .await?;
-        self.guest.wait_state("in-call", 30).await?;
+        self.start_device("/etc/callbox/device.toml").await?;
         shown
     }
 
@@ -636,14 +629,8 @@ impl Rig {
                     counter,
                     capture_us: pattern::now_us(),
                 };
-                pattern::draw(&mut buf, size.0, size.1, stamp);
-                let frame = Frame {
-                    pixels: Pixels::I420(
-                        I420::packed(&buf, size.0, size.1).ok_or_else(|| anyhow!("frame"))?,
-                    ),
-                    capture_us: stamp.capture_us,
-                    copies: 0,
-                };
+                let frame = pattern_frame(&mut buf, size.0, size.1, stamp)
+                    .ok_or_else(|| anyhow!("frame"))?;
                 if enc.encode(&frame, counter == 0, &mut out)?.is_some() {
                     track
                         .write(Bytes::copy_from_slice(&out), Duration::from_millis(66))

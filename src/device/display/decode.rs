@@ -140,10 +140,10 @@ mod tests {
     use super::*;
     use crate::device::display::screen::{self, Idle};
     use crate::device::display::y4m::Y4mSink;
-    use crate::device::frame::{i420_len, I420};
+    use crate::device::frame::i420_len;
     use crate::device::h264::{EncoderSettings, OpenH264Encoder, VideoEncoder};
-    use crate::device::pattern::{self, Stamp};
-    use crate::device::video_source::{Frame, Pixels};
+    use crate::device::pattern::Stamp;
+    use crate::device::video_source::pattern_frame;
     use rtc::rtp::codec::h264::H264Payloader;
     use rtc::rtp::packetizer::Payloader;
 
@@ -168,12 +168,7 @@ mod tests {
                     counter: n,
                     capture_us: 0,
                 };
-                pattern::draw(&mut buf, w, h, stamp);
-                let frame = Frame {
-                    pixels: Pixels::I420(I420::packed(&buf, w, h).expect("frame")),
-                    capture_us: 0,
-                    copies: 0,
-                };
+                let frame = pattern_frame(&mut buf, w, h, stamp).expect("frame");
                 enc.encode(&frame, idr.contains(&n), &mut out)
                     .expect("encode");
                 let payloads = payloader

@@ -26,20 +26,8 @@ struct Picture {
 
 impl Picture {
     fn set(&mut self, pic: &I420<'_>) {
-        let (w, h) = (pic.width, pic.height);
-        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
-        self.data.clear();
-        for row in 0..h {
-            self.data
-                .extend_from_slice(&pic.y[row * pic.y_stride..][..w]);
-        }
-        for plane in [pic.u, pic.v] {
-            for row in 0..ch {
-                self.data
-                    .extend_from_slice(&plane[row * pic.uv_stride..][..cw]);
-            }
-        }
-        (self.width, self.height) = (w, h);
+        pic.pack_into(&mut self.data);
+        (self.width, self.height) = (pic.width, pic.height);
     }
 
     fn view(&self) -> Option<I420<'_>> {
@@ -267,4 +255,54 @@ pub fn to_rgb(c: &Canvas) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A screen that grows after its third frame, as a DRM screen opening
+    /// at another mode than the configured size does.
+    struct Growing(Arc<AtomicUsize>);
+
+    impl DisplaySink for Growing {
+        fn size(&self) -> (usize, usize) {
+            if self.0.load(Relaxed) < 3 {
+                (64, 48)
+            } else {
+                (128, 96)
+            }
+        }
+        fn show(&mut self, _canvas: &Canvas) -> Result<(), DisplayError> {
+            self.0.fetch_add(1, Relaxed);
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "growing".into()
+        }
+    }
+
+    #[test]
+    fn the_compositor_follows_a_screen_that_changes_size() {
+        let shown = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(MediaStats::default());
+        let t = start(
+            Box::new(Growing(Arc::clone(&shown))),
+            100,
+            Idle::Text,
+            Arc::clone(&stats),
+        )
+        .expect("screen");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while shown.load(Relaxed) < 6 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the compositor stopped"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let snap = t.screen.snapshot();
+        assert_eq!((snap.width, snap.height), (128, 96));
+    }
 }
