@@ -310,7 +310,8 @@ impl Rig {
         format!("{video} video and {audio} audio packets in 2 s, call LED on, 0 copies per frame, {pings} WATCHDOG=1")
     }
 
-    /// Mute, then unmute: the state shows in the status, the call stays up.
+    /// Mute, then unmute: the state shows in the status, the call stays up;
+    /// with the camera off a subscriber gets audio and no video.
     async fn mute_and_unmute(&mut self) -> String {
         let r = request(&self.socket, Request::MuteAudio)
             .await
@@ -323,7 +324,26 @@ impl Rig {
         request(&self.socket, Request::UnmuteAudio)
             .await
             .expect("ctl");
-        "muted and unmuted in the call".into()
+        request(&self.socket, Request::MuteVideo)
+            .await
+            .expect("ctl");
+        let s = status(&self.socket).await;
+        assert_eq!(
+            (&s["video_muted"], &s["audio_muted"]),
+            (&json!(true), &json!(false))
+        );
+        let window = Duration::from_secs(1);
+        let (video, audio, _) = subscriber_receives(&self.room, "watcher-muted", window).await;
+        assert!(
+            video == 0 && audio > 20,
+            "camera off: {video} video, {audio} audio packets"
+        );
+        request(&self.socket, Request::UnmuteVideo)
+            .await
+            .expect("ctl");
+        let (video_on, _, _) = subscriber_receives(&self.room, "watcher-unmuted", window).await;
+        assert!(video_on > 10, "camera on again: {video_on} video packets");
+        format!("muted and unmuted in the call; camera off: {video} video and {audio} audio packets in 1 s, on again: {video_on} video packets")
     }
 
     /// RemoveUser -> Banned{banned}; it stays out until told.

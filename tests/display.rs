@@ -2,10 +2,12 @@
 //! screen) in a room with device A (the synthetic camera). B's screen shows
 //! A's picture, the pattern's stamps counting up in the file; before A
 //! comes and after A leaves it shows its idle picture (the state and room
-//! as text), and the status counts what was decoded and presented.
+//! as text); a caller that turns its camera off shows as its name; and
+//! the status counts what was decoded and presented.
 
 mod common;
 
+use callbox::device::daemon::{CallLink, Muted};
 use callbox::device::display::y4m;
 use callbox::device::frame::I420;
 use callbox::device::pattern::{self, Stamp};
@@ -51,6 +53,14 @@ fn is_idle_picture(frame: &[u8]) -> bool {
     white > 200 && black > luma.len() * 9 / 10
 }
 
+/// A caller with the camera off: their name in white on the grey tile.
+fn is_name_card(frame: &[u8]) -> bool {
+    let luma = &frame[..SIZE.0 * SIZE.1];
+    let white = luma.iter().filter(|&&v| v == 235).count();
+    let grey = luma.iter().filter(|&&v| v == 60).count();
+    white > 200 && grey > luma.len() * 9 / 10
+}
+
 /// Poll the screen until `want` holds of its newest frame.
 async fn wait_for<T>(
     path: &std::path::Path,
@@ -91,7 +101,12 @@ async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
     .await;
 
     let t = Instant::now();
-    let (stop_a, task_a) = start_device(device_config(&room, ROOM, "device-a", |d| d));
+    let (mute_a, muted) = tokio::sync::watch::channel(Muted::default());
+    let link = CallLink {
+        muted: Some(muted),
+        ..Default::default()
+    };
+    let (stop_a, task_a) = start_linked_device(device_config(&room, ROOM, "device-a", |d| d), link);
     let first = wait_for(&screen, 15, "A's picture", stamp).await;
     let shown_after = t.elapsed();
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -113,6 +128,24 @@ async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
     task_c.await.expect("C's task");
     wait_for(&screen, 10, "A alone again", stamp).await;
 
+    // A turns its camera off: B shows A's name instead of a frozen picture;
+    // on again, A's picture is back.
+    let video_off = Muted {
+        audio: false,
+        video: true,
+    };
+    mute_a.send_replace(video_off);
+    let t = Instant::now();
+    wait_for(&screen, 5, "A's name card", |f| {
+        (stamp(f).is_none() && is_name_card(f)).then_some(())
+    })
+    .await;
+    let card_after = t.elapsed();
+    mute_a.send_replace(Muted::default());
+    let t = Instant::now();
+    wait_for(&screen, 5, "A's picture after the camera is back", stamp).await;
+    let back_after = t.elapsed();
+
     let _ = stop_a.send(());
     task_a.await.expect("A's task");
     let t = Instant::now();
@@ -126,12 +159,14 @@ async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
     let b = task_b.await.expect("B's task");
     let s = b.stats().snapshot();
     println!(
-        "A on B's screen {:.2} s after A started; counters {} -> {} in 1 s; newest picture {lag_ms:.0} ms old when read; with C: tiles at {} and {}; idle again {:.2} s after A left; {} pictures decoded, {} frames presented, {} decode errors, {} keyframes asked for",
+        "A on B's screen {:.2} s after A started; counters {} -> {} in 1 s; newest picture {lag_ms:.0} ms old when read; with C: tiles at {} and {}; A's camera off: name card after {:.2} s, picture back after {:.2} s; idle again {:.2} s after A left; {} pictures decoded, {} frames presented, {} decode errors, {} keyframes asked for",
         shown_after.as_secs_f64(),
         first.counter,
         later.counter,
         left.counter,
         right.counter,
+        card_after.as_secs_f64(),
+        back_after.as_secs_f64(),
         idle_after.as_secs_f64(),
         s.remote_video_frames_decoded,
         s.display_frames,

@@ -22,6 +22,9 @@ pub enum Request {
     Hangup,
     MuteAudio,
     UnmuteAudio,
+    /// The camera off: no video is sent, callers see the device's name.
+    MuteVideo,
+    UnmuteVideo,
     /// What the screen shows, as a PNG (base64 in the reply; `ctl` writes the file).
     Screenshot,
 }
@@ -120,7 +123,7 @@ async fn connection(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
                 "E_CONTROL_BAD_REQUEST: request longer than {MAX_REQUEST_BYTES} bytes"
             )),
             Err(e) => error_reply(format!(
-                "E_CONTROL_BAD_REQUEST: {e} (expected {{\"cmd\": \"status|call|hangup|mute-audio|unmute-audio\"}})"
+                "E_CONTROL_BAD_REQUEST: {e} (expected {{\"cmd\": \"status|call|hangup|mute-audio|unmute-audio|mute-video|unmute-video|screenshot\"}})"
             )),
             Ok(Envelope { cmd }) => {
                 let (tx, rx) = oneshot::channel();

@@ -5,7 +5,8 @@
 //! (`appliance::runner`) carries out the [`Action`]s and shows [`Leds`].
 
 use crate::appliance::leds::{Leds, Pattern};
-use crate::protocol::BanReason;
+use crate::device::daemon::Muted;
+use crate::protocol::{BanReason, MediaKind};
 use serde::Deserialize;
 use std::time::{Duration, Instant};
 
@@ -54,7 +55,8 @@ pub enum Press {
 pub enum Command {
     Call,
     Hangup,
-    MuteAudio(bool),
+    /// TRTC `muteAudio`/`unmuteAudio`, `muteVideo`/`unmuteVideo`.
+    Mute(MediaKind, bool),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +88,8 @@ pub enum Action {
     Join,
     /// Leave the room; answer with [`Input::Left`].
     Leave,
-    MuteAudio(bool),
+    /// What is muted now (kept across reconnects).
+    Mute(Muted),
 }
 
 /// What the call button does while banned (`call.banned_press`). A
@@ -145,7 +148,7 @@ pub struct Controller {
     state: State,
     attempt: u32,
     retry_at: Option<Instant>,
-    audio_muted: bool,
+    muted: Muted,
     last_error: Option<String>,
     rng: u64,
 }
@@ -158,7 +161,7 @@ impl Controller {
             state: State::Idle,
             attempt: 0,
             retry_at: None,
-            audio_muted: false,
+            muted: Muted::default(),
             last_error: None,
             rng: seed.max(1),
         }
@@ -168,8 +171,8 @@ impl Controller {
         &self.state
     }
 
-    pub fn audio_muted(&self) -> bool {
-        self.audio_muted
+    pub fn muted(&self) -> Muted {
+        self.muted
     }
 
     /// When the controller next wants an [`Input::Tick`].
@@ -243,10 +246,13 @@ impl Controller {
             other => other,
         };
         match (self.state.clone(), input) {
-            (_, Input::Command(Command::MuteAudio(muted))) => {
-                self.audio_muted = muted;
+            (_, Input::Command(Command::Mute(kind, muted))) => {
+                match kind {
+                    MediaKind::Audio => self.muted.audio = muted,
+                    MediaKind::Video => self.muted.video = muted,
+                }
                 if self.state == InCall {
-                    out.push(Action::MuteAudio(muted));
+                    out.push(Action::Mute(self.muted));
                 }
             }
             (Idle, Input::Boot) if self.policy.auto_join => self.join(&mut out),
@@ -260,8 +266,8 @@ impl Controller {
                 self.state = InCall;
                 self.attempt = 0;
                 self.last_error = None;
-                if self.audio_muted {
-                    out.push(Action::MuteAudio(true));
+                if self.muted != Muted::default() {
+                    out.push(Action::Mute(self.muted));
                 }
             }
             (Joining | InCall, Input::JoinFailed { reason, retryable }) => {
@@ -327,8 +333,12 @@ impl Controller {
         match &self.state {
             State::Idle => "idle: press call to join".into(),
             State::Joining => "joining the room".into(),
-            State::InCall if self.audio_muted => "in call (microphone muted)".into(),
-            State::InCall => "in call".into(),
+            State::InCall => match (self.muted.audio, self.muted.video) {
+                (false, false) => "in call".into(),
+                (true, false) => "in call (microphone muted)".into(),
+                (false, true) => "in call (camera off)".into(),
+                (true, true) => "in call (microphone muted, camera off)".into(),
+            },
             State::Leaving => "leaving the room".into(),
             State::Reconnecting => format!(
                 "reconnecting (attempt {}, next in {:.1} s): {}",
@@ -405,7 +415,7 @@ mod tests {
             Input::Button(Button::Hangup, Press::Short),
             Input::Command(Command::Call),
             Input::Command(Command::Hangup),
-            Input::Command(Command::MuteAudio(true)),
+            Input::Command(Command::Mute(MediaKind::Audio, true)),
             Input::Joined,
             Input::JoinFailed {
                 reason: "refused".into(),
@@ -445,7 +455,7 @@ mod tests {
                     got.push_str(match a {
                         Action::Join => ":Join",
                         Action::Leave => ":Leave",
-                        Action::MuteAudio(_) => ":Mute",
+                        Action::Mute(_) => ":Mute",
                     });
                 }
                 assert_eq!(got, want, "{state} + {input:?}");
@@ -711,18 +721,26 @@ mod tests {
     #[test]
     fn mute_survives_reconnect() {
         let (mut c, t0) = joined(Policy::default());
+        let mic_off = Muted {
+            audio: true,
+            video: false,
+        };
         assert_eq!(
-            c.handle(Input::Command(Command::MuteAudio(true)), t0),
-            [Action::MuteAudio(true)]
+            c.handle(Input::Command(Command::Mute(MediaKind::Audio, true)), t0),
+            [Action::Mute(mic_off)]
         );
         c.handle(Input::Lost("x".into()), t0);
         // Muting while out of the call is remembered, not sent.
         assert!(c
-            .handle(Input::Command(Command::MuteAudio(true)), t0)
+            .handle(Input::Command(Command::Mute(MediaKind::Video, true)), t0)
             .is_empty());
         c.handle(Input::Command(Command::Call), t0);
-        assert_eq!(c.handle(Input::Joined, t0), [Action::MuteAudio(true)]);
-        assert!(c.status(t0).contains("muted"));
+        let both = Muted {
+            audio: true,
+            video: true,
+        };
+        assert_eq!(c.handle(Input::Joined, t0), [Action::Mute(both)]);
+        assert_eq!(c.status(t0), "in call (microphone muted, camera off)");
     }
 
     #[test]

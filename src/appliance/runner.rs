@@ -15,10 +15,11 @@ use crate::appliance::gpio::{Edge, Gpio, GpioError};
 use crate::appliance::leds::{Leds, Pattern};
 use crate::appliance::notify::{stalled, Notifier};
 use crate::appliance::status::{CommandDone, LedLevels, RoomStatus, Status};
-use crate::device::daemon::{CallLink, Device, DeviceError};
+use crate::device::daemon::{CallLink, Device, DeviceError, Muted};
 use crate::device::display::screen::Screen;
 use crate::device::pipeline::Heartbeats;
 use crate::device::stats::MediaStats;
+use crate::protocol::MediaKind;
 use crate::usersig;
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -161,7 +162,7 @@ struct Daemon {
     edges: mpsc::UnboundedReceiver<Edge>,
     controller: Controller,
     trackers: [(Button, PressTracker); 2],
-    mute: watch::Sender<bool>,
+    mute: watch::Sender<Muted>,
     notifier: Notifier,
     stats: Arc<MediaStats>,
     screen: Option<Screen>,
@@ -223,7 +224,7 @@ impl Daemon {
                 (Button::Call, PressTracker::new(long)),
                 (Button::Hangup, PressTracker::new(long)),
             ],
-            mute: watch::channel(false).0,
+            mute: watch::channel(Muted::default()).0,
             notifier,
             beats: heartbeats.read(),
             stats,
@@ -268,7 +269,7 @@ impl Daemon {
                 }
                 None => self.inputs.push_back(Input::Left),
             },
-            Action::MuteAudio(m) => {
+            Action::Mute(m) => {
                 self.mute.send_replace(m);
             }
         }
@@ -292,7 +293,7 @@ impl Daemon {
         let (done_tx, done_rx) = oneshot::channel();
         let link = CallLink {
             joined: Some(joined_tx),
-            audio_muted: Some(self.mute.subscribe()),
+            muted: Some(self.mute.subscribe()),
             dead_media: Some(Duration::from_millis(self.config.call.dead_media_ms)),
         };
         // The controller joins only from states with no call running, so the task is free.
@@ -364,8 +365,10 @@ impl Daemon {
             }
             Request::Call => Command::Call,
             Request::Hangup => Command::Hangup,
-            Request::MuteAudio => Command::MuteAudio(true),
-            Request::UnmuteAudio => Command::MuteAudio(false),
+            Request::MuteAudio => Command::Mute(MediaKind::Audio, true),
+            Request::UnmuteAudio => Command::Mute(MediaKind::Audio, false),
+            Request::MuteVideo => Command::Mute(MediaKind::Video, true),
+            Request::UnmuteVideo => Command::Mute(MediaKind::Video, false),
         };
         log::info!("control: {request:?}");
         self.inputs.push_back(Input::Command(command));
@@ -503,7 +506,8 @@ impl Daemon {
             in_state_s: (now - self.state_since).as_secs_f64(),
             attempt: self.controller.attempt(),
             last_error: self.controller.last_error().map(str::to_owned),
-            audio_muted: self.controller.audio_muted(),
+            audio_muted: self.controller.muted().audio,
+            video_muted: self.controller.muted().video,
             leds: LedLevels {
                 call: lit(self.shown.leds.call),
                 banned: lit(self.shown.leds.banned),

@@ -2,7 +2,7 @@
 //! is the documented reply format: one JSON object per line.
 //!
 //! - `status` -> [`Status`];
-//! - `call`, `hangup`, `mute-audio`, `unmute-audio` -> [`CommandDone`],
+//! - `call`, `hangup`, `mute-audio`, `unmute-audio`, `mute-video`, `unmute-video` -> [`CommandDone`],
 //!   once the command was fed to the call controller;
 //! - any failure -> `{"ok": false, "error": "E_...: reason"}`.
 
@@ -27,6 +27,7 @@ pub struct Status {
     pub attempt: u32,
     pub last_error: Option<String>,
     pub audio_muted: bool,
+    pub video_muted: bool,
     /// Whether each LED is lit right now.
     pub leds: LedLevels,
     pub room: RoomStatus,

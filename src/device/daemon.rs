@@ -109,15 +109,22 @@ impl DeviceError {
     }
 }
 
+/// The microphone's and the camera's mute state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Muted {
+    pub audio: bool,
+    pub video: bool,
+}
+
 /// How the appliance steers a call and hears from it. The default: no
 /// notifications, no mute, no dead-media check.
 #[derive(Default)]
 pub struct CallLink {
     /// Fires once joined and publishing.
     pub joined: Option<oneshot::Sender<()>>,
-    /// The microphone's mute state (TRTC `muteAudio`): while muted no audio
-    /// is sent and the room tells the others.
-    pub audio_muted: Option<watch::Receiver<bool>>,
+    /// What is muted (TRTC `muteAudio`, `muteVideo`): nothing of a muted
+    /// kind is sent, and the room tells the others.
+    pub muted: Option<watch::Receiver<Muted>>,
     /// End the call when nothing arrives from the room for this long.
     pub dead_media: Option<Duration>,
 }
@@ -401,8 +408,9 @@ struct Call<'d> {
     /// Streams subscribed or being subscribed (at most MAX_REMOTE_STREAMS).
     wanted: HashSet<String>,
     keyframe_task: Option<tokio::task::JoinHandle<()>>,
-    muted: watch::Receiver<bool>,
-    audio_muted: bool,
+    muted: watch::Receiver<Muted>,
+    /// What the room has been told.
+    muted_now: Muted,
     dead_media: Option<Duration>,
     /// Set once a track write fails: media stops, and the call ends unless
     /// the room explains (a ban) within UPLINK_GRACE.
@@ -435,9 +443,9 @@ impl<'d> Call<'d> {
             })
         });
         let mut muted = link
-            .audio_muted
+            .muted
             .take()
-            .unwrap_or_else(|| watch::channel(false).1);
+            .unwrap_or_else(|| watch::channel(Muted::default()).1);
         // Apply a mute set before this call (e.g. kept across a reconnect).
         muted.mark_changed();
         Ok(Call {
@@ -450,7 +458,7 @@ impl<'d> Call<'d> {
             wanted: HashSet::new(),
             keyframe_task,
             muted,
-            audio_muted: false,
+            muted_now: Muted::default(),
             dead_media: link.dead_media,
             uplink_lost: None,
         })
@@ -504,6 +512,9 @@ impl<'d> Call<'d> {
     }
 
     async fn on_video(&mut self, unit: EncodedVideo) -> Step {
+        if self.muted_now.video {
+            return ControlFlow::Continue(());
+        }
         if let (Some(t), None) = (&self.video, &self.uplink_lost) {
             self.first_packet();
             if let Err(e) = t.write(unit.data, unit.duration).await {
@@ -514,7 +525,7 @@ impl<'d> Call<'d> {
     }
 
     async fn on_audio(&mut self, packet: Bytes) -> Step {
-        if self.audio_muted {
+        if self.muted_now.audio {
             return ControlFlow::Continue(());
         }
         if let (Some(t), None) = (&self.audio, &self.uplink_lost) {
@@ -535,12 +546,28 @@ impl<'d> Call<'d> {
     }
 
     async fn on_mute(&mut self) -> Step {
-        let m = *self.muted.borrow_and_update();
-        if m != self.audio_muted {
-            self.audio_muted = m;
-            log::info!("microphone {}", if m { "muted" } else { "unmuted" });
-            if let Err(e) = self.client.mute(MediaKind::Audio, m).await {
-                log::warn!("mute-audio (code {:#06x}): {e}", e.code());
+        let want = *self.muted.borrow_and_update();
+        let changes = [
+            (
+                MediaKind::Audio,
+                self.muted_now.audio,
+                want.audio,
+                "microphone",
+            ),
+            (MediaKind::Video, self.muted_now.video, want.video, "camera"),
+        ];
+        self.muted_now = want;
+        for (kind, was, now, what) in changes {
+            if was == now {
+                continue;
+            }
+            log::info!("{what} {}", if now { "muted" } else { "unmuted" });
+            if kind == MediaKind::Video && !now {
+                // Subscribers restart decoding at a keyframe.
+                self.device.pipeline.keyframe.store(true, Relaxed);
+            }
+            if let Err(e) = self.client.mute(kind, now).await {
+                log::warn!("mute {kind:?} (code {:#06x}): {e}", e.code());
             }
         }
         ControlFlow::Continue(())
@@ -647,7 +674,7 @@ impl<'d> Call<'d> {
         if !remote.info.video {
             return None;
         }
-        screen.add(id);
+        screen.add(id, &remote.info.user_id, remote.info.video_muted);
         let stats = Arc::clone(&self.device.stats);
         VideoDecoder::start(id, screen, remote.keyframe_requester(), stats)
             .map_err(|e| log::error!("E_INTERNAL: no decoder thread for {id}: {e}"))
@@ -678,11 +705,24 @@ impl<'d> Call<'d> {
                 );
                 return ControlFlow::Break(Err(DeviceError::Banned(reason)));
             }
+            Some(ServerMessage::MuteVideo { user_id }) => self.show_video_muted(&user_id, true),
+            Some(ServerMessage::UnmuteVideo { user_id }) => self.show_video_muted(&user_id, false),
             Some(ServerMessage::PeerJoin { user_id }) => log::info!("peer-join {user_id}"),
             Some(ServerMessage::PeerLeave { user_id }) => log::info!("peer-leave {user_id}"),
             Some(other) => log::debug!("event {other:?}"),
         }
         ControlFlow::Continue(())
+    }
+
+    /// A caller turned their camera off (or on): their tile shows their name.
+    fn show_video_muted(&self, user_id: &str, muted: bool) {
+        log::info!(
+            "{user_id} {} video",
+            if muted { "muted" } else { "unmuted" }
+        );
+        if let Some(screen) = self.device.screen() {
+            screen.set_video_muted(user_id, muted);
+        }
     }
 
     /// Stop the keyframe relay, close the connections, silence the speaker.

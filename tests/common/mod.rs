@@ -254,6 +254,14 @@ pub fn device_config(
 pub fn start_device(
     config: DeviceConfig,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Device>) {
+    start_linked_device(config, Default::default())
+}
+
+/// [`start_device`], steered through `link` (mute, notifications).
+pub fn start_linked_device(
+    config: DeviceConfig,
+    link: callbox::device::daemon::CallLink,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Device>) {
     let (stop, stopped) = oneshot::channel::<()>();
     let mut device = Device::open(config, Instant::now()).expect("device opens");
     let task = tokio::spawn(async move {
@@ -262,7 +270,7 @@ pub fn start_device(
                 async {
                     let _ = stopped.await;
                 },
-                Default::default(),
+                link,
             )
             .await;
         assert!(r.is_ok(), "call ended with {r:?}");

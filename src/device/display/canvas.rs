@@ -15,6 +15,8 @@ pub struct Yuv(pub u8, pub u8, pub u8);
 
 pub const BLACK: Yuv = Yuv(16, 128, 128);
 pub const WHITE: Yuv = Yuv(235, 128, 128);
+/// The tile of a caller whose camera is off.
+pub const GREY: Yuv = Yuv(60, 128, 128);
 /// The banned state's red.
 pub const RED: Yuv = Yuv(81, 90, 240);
 

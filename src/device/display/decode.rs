@@ -209,7 +209,7 @@ mod tests {
             Y4mSink::create(std::path::Path::new("/dev/null"), (320, 240), 30).expect("sink");
         let shown =
             screen::start(Box::new(sink), 30, Idle::Blank, Arc::clone(&stats)).expect("screen");
-        shown.screen.add("s");
+        shown.screen.add("s", "user-s", false);
         let asked = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&asked);
         let keyframe = Box::new(move || {

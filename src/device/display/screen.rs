@@ -7,7 +7,7 @@
 //! only the newest of each stream is kept, so a slow sink drops frames
 //! instead of queueing them.
 
-use crate::device::display::canvas::{Canvas, BLACK, RED, WHITE};
+use crate::device::display::canvas::{Canvas, BLACK, GREY, RED, WHITE};
 use crate::device::display::layout::{self, Rect, MAX_TILES};
 use crate::device::display::{DisplayError, DisplaySink};
 use crate::device::frame::I420;
@@ -44,10 +44,26 @@ pub enum Idle {
     Blank,
 }
 
+/// A remote stream on the screen.
+struct Tile {
+    stream_id: String,
+    user_id: String,
+    /// The caller turned their camera off: their name shows instead.
+    video_muted: bool,
+    /// `None` until the first picture.
+    picture: Option<Picture>,
+}
+
+impl Tile {
+    fn shown(&self) -> bool {
+        self.video_muted || self.picture.is_some()
+    }
+}
+
 #[derive(Default)]
 struct Scene {
-    /// Remote streams in the order they arrived; `None` until a picture.
-    remote: Vec<(String, Option<Picture>)>,
+    /// Remote streams in the order they arrived.
+    remote: Vec<Tile>,
     self_view: Option<Picture>,
     state: String,
     room: String,
@@ -68,24 +84,43 @@ impl Screen {
     }
 
     /// A remote stream to show (its picture comes with [`Screen::show`]).
-    pub fn add(&self, stream_id: &str) {
+    pub fn add(&self, stream_id: &str, user_id: &str, video_muted: bool) {
         let mut s = self.scene();
-        if !s.remote.iter().any(|(id, _)| id == stream_id) {
-            s.remote.push((stream_id.to_owned(), None));
+        if !s.remote.iter().any(|t| t.stream_id == stream_id) {
+            s.remote.push(Tile {
+                stream_id: stream_id.to_owned(),
+                user_id: user_id.to_owned(),
+                video_muted,
+                picture: None,
+            });
         }
     }
 
     /// The newest picture of a remote stream.
     pub fn show(&self, stream_id: &str, pic: &I420<'_>) {
         let mut s = self.scene();
-        if let Some((_, p)) = s.remote.iter_mut().find(|(id, _)| id == stream_id) {
-            p.get_or_insert_with(Picture::default).set(pic);
+        if let Some(t) = s.remote.iter_mut().find(|t| t.stream_id == stream_id) {
+            t.picture.get_or_insert_with(Picture::default).set(pic);
         }
     }
 
-    /// A remote stream left (or stopped its video): its tile goes.
+    /// A caller's camera went off (their name shows) or on again (their
+    /// picture shows from the next one decoded, not the stale one).
+    pub fn set_video_muted(&self, user_id: &str, muted: bool) {
+        for t in self
+            .scene()
+            .remote
+            .iter_mut()
+            .filter(|t| t.user_id == user_id)
+        {
+            t.video_muted = muted;
+            t.picture = None;
+        }
+    }
+
+    /// A remote stream left: its tile goes.
     pub fn remove(&self, stream_id: &str) {
-        self.scene().remote.retain(|(id, _)| id != stream_id);
+        self.scene().remote.retain(|t| t.stream_id != stream_id);
     }
 
     /// Everyone left: back to the idle picture.
@@ -194,18 +229,23 @@ fn compose(s: &Scene, c: &mut Canvas, idle: Idle) {
         h: size.1,
     };
     c.fill(whole, BLACK);
-    let shown: Vec<&Picture> = s
+    let shown: Vec<&Tile> = s
         .remote
         .iter()
-        .filter_map(|(_, p)| p.as_ref())
+        .filter(|t| t.shown())
         .take(MAX_TILES)
         .collect();
     if shown.is_empty() && (idle == Idle::Text || s.banned) {
         idle_text(s, c);
     }
-    for (pic, tile) in shown.iter().zip(layout::tiles(size, shown.len())) {
-        if let Some(view) = pic.view() {
-            c.blit(&view, layout::fit((pic.width, pic.height), tile));
+    for (t, tile) in shown.iter().zip(layout::tiles(size, shown.len())) {
+        match t.picture.as_ref().filter(|_| !t.video_muted) {
+            Some(pic) => {
+                if let Some(view) = pic.view() {
+                    c.blit(&view, layout::fit((pic.width, pic.height), tile));
+                }
+            }
+            None => name_card(&t.user_id, tile, c),
         }
     }
     if let Some(me) = &s.self_view {
@@ -226,6 +266,16 @@ fn idle_text(s: &Scene, c: &mut Canvas) {
         c.text(c.width.saturating_sub(w) / 2, y, scale.max(1), text, colour);
         y += 12 * scale.max(1);
     }
+}
+
+/// A caller whose camera is off: their name, centred in their tile on grey.
+fn name_card(user_id: &str, tile: Rect, c: &mut Canvas) {
+    c.fill(tile, GREY);
+    let scale = (tile.w / 320).max(1) * 2;
+    let w = Canvas::text_width(user_id, scale);
+    let x = tile.x + tile.w.saturating_sub(w) / 2;
+    let y = tile.y + tile.h.saturating_sub(8 * scale) / 2;
+    c.text(x, y, scale, user_id, WHITE);
 }
 
 /// What the screen shows, as a PNG (`callbox ctl screenshot`).
