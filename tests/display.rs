@@ -178,3 +178,52 @@ async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
     std::fs::remove_dir_all(&dir).ok();
     room.stop().await;
 }
+
+/// The self-view's picture, mirrored back and scaled up to 640x480: the
+/// camera's 640x480 sits at a quarter size in the bottom-right corner.
+fn self_view_stamp(frame: &[u8]) -> Option<Stamp> {
+    let r = callbox::device::display::layout::self_view(SIZE, SIZE);
+    let (w, h) = SIZE;
+    let (fx, fy) = (w / r.w, h / r.h);
+    let mut big = vec![0u8; w * h * 3 / 2];
+    let (y_plane, chroma) = big.split_at_mut(w * h);
+    for row in 0..h {
+        for col in 0..w {
+            let x = r.x + r.w - 1 - col / fx;
+            y_plane[row * w + col] = frame[(r.y + row / fy) * w + x];
+        }
+    }
+    chroma.fill(128);
+    stamp(&big)
+}
+
+/// With `self_view`, a device in a call shows its own camera, mirrored,
+/// small in the corner; its stamps count up there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_in_a_call_shows_itself_in_the_corner() {
+    let room = room().await;
+    let dir = std::env::temp_dir().join(format!("callbox-self-view-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let screen = dir.join("screen.y4m");
+    let path = screen.to_string_lossy().into_owned();
+    let config = device_config(&room, ROOM + 1, "device-s", |d: DeviceToml| {
+        d.set("display", "sink", "y4m")
+            .set("display", "path", path.as_str())
+            .set("display", "fps", 10)
+            .set("display", "self_view", true)
+    });
+    let (stop, task) = start_device(config);
+    let first = wait_for(&screen, 15, "the self-view", self_view_stamp).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = wait_for(&screen, 5, "the self-view", self_view_stamp).await;
+    let lag_ms = (pattern::now_us().saturating_sub(later.capture_us)) as f64 / 1000.0;
+    println!(
+        "self-view: counters {} -> {} in 0.5 s, newest {lag_ms:.0} ms old when read",
+        first.counter, later.counter
+    );
+    assert!(later.counter > first.counter, "{first:?} then {later:?}");
+    let _ = stop.send(());
+    task.await.expect("device task");
+    std::fs::remove_dir_all(&dir).ok();
+    room.stop().await;
+}

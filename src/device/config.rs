@@ -297,7 +297,8 @@ impl DisplaySection {
         Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
     }
 
-    pub fn validate(&self, p: &mut Problems) {
+    /// `passthrough`: the camera's H.264 goes out as it is (no raw frames).
+    pub fn validate(&self, p: &mut Problems, passthrough: bool) {
         match self.sink {
             DisplayKind::None => return,
             DisplayKind::Drm => p.check(
@@ -324,9 +325,9 @@ impl DisplaySection {
         );
         p.check((1..=60).contains(&self.fps), "display.fps", "1 to 60");
         p.check(
-            !self.self_view,
+            !(self.self_view && passthrough),
             "display.self_view",
-            "the self-view is not implemented yet",
+            "needs raw camera frames: the camera's own H.264 (video.encoder = \"passthrough\") is not decoded on the device",
         );
     }
 }
@@ -345,7 +346,8 @@ impl DeviceConfig {
         self.room.validate(p);
         self.video.validate(p);
         self.audio.validate(p);
-        self.display.validate(p);
+        self.display
+            .validate(p, self.video.encoder == EncoderKind::Passthrough);
     }
 
     fn check(&self, file: &Path) -> Result<(), ConfigError> {
@@ -608,8 +610,23 @@ playback = "null"
         );
         assert_eq!(
             display_problems("sink = \"y4m\"\npath = \"/tmp/s.y4m\"\nfps = 0\nself_view = true"),
-            ["display.fps", "display.self_view"]
+            ["display.fps"]
         );
+        // The self-view needs raw frames, which a passthrough camera has not.
+        let passthrough = GOOD.replace(
+            "source = \"synthetic\"",
+            "source = \"synthetic\"\nencoder = \"passthrough\"",
+        )
+            + "[display]\nsink = \"y4m\"\npath = \"/tmp/s.y4m\"\nself_view = true\n";
+        match DeviceConfig::parse(Path::new("d.toml"), &passthrough) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                assert!(
+                    problems.iter().any(|p| p.key == "display.self_view"),
+                    "{problems:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         // A headless board ignores the rest.
         assert!(display_problems("sink = \"none\"\nfps = 0").is_empty());
     }

@@ -16,11 +16,12 @@ use crate::device::audio::{AudioError, AudioProcessor, NoProcessing, OpusEncoder
 use crate::device::config::{DeviceConfig, DisplayKind, IdleKind};
 use crate::device::display::decode::VideoDecoder;
 use crate::device::display::kms::{KmsSettings, KmsSink};
-use crate::device::display::screen::{self, Idle, Screen, ScreenThread};
+use crate::device::display::screen::{self, CallState, Idle, Screen, ScreenThread};
 use crate::device::display::y4m::Y4mSink;
 use crate::device::display::{DisplaySink, Reopening};
 use crate::device::pipeline::{
     CameraParts, EncodedVideo, Heartbeats, OpenCamera, OpenEncoder, Outputs, Parts, Pipeline,
+    SelfView,
 };
 use crate::device::processing::{Apm, Capture};
 use crate::device::sources;
@@ -173,6 +174,20 @@ fn open_video(c: &DeviceConfig, stats: &MediaStats) -> Result<CameraParts, Devic
         encoder,
         encoder_format: format,
         new_encoder,
+        self_view: None,
+    })
+}
+
+/// The camera's picture for the screen's self-view, at most at the
+/// screen's rate (each one is copied).
+fn self_view(screen: Screen, fps: u32) -> SelfView {
+    let every = Duration::from_secs(1) / fps.max(1);
+    let mut last: Option<Instant> = None;
+    Box::new(move |pic| {
+        if last.is_none_or(|t| t.elapsed() >= every) {
+            last = Some(Instant::now());
+            screen.show_self(pic);
+        }
     })
 }
 
@@ -236,11 +251,17 @@ impl Device {
     /// the time-to-first-packet metric).
     pub fn open(config: DeviceConfig, started: Instant) -> Result<Device, DeviceError> {
         let stats = Arc::new(MediaStats::default());
-        let camera = if config.video.enabled {
+        let display = open_display(&config, &stats);
+        let mut camera = if config.video.enabled {
             Some(open_video(&config, &stats)?)
         } else {
             None
         };
+        let screen = display.as_ref().map(|d| d.screen.clone());
+        if let (Some(camera), Some(screen), true) = (&mut camera, screen, config.display.self_view)
+        {
+            camera.self_view = Some(self_view(screen, config.display.fps));
+        }
         let a = &config.audio;
         let (microphone, speaker, echo_reference) = if a.enabled {
             let source = sources::open_microphone(a, Arc::clone(&stats))?;
@@ -272,7 +293,6 @@ impl Device {
         };
         let (pipeline, outputs) =
             Pipeline::start(parts, Arc::clone(&stats)).map_err(DeviceError::Threads)?;
-        let display = open_display(&config, &stats);
         let device = Device {
             config,
             stats,
@@ -281,7 +301,7 @@ impl Device {
             display,
             started,
         };
-        device.show_state("idle", false);
+        device.show_state(CallState::Idle);
         Ok(device)
     }
 
@@ -343,23 +363,21 @@ impl Device {
         if let Some(j) = link.joined.take() {
             let _ = j.send(());
         }
-        self.show_state("in call", false);
+        self.show_state(CallState::InCall);
         let mut call = Call::start(self, client, link, existing)?;
         let result = call.run(hangup).await;
         call.finish().await;
         match &result {
-            Err(DeviceError::Banned(reason)) => {
-                self.show_state(&format!("banned: {}", reason.as_str()), true)
-            }
-            _ => self.show_state("idle", false),
+            Err(DeviceError::Banned(reason)) => self.show_state(CallState::Banned(*reason)),
+            _ => self.show_state(CallState::Idle),
         }
         result
     }
 
-    /// The call state the screen's idle picture shows (in red when banned).
-    pub fn show_state(&self, state: &str, banned: bool) {
+    /// The call state, for the screen (its idle picture, the self-view).
+    pub fn show_state(&self, state: CallState) {
         if let Some(screen) = self.screen() {
-            screen.set_state(state, &self.config.join_room().to_string(), banned);
+            screen.set_state(state, &self.config.join_room().to_string());
         }
     }
 

@@ -15,11 +15,12 @@ use crate::device::audio::{
     mix_into, AudioError, AudioProcessor, AudioSink, AudioSource, OpusDecoder, OpusEncoder,
     FRAME_SAMPLES,
 };
+use crate::device::frame::I420;
 use crate::device::h264::VideoEncoder;
 use crate::device::jitter::{JitterBuffer, Playout};
 use crate::device::processing::Apm;
 use crate::device::stats::{add, MediaStats};
-use crate::device::video_source::{VideoError, VideoSource};
+use crate::device::video_source::{Pixels, VideoError, VideoSource};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -161,7 +162,12 @@ pub struct CameraParts {
     /// with others gets a new encoder from `new_encoder`.
     pub encoder_format: ((usize, usize), u32),
     pub new_encoder: OpenEncoder,
+    /// Sees every raw camera frame (the screen's self-view).
+    pub self_view: Option<SelfView>,
 }
+
+/// Called with each raw camera frame, on the video thread.
+pub type SelfView = Box<dyn FnMut(&I420<'_>) + Send>;
 /// The microphone, its processing stage and its encoder.
 pub type MicrophoneParts = (Box<dyn AudioSource>, Box<dyn AudioProcessor>, OpusEncoder);
 
@@ -265,6 +271,7 @@ fn video_loop(
         mut encoder,
         encoder_format: mut format,
         mut new_encoder,
+        mut self_view,
     } = parts;
     let mut out = Vec::new();
     let mut next_keyframe = true;
@@ -311,6 +318,9 @@ fn video_loop(
         };
         add(&stats.video_frames_captured, 1);
         add(&stats.frame_copies, frame.copies as u64);
+        if let (Some(show), Pixels::I420(pic)) = (self_view.as_mut(), &frame.pixels) {
+            show(pic);
+        }
         let target = bitrate.load(Relaxed);
         if target > 0 {
             encoder.set_bitrate(target as u32);
@@ -478,6 +488,7 @@ mod tests {
                 encoder: openh264((640, 480), 30).unwrap(),
                 encoder_format: ((640, 480), 30),
                 new_encoder: Box::new(openh264),
+                self_view: None,
             }),
             microphone: None,
             speaker: None,

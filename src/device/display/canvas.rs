@@ -76,12 +76,28 @@ impl Canvas {
 
     /// Draw `pic` scaled to `r` (which must lie on the canvas, even-aligned).
     pub fn blit(&mut self, pic: &I420<'_>, r: Rect) {
+        self.draw(pic, r, false)
+    }
+
+    /// [`Canvas::blit`], left and right swapped (a mirror image).
+    pub fn blit_mirrored(&mut self, pic: &I420<'_>, r: Rect) {
+        self.draw(pic, r, true)
+    }
+
+    fn draw(&mut self, pic: &I420<'_>, r: Rect, mirror: bool) {
         if pic.width == 0 || pic.height == 0 || r.x + r.w > self.width || r.y + r.h > self.height {
             return;
         }
         let w = self.width;
         let (y, u, v) = self.planes();
-        let xs: Vec<usize> = (0..r.w).map(|i| i * pic.width / r.w).collect();
+        let columns = |n: usize, of: usize| -> Vec<usize> {
+            let mut xs: Vec<usize> = (0..n).map(|i| i * of / n).collect();
+            if mirror {
+                xs.reverse();
+            }
+            xs
+        };
+        let xs = columns(r.w, pic.width);
         for row in 0..r.h {
             let src = &pic.y[(row * pic.height / r.h) * pic.y_stride..];
             let dst = &mut y[(r.y + row) * w + r.x..][..r.w];
@@ -90,7 +106,7 @@ impl Canvas {
             }
         }
         let (cw, ch) = (pic.width.div_ceil(2), pic.height.div_ceil(2));
-        let cxs: Vec<usize> = (0..r.w / 2).map(|i| i * cw / (r.w / 2)).collect();
+        let cxs = columns(r.w / 2, cw);
         for (dst_plane, src_plane) in [(u, pic.u), (v, pic.v)] {
             for row in 0..r.h / 2 {
                 let src = &src_plane[(row * ch / (r.h / 2)) * pic.uv_stride..];

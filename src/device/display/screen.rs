@@ -12,6 +12,7 @@ use crate::device::display::layout::{self, Rect, MAX_TILES};
 use crate::device::display::{DisplayError, DisplaySink};
 use crate::device::frame::I420;
 use crate::device::stats::{add, MediaStats};
+use crate::protocol::BanReason;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,14 +61,33 @@ impl Tile {
     }
 }
 
+/// Where the device is, as the screen shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CallState {
+    #[default]
+    Idle,
+    InCall,
+    Banned(BanReason),
+}
+
+impl CallState {
+    fn text(self) -> String {
+        match self {
+            CallState::Idle => "idle".into(),
+            CallState::InCall => "in call".into(),
+            CallState::Banned(reason) => format!("banned: {}", reason.as_str()),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Scene {
     /// Remote streams in the order they arrived.
     remote: Vec<Tile>,
+    /// The local camera's newest picture, shown in a call.
     self_view: Option<Picture>,
-    state: String,
+    state: CallState,
     room: String,
-    banned: bool,
 }
 
 /// The daemon's and the decoders' handle on the screen.
@@ -136,12 +156,12 @@ impl Screen {
             .set(pic);
     }
 
-    /// The call state the idle picture shows (`banned` in red).
-    pub fn set_state(&self, state: &str, room: &str, banned: bool) {
+    /// The call state: the idle picture shows it (banned in red), and the
+    /// self-view shows only in a call.
+    pub fn set_state(&self, state: CallState, room: &str) {
         let mut s = self.scene();
-        s.state = state.to_owned();
+        s.state = state;
         s.room = room.to_owned();
-        s.banned = banned;
     }
 
     /// What the screen shows now.
@@ -235,7 +255,8 @@ fn compose(s: &Scene, c: &mut Canvas, idle: Idle) {
         .filter(|t| t.shown())
         .take(MAX_TILES)
         .collect();
-    if shown.is_empty() && (idle == Idle::Text || s.banned) {
+    let banned = matches!(s.state, CallState::Banned(_));
+    if shown.is_empty() && (idle == Idle::Text || banned) {
         idle_text(s, c);
     }
     for (t, tile) in shown.iter().zip(layout::tiles(size, shown.len())) {
@@ -248,18 +269,25 @@ fn compose(s: &Scene, c: &mut Canvas, idle: Idle) {
             None => name_card(&t.user_id, tile, c),
         }
     }
-    if let Some(me) = &s.self_view {
-        if let Some(view) = me.view() {
-            c.blit(&view, layout::self_view(size, (me.width, me.height)));
-        }
+    let me = s
+        .self_view
+        .as_ref()
+        .filter(|_| s.state == CallState::InCall);
+    if let Some(view) = me.and_then(|me| me.view()) {
+        // Mirrored, as people expect to see themselves.
+        c.blit_mirrored(&view, layout::self_view(size, (view.width, view.height)));
     }
 }
 
 /// The state in large letters, the room under it; banned in red.
 fn idle_text(s: &Scene, c: &mut Canvas) {
     let scale = (c.width / 320).max(1) * 2;
-    let colour = if s.banned { RED } else { WHITE };
-    let lines = [(s.state.as_str(), scale), (s.room.as_str(), scale / 2)];
+    let colour = match s.state {
+        CallState::Banned(_) => RED,
+        _ => WHITE,
+    };
+    let state = s.state.text();
+    let lines = [(state.as_str(), scale), (s.room.as_str(), scale / 2)];
     let mut y = c.height / 3;
     for (text, scale) in lines {
         let w = Canvas::text_width(text, scale.max(1));
