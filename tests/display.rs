@@ -2,12 +2,14 @@
 //! screen) in a room with device A (the synthetic camera). B's screen shows
 //! A's picture, the pattern's stamps counting up in the file; before A
 //! comes and after A leaves it shows its idle picture (the state and room
-//! as text); a caller that turns its camera off shows as its name; and
+//! as text); with two callers the one speaking is large; a caller that
+//! turns its camera off shows as its name; and
 //! the status counts what was decoded and presented.
 
 mod common;
 
 use callbox::device::daemon::{CallLink, Muted};
+use callbox::device::display::layout::{self, Rect};
 use callbox::device::display::y4m;
 use callbox::device::frame::I420;
 use callbox::device::pattern::{self, Stamp};
@@ -30,15 +32,21 @@ fn stamp(frame: &[u8]) -> Option<Stamp> {
     pattern::read(&I420::packed(frame, SIZE.0, SIZE.1)?)
 }
 
-/// The stamp of the half-size picture in the tile at `x`: the picture sits
-/// at (x, 120) at 320x240; doubled back to 640x480 its cells read again.
-fn tile_stamp(frame: &[u8], x: usize) -> Option<Stamp> {
+/// The stamp of the picture drawn (scaled, perhaps mirrored) at `r`:
+/// scaled back to 640x480 by nearest neighbour, its cells read again.
+fn region_stamp(frame: &[u8], r: Rect, mirrored: bool) -> Option<Stamp> {
     let (w, h) = SIZE;
     let mut big = vec![0u8; w * h * 3 / 2];
     let (y_plane, chroma) = big.split_at_mut(w * h);
     for row in 0..h {
         for col in 0..w {
-            y_plane[row * w + col] = frame[(120 + row / 2) * w + x + col / 2];
+            let dx = col * r.w / w;
+            let x = if mirrored {
+                r.x + r.w - 1 - dx
+            } else {
+                r.x + dx
+            };
+            y_plane[row * w + col] = frame[(r.y + row * r.h / h) * w + x];
         }
     }
     chroma.fill(128);
@@ -117,11 +125,17 @@ async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
     );
     let lag_ms = (pattern::now_us().saturating_sub(later.capture_us)) as f64 / 1000.0;
 
-    // A second caller: two pictures side by side, each letterboxed into
-    // half the screen (320x240 at the middle of a 320x480 tile).
-    let (stop_c, task_c) = start_device(device_config(&room, ROOM, "device-c", |d| d));
-    let (left, right) = wait_for(&screen, 15, "two pictures side by side", |f| {
-        Some((tile_stamp(f, 0)?, tile_stamp(f, 320)?))
+    // A second caller, C, who is silent: A, whose microphone plays a tone,
+    // is the speaker, large at the top; C small in the strip below.
+    let silent = |d: DeviceToml| d.set("audio", "enabled", false);
+    let (stop_c, task_c) = start_device(device_config(&room, ROOM, "device-c", silent));
+    let [large, small] = layout::speaker_tiles(SIZE, 2)[..] else {
+        panic!("two tiles")
+    };
+    let (left, right) = wait_for(&screen, 15, "the speaker large, the other small", |f| {
+        let speaker = region_stamp(f, layout::fit(SIZE, large), false)?;
+        let other = region_stamp(f, layout::fit(SIZE, small), false)?;
+        (speaker.counter > other.counter + 10).then_some((speaker, other))
     })
     .await;
     let _ = stop_c.send(());
@@ -159,7 +173,7 @@ async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
     let b = task_b.await.expect("B's task");
     let s = b.stats().snapshot();
     println!(
-        "A on B's screen {:.2} s after A started; counters {} -> {} in 1 s; newest picture {lag_ms:.0} ms old when read; with C: tiles at {} and {}; A's camera off: name card after {:.2} s, picture back after {:.2} s; idle again {:.2} s after A left; {} pictures decoded, {} frames presented, {} decode errors, {} keyframes asked for",
+        "A on B's screen {:.2} s after A started; counters {} -> {} in 1 s; newest picture {lag_ms:.0} ms old when read; with C: A speaking at {}, C at {}; A's camera off: name card after {:.2} s, picture back after {:.2} s; idle again {:.2} s after A left; {} pictures decoded, {} frames presented, {} decode errors, {} keyframes asked for",
         shown_after.as_secs_f64(),
         first.counter,
         later.counter,
@@ -179,22 +193,9 @@ async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
     room.stop().await;
 }
 
-/// The self-view's picture, mirrored back and scaled up to 640x480: the
-/// camera's 640x480 sits at a quarter size in the bottom-right corner.
+/// The self-view's picture, mirrored back and scaled up to 640x480.
 fn self_view_stamp(frame: &[u8]) -> Option<Stamp> {
-    let r = callbox::device::display::layout::self_view(SIZE, SIZE);
-    let (w, h) = SIZE;
-    let (fx, fy) = (w / r.w, h / r.h);
-    let mut big = vec![0u8; w * h * 3 / 2];
-    let (y_plane, chroma) = big.split_at_mut(w * h);
-    for row in 0..h {
-        for col in 0..w {
-            let x = r.x + r.w - 1 - col / fx;
-            y_plane[row * w + col] = frame[(r.y + row / fy) * w + x];
-        }
-    }
-    chroma.fill(128);
-    stamp(&big)
+    region_stamp(frame, layout::self_view(SIZE, SIZE), true)
 }
 
 /// With `self_view`, a device in a call shows its own camera, mirrored,

@@ -241,6 +241,17 @@ pub enum DisplayKind {
     Drm,
 }
 
+/// How several callers share the screen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayoutKind {
+    /// Equal tiles, but the one speaking larger once someone has spoken.
+    #[default]
+    Speaker,
+    /// Always equal tiles.
+    Grid,
+}
+
 /// What the screen shows when no one is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -271,6 +282,7 @@ pub struct DisplaySection {
     /// A small picture of the local camera in the corner.
     pub self_view: bool,
     pub idle: IdleKind,
+    pub layout: LayoutKind,
 }
 
 impl Default for DisplaySection {
@@ -286,6 +298,7 @@ impl Default for DisplaySection {
             fps: 15,
             self_view: false,
             idle: IdleKind::Text,
+            layout: LayoutKind::Speaker,
         }
     }
 }

@@ -13,10 +13,10 @@ use crate::client::{
     Subscription,
 };
 use crate::device::audio::{AudioError, AudioProcessor, NoProcessing, OpusEncoder};
-use crate::device::config::{DeviceConfig, DisplayKind, IdleKind};
+use crate::device::config::{DeviceConfig, DisplayKind, IdleKind, LayoutKind};
 use crate::device::display::decode::VideoDecoder;
 use crate::device::display::kms::{KmsSettings, KmsSink};
-use crate::device::display::screen::{self, CallState, Idle, Screen, ScreenThread};
+use crate::device::display::screen::{self, CallState, Idle, Layout, Screen, ScreenThread, Style};
 use crate::device::display::y4m::Y4mSink;
 use crate::device::display::{DisplaySink, Reopening};
 use crate::device::pipeline::{
@@ -231,7 +231,12 @@ fn open_display(c: &DeviceConfig, stats: &Arc<MediaStats>) -> Option<ScreenThrea
     };
     let started = sink.and_then(|sink| {
         log::info!("display: {} at {} fps", sink.describe(), d.fps);
-        screen::start(sink, d.fps, idle, Arc::clone(stats)).map_err(|e| e.to_string())
+        let layout = match d.layout {
+            LayoutKind::Speaker => Layout::Speaker,
+            LayoutKind::Grid => Layout::Grid,
+        };
+        let style = Style { layout, idle };
+        screen::start(sink, d.fps, style, Arc::clone(stats)).map_err(|e| e.to_string())
     });
     match started {
         Ok(s) => Some(s),
@@ -488,7 +493,7 @@ impl<'d> Call<'d> {
         hangup: impl std::future::Future<Output = ()>,
     ) -> Result<(), DeviceError> {
         tokio::pin!(hangup);
-        let mut liveness = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             self.follow_bitrate();
             let lost_at = self.uplink_lost.as_ref().map(|l| l.0);
@@ -501,7 +506,7 @@ impl<'d> Call<'d> {
                 Some(packet) = self.device.outputs.audio.recv() => self.on_audio(packet).await,
                 _ = sleep_until(lost_at), if lost_at.is_some() => self.uplink_closed(),
                 Ok(()) = self.muted.changed() => self.on_mute().await,
-                _ = liveness.tick(), if self.dead_media.is_some() => self.check_liveness(),
+                _ = tick.tick() => self.on_tick(),
                 _ = std::future::ready(()), if self.may_subscribe() => self.subscribe_next(),
                 Some(done) = self.subscribing.join_next(), if !self.subscribing.is_empty() => self.on_subscribed(done).await,
                 event = self.client.next_event() => self.on_room_event(event).await,
@@ -591,8 +596,19 @@ impl<'d> Call<'d> {
         ControlFlow::Continue(())
     }
 
+    /// Four times a second: who speaks (for the screen), whether the room
+    /// is still there.
+    fn on_tick(&self) -> Step {
+        if let Some(screen) = self.device.screen() {
+            screen.set_speaker(self.device.pipeline.playback.active_speaker());
+        }
+        self.check_liveness()
+    }
+
     fn check_liveness(&self) -> Step {
-        let limit = self.dead_media.unwrap_or(Duration::MAX);
+        let Some(limit) = self.dead_media else {
+            return ControlFlow::Continue(());
+        };
         match self.client.room_silence().filter(|s| *s > limit) {
             Some(silence) => {
                 log::error!(

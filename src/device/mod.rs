@@ -17,6 +17,7 @@
 //! - [`stats`]: media counters.
 //! - [`pipeline`]: the media threads; [`daemon`]: the device in a call.
 
+pub mod active_speaker;
 pub mod alsa_io;
 pub mod audio;
 pub mod audio_tool;

@@ -11,6 +11,7 @@
 //! Capture and encode are blocking work, so they get threads of their own
 //! rather than async tasks.
 
+use crate::device::active_speaker::{mean_square, ActiveSpeaker};
 use crate::device::audio::{
     mix_into, AudioError, AudioProcessor, AudioSink, AudioSource, OpusDecoder, OpusEncoder,
     FRAME_SAMPLES,
@@ -49,57 +50,75 @@ struct RemoteAudio {
     decoder: OpusDecoder,
 }
 
-/// Remote audio streams being played, by stream id.
+/// Remote audio streams being played, by stream id, and who of them is
+/// speaking.
 #[derive(Clone, Default)]
-pub struct Playback(Arc<Mutex<HashMap<String, RemoteAudio>>>);
+pub struct Playback {
+    streams: Arc<Mutex<HashMap<String, RemoteAudio>>>,
+    speaker: Arc<Mutex<ActiveSpeaker>>,
+    /// The speaker as last decided, for the screen.
+    speaking: Arc<Mutex<Option<String>>>,
+}
 
 impl Playback {
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, RemoteAudio>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn speaker(&self) -> std::sync::MutexGuard<'_, ActiveSpeaker> {
+        self.speaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn add_stream(&self, stream_id: &str) -> Result<(), AudioError> {
         let decoder = OpusDecoder::new()?;
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(
-                stream_id.to_owned(),
-                RemoteAudio {
-                    jitter: JitterBuffer::new(JITTER_TARGET, JITTER_CAPACITY),
-                    decoder,
-                },
-            );
-        }
+        self.streams().insert(
+            stream_id.to_owned(),
+            RemoteAudio {
+                jitter: JitterBuffer::new(JITTER_TARGET, JITTER_CAPACITY),
+                decoder,
+            },
+        );
         Ok(())
     }
 
     pub fn remove_stream(&self, stream_id: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(stream_id);
-        }
+        self.streams().remove(stream_id);
+        self.speaker().remove(stream_id);
     }
 
     pub fn clear(&self) {
-        if let Ok(mut m) = self.0.lock() {
-            m.clear();
-        }
+        self.streams().clear();
+        self.speaker().clear();
     }
 
     /// How many remote streams are being played.
     pub fn count(&self) -> usize {
-        self.0.lock().map_or(0, |m| m.len())
+        self.streams().len()
+    }
+
+    /// The remote stream speaking now (or last), if any has.
+    pub fn active_speaker(&self) -> Option<String> {
+        self.speaking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn push(&self, stream_id: &str, seq: u16, payload: Bytes) {
-        if let Ok(mut m) = self.0.lock() {
-            if let Some(r) = m.get_mut(stream_id) {
-                r.jitter.push(seq, payload);
-            }
+        if let Some(r) = self.streams().get_mut(stream_id) {
+            r.jitter.push(seq, payload);
         }
     }
 
-    /// Mix one 20 ms frame of every stream into `mix` (zeroed first).
+    /// Mix one 20 ms frame of every stream into `mix` (zeroed first), and
+    /// follow who speaks.
     fn mix(&self, mix: &mut [i16], scratch: &mut [i16], stats: &MediaStats) {
         mix.fill(0);
-        let Ok(mut m) = self.0.lock() else { return };
-        for (id, r) in m.iter_mut() {
+        let mut streams = self.streams();
+        let mut speaker = self.speaker();
+        for (id, r) in streams.iter_mut() {
             let decoded = match r.jitter.pop() {
-                Playout::Silence => continue,
+                Playout::Silence => Ok(0),
                 Playout::Packet(p) => r.decoder.decode(&p, scratch),
                 Playout::Lost { next } => {
                     add(&stats.audio_packets_lost, 1);
@@ -107,10 +126,17 @@ impl Playback {
                 }
             };
             match decoded {
-                Ok(n) => mix_into(mix, &scratch[..n.min(scratch.len())]),
+                Ok(n) => {
+                    let frame = &scratch[..n.min(scratch.len())];
+                    mix_into(mix, frame);
+                    speaker.frame(id, mean_square(frame));
+                }
                 Err(e) => log::warn!("stream {id}: undecodable audio: {e}"),
             }
         }
+        let now = speaker.decide(Instant::now()).map(str::to_owned);
+        drop((streams, speaker));
+        *self.speaking.lock().unwrap_or_else(|e| e.into_inner()) = now;
     }
 }
 

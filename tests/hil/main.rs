@@ -123,7 +123,14 @@ async fn run_arch(arch: Arch) -> Result<usize> {
         share.join("device-passthrough.toml"),
         device_toml(size, &["YUYV", "H264"], "passthrough")?,
     )?;
-    std::fs::write(share.join("device-screen.toml"), screen_device_toml(size)?)?;
+    std::fs::write(
+        share.join("device-screen.toml"),
+        screen_device_toml(size, "text")?,
+    )?;
+    std::fs::write(
+        share.join("device-blank.toml"),
+        screen_device_toml(size, "blank")?,
+    )?;
     write_tone(&share.join("mic.wav"), MIC_HZ, 30, 0.4)?;
     // The near end's talker in the echo scenario, at about the echo's level.
     write_tone(&share.join("near.wav"), MIC_HZ, 30, 0.1)?;

@@ -61,12 +61,15 @@ fn board(size: (usize, usize), formats: &[&str], encoder: &str) -> Result<Device
 /// The board with its screen (bochs-display, DRM) at 640x480, the size
 /// the host's pattern is sent at, so its stamps read back 1:1 from the
 /// screen; no camera of its own (it only has to show).
-pub(crate) fn screen_device_toml(size: (usize, usize)) -> Result<String> {
+/// A device without a camera and with the guest's DRM screen; `idle`
+/// says what it shows with no one to show ("text" or "blank").
+pub(crate) fn screen_device_toml(size: (usize, usize), idle: &str) -> Result<String> {
     Ok(board(size, &["YU12"], "openh264")?
         .set("video", "enabled", false)
         .set("display", "sink", "drm")
         .set("display", "mode", "640x480")
         .set("display", "fps", 15)
+        .set("display", "idle", idle)
         .text())
 }
 

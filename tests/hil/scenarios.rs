@@ -597,10 +597,38 @@ impl Rig {
     pub(crate) async fn screen_shows_caller(&mut self) -> Result<String> {
         self.stop_device().await?;
         self.start_device("/etc/callbox/device-screen.toml").await?;
-        let shown = self.show_pattern().await;
-        self.guest.ok("hil-device stop").await?;
+        let result = async {
+            let shown = self.show_pattern().await?;
+            self.guest.ok("hil-device stop").await?;
+            let blank = self.blank_screen_powers_down().await?;
+            Ok::<_, anyhow::Error>(format!("{shown}; {blank}"))
+        }
+        .await;
+        self.guest.ok("hil-device stop").await.ok();
         self.start_device("/etc/callbox/device.toml").await?;
-        shown
+        result
+    }
+
+    /// With `idle = "blank"` and no one to show, the daemon powers the
+    /// connector down: the kernel's DPMS state for it reads Off.
+    async fn blank_screen_powers_down(&mut self) -> Result<String> {
+        self.start_device("/etc/callbox/device-blank.toml").await?;
+        let t = Instant::now();
+        loop {
+            let dpms = self.guest.ok("cat /sys/class/drm/card*-*/dpms").await?;
+            if dpms.trim() == "Off" {
+                break;
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "DPMS still {dpms:?} 10 s after start with idle = blank"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(format!(
+            "idle = blank: DPMS Off {:.1} s after the daemon was in call",
+            t.elapsed().as_secs_f64()
+        ))
     }
 
     async fn show_pattern(&mut self) -> Result<String> {

@@ -138,7 +138,7 @@ impl Assembly {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::display::screen::{self, Idle};
+    use crate::device::display::screen::{self, Idle, Style};
     use crate::device::display::y4m::Y4mSink;
     use crate::device::frame::i420_len;
     use crate::device::h264::{EncoderSettings, OpenH264Encoder, VideoEncoder};
@@ -207,8 +207,16 @@ mod tests {
         let stats = Arc::new(MediaStats::default());
         let sink =
             Y4mSink::create(std::path::Path::new("/dev/null"), (320, 240), 30).expect("sink");
-        let shown =
-            screen::start(Box::new(sink), 30, Idle::Blank, Arc::clone(&stats)).expect("screen");
+        let shown = screen::start(
+            Box::new(sink),
+            30,
+            Style {
+                idle: Idle::Blank,
+                ..Style::default()
+            },
+            Arc::clone(&stats),
+        )
+        .expect("screen");
         shown.screen.add("s", "user-s", false);
         let asked = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&asked);

@@ -4,13 +4,15 @@
 //! canvas through two dumb buffers in XRGB8888: each frame is converted
 //! (I420 -> XRGB, BT.601 limited range, the `yuv` crate) into the back
 //! buffer, then page-flipped onto the screen; the flip's completion event
-//! is awaited (bounded) before that buffer is drawn again. `drm` 0.15.
+//! is awaited (bounded) before that buffer is drawn again. With nothing
+//! to show and `idle = "blank"` the connector is powered down (DPMS off).
+//! `drm` 0.15.
 
 use crate::device::display::canvas::Canvas;
 use crate::device::display::{DisplayError, DisplaySink};
 use drm::buffer::{Buffer, DrmFourcc};
 use drm::control::{
-    connector, crtc, dumbbuffer::DumbBuffer, framebuffer, Device as ControlDevice, Mode,
+    connector, crtc, dumbbuffer::DumbBuffer, framebuffer, property, Device as ControlDevice, Mode,
     PageFlipFlags,
 };
 use std::os::fd::{AsFd, BorrowedFd};
@@ -49,7 +51,15 @@ pub struct KmsSink {
     name: String,
     /// A flip was queued and its event not yet seen.
     flip_pending: bool,
+    connector: connector::Handle,
+    /// The connector's DPMS property, if the driver has one.
+    dpms: Option<property::Handle>,
+    powered: bool,
 }
+
+/// DPMS values (`drm_mode.h`).
+const DPMS_ON: u64 = 0;
+const DPMS_OFF: u64 = 3;
 
 fn err<'a>(path: &'a Path, what: &'static str) -> impl Fn(std::io::Error) -> DisplayError + 'a {
     move |source| DisplayError::Kms {
@@ -141,6 +151,9 @@ impl KmsSink {
         )
         .map_err(err(path, "set the mode (is another program DRM master?)"))?;
         Ok(KmsSink {
+            dpms: dpms_property(&card, con.handle()),
+            connector: con.handle(),
+            powered: true,
             name: connector_name(con),
             card,
             path: path.to_owned(),
@@ -171,6 +184,16 @@ impl KmsSink {
     }
 }
 
+/// The connector's "DPMS" property, which every KMS driver's connectors carry.
+fn dpms_property(card: &Card, con: connector::Handle) -> Option<property::Handle> {
+    let props = card.get_properties(con).ok()?;
+    let (handles, _) = props.as_props_and_values();
+    handles.iter().copied().find(|h| {
+        card.get_property(*h)
+            .is_ok_and(|info| info.name().to_bytes() == b"DPMS")
+    })
+}
+
 /// The wanted size, or the preferred mode (the first listed without one).
 fn pick_mode(modes: &[Mode], want: Option<(u16, u16)>) -> Option<Mode> {
     match want {
@@ -192,6 +215,9 @@ impl DisplaySink for KmsSink {
     }
 
     fn show(&mut self, canvas: &Canvas) -> Result<(), DisplayError> {
+        if !self.powered {
+            return Ok(());
+        }
         self.wait_flip();
         let back = 1 - self.front;
         let path = self.path.clone();
@@ -219,6 +245,19 @@ impl DisplaySink for KmsSink {
             Err(e) => return Err(err(&path, "page flip")(e)),
         }
         self.front = back;
+        Ok(())
+    }
+
+    fn set_power(&mut self, on: bool) -> Result<(), DisplayError> {
+        let Some(dpms) = self.dpms else {
+            return Ok(());
+        };
+        self.wait_flip();
+        let value = if on { DPMS_ON } else { DPMS_OFF };
+        self.card
+            .set_property(self.connector, dpms, value)
+            .map_err(err(&self.path, "DPMS"))?;
+        self.powered = on;
         Ok(())
     }
 

@@ -1,5 +1,7 @@
 //! Where each picture goes on the screen: one remote stream fills it, two
-//! sit side by side, three or four share a 2x2 grid; each picture is
+//! sit side by side, three or four share a 2x2 grid, or, when who speaks
+//! is known, the speaker takes the top three quarters and the others share
+//! a strip along the bottom; each picture is
 //! letterboxed into its tile at its own aspect; the self-view is a small
 //! picture-in-picture in the bottom-right corner. Pure arithmetic, with
 //! every edge on an even pixel so 4:2:0 chroma lines up.
@@ -38,6 +40,31 @@ pub fn tiles(screen: (usize, usize), n: usize) -> Vec<Rect> {
             h: th,
         })
         .collect()
+}
+
+/// The tiles with the first picture (the speaker) large: the top three
+/// quarters, the others side by side in the quarter below.
+pub fn speaker_tiles(screen: (usize, usize), n: usize) -> Vec<Rect> {
+    let (w, h) = screen;
+    let n = n.min(MAX_TILES);
+    if n < 2 {
+        return tiles(screen, n);
+    }
+    let main_h = even(h * 3 / 4);
+    let strip_w = even(w / (n - 1));
+    let main = Rect {
+        x: 0,
+        y: 0,
+        w: even(w),
+        h: main_h,
+    };
+    let strip = (0..n - 1).map(|i| Rect {
+        x: i * strip_w,
+        y: main_h,
+        w: strip_w,
+        h: even(h - main_h),
+    });
+    std::iter::once(main).chain(strip).collect()
 }
 
 /// The largest rectangle of `picture`'s aspect inside `tile`, centred.
@@ -162,6 +189,36 @@ mod tests {
         assert!([odd.x, odd.y, odd.w, odd.h]
             .iter()
             .all(|v| v.is_multiple_of(2)));
+    }
+
+    #[test]
+    fn the_speaker_takes_the_top_and_the_others_a_strip() {
+        assert_eq!(speaker_tiles((640, 480), 1), tiles((640, 480), 1));
+        let t = speaker_tiles((640, 480), 3);
+        assert_eq!(
+            t,
+            [
+                Rect {
+                    x: 0,
+                    y: 0,
+                    w: 640,
+                    h: 360
+                },
+                Rect {
+                    x: 0,
+                    y: 360,
+                    w: 320,
+                    h: 120
+                },
+                Rect {
+                    x: 320,
+                    y: 360,
+                    w: 320,
+                    h: 120
+                },
+            ]
+        );
+        assert_eq!(speaker_tiles((640, 480), 9).len(), MAX_TILES);
     }
 
     #[test]

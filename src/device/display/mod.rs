@@ -47,6 +47,11 @@ pub trait DisplaySink: Send {
     /// Present one composed frame.
     fn show(&mut self, canvas: &canvas::Canvas) -> Result<(), DisplayError>;
     fn describe(&self) -> String;
+    /// Power the screen down (DPMS off) or up; nothing is presented while
+    /// it is down. A sink without power control keeps showing frames.
+    fn set_power(&mut self, _on: bool) -> Result<(), DisplayError> {
+        Ok(())
+    }
 }
 
 /// A sink that may be missing (no card yet, unplugged): opened again every
@@ -58,6 +63,8 @@ pub struct Reopening {
     size: (usize, usize),
     retry: std::time::Duration,
     next_try: std::time::Instant,
+    /// Applied to each sink opened.
+    power: bool,
 }
 
 impl Reopening {
@@ -72,6 +79,7 @@ impl Reopening {
             size,
             retry,
             next_try: std::time::Instant::now(),
+            power: true,
         }
     }
 }
@@ -85,8 +93,9 @@ impl DisplaySink for Reopening {
         if self.inner.is_none() && std::time::Instant::now() >= self.next_try {
             self.next_try = std::time::Instant::now() + self.retry;
             match (self.open)() {
-                Ok(sink) => {
+                Ok(mut sink) => {
                     log::info!("display: {}", sink.describe());
+                    sink.set_power(self.power)?;
                     self.inner = Some(sink);
                     // Composed for the old size: the next frame fits.
                     return Ok(());
@@ -108,5 +117,13 @@ impl DisplaySink for Reopening {
         self.inner
             .as_ref()
             .map_or_else(|| "no display yet".to_owned(), |s| s.describe())
+    }
+
+    fn set_power(&mut self, on: bool) -> Result<(), DisplayError> {
+        self.power = on;
+        match self.inner.as_mut() {
+            Some(sink) => sink.set_power(on),
+            None => Ok(()),
+        }
     }
 }

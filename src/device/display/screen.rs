@@ -36,6 +36,31 @@ impl Picture {
     }
 }
 
+/// How several callers share the screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The one speaking larger, once someone has spoken.
+    Speaker,
+    /// Equal tiles.
+    Grid,
+}
+
+/// How the screen looks: its layout, and what it shows with no one to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    pub layout: Layout,
+    pub idle: Idle,
+}
+
+impl Default for Style {
+    fn default() -> Self {
+        Style {
+            layout: Layout::Speaker,
+            idle: Idle::Text,
+        }
+    }
+}
+
 /// What the screen shows when no one is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Idle {
@@ -88,6 +113,8 @@ struct Scene {
     self_view: Option<Picture>,
     state: CallState,
     room: String,
+    /// The remote stream speaking, when known.
+    speaker: Option<String>,
 }
 
 /// The daemon's and the decoders' handle on the screen.
@@ -164,6 +191,11 @@ impl Screen {
         s.room = room.to_owned();
     }
 
+    /// The remote stream speaking now, which the speaker layout shows larger.
+    pub fn set_speaker(&self, stream_id: Option<String>) {
+        self.scene().speaker = stream_id;
+    }
+
     /// What the screen shows now.
     pub fn snapshot(&self) -> Canvas {
         self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -187,9 +219,9 @@ pub struct ScreenThread {
 
 /// Start composing onto `sink` at `fps`.
 pub fn start(
-    mut sink: Box<dyn DisplaySink>,
+    sink: Box<dyn DisplaySink>,
     fps: u32,
-    idle: Idle,
+    style: Style,
     stats: Arc<MediaStats>,
 ) -> std::io::Result<ScreenThread> {
     let size = sink.size();
@@ -201,46 +233,105 @@ pub fn start(
     let s = screen.clone();
     let thread = std::thread::Builder::new()
         .name("screen".into())
-        .spawn(move || {
-            let mut pacer = crate::device::audio::Pacer::new(Duration::from_secs(1) / fps.max(1));
-            let mut canvas = Canvas::new(size.0, size.1);
-            let mut failing = false;
-            while s.running.load(Relaxed) {
-                let size = sink.size();
-                if size != (canvas.width, canvas.height) {
-                    canvas = Canvas::new(size.0, size.1);
-                }
-                compose(&s.scene(), &mut canvas, idle);
-                match sink.show(&canvas) {
-                    Ok(()) => {
-                        failing = false;
-                        add(&stats.display_frames, 1);
-                    }
-                    Err(e) if !failing => {
-                        failing = true;
-                        log::error!(
-                            "display failed (code {:#06x}): {e}; the call goes on, the display is retried",
-                            crate::protocol::code::DEVICE_NOT_FOUND
-                        );
-                    }
-                    Err(_) => {}
-                }
-                // clone_from: the sink may have changed size (a screen plugged in).
-                s.last
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone_from(&canvas);
-                pacer.wait();
-            }
-        })?;
+        .spawn(move || run(s, sink, fps, style, stats))?;
     Ok(ScreenThread {
         screen,
         thread: Some(thread),
     })
 }
 
+/// The compositor's loop: compose, power the screen down or up, present.
+fn run(s: Screen, mut sink: Box<dyn DisplaySink>, fps: u32, style: Style, stats: Arc<MediaStats>) {
+    let mut pacer = crate::device::audio::Pacer::new(Duration::from_secs(1) / fps.max(1));
+    let size = sink.size();
+    let mut canvas = Canvas::new(size.0, size.1);
+    let mut failing = false;
+    let mut dark = false;
+    while s.running.load(Relaxed) {
+        let size = sink.size();
+        if size != (canvas.width, canvas.height) {
+            canvas = Canvas::new(size.0, size.1);
+        }
+        let want_dark = {
+            let scene = s.scene();
+            compose(&scene, &mut canvas, style);
+            nothing_to_show(&scene, style.idle)
+        };
+        let mut shown = Ok(());
+        if want_dark != dark {
+            shown = sink.set_power(!want_dark);
+            if shown.is_ok() {
+                dark = want_dark;
+                log::info!(
+                    "display {}",
+                    if dark { "powered down (idle)" } else { "on" }
+                );
+            }
+        }
+        // Also while dark: a sink presents nothing then, but a screen that
+        // is (re)opened meanwhile is powered down too.
+        if shown.is_ok() {
+            shown = sink.show(&canvas);
+        }
+        match shown {
+            Ok(()) if !dark => {
+                failing = false;
+                add(&stats.display_frames, 1);
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                log::error!(
+                    "display failed (code {:#06x}): {e}; the call goes on, the display is retried",
+                    crate::protocol::code::DEVICE_NOT_FOUND
+                );
+            }
+            Err(_) => {}
+        }
+        // clone_from: the sink may have changed size (a screen plugged in).
+        s.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone_from(&canvas);
+        pacer.wait();
+    }
+}
+
+/// The tiles to show, each with its place: with the speaker layout and a
+/// known speaker among several, the speaker first and large.
+fn arrange(s: &Scene, layout: Layout, size: (usize, usize)) -> Vec<(&Tile, Rect)> {
+    let mut shown: Vec<&Tile> = s
+        .remote
+        .iter()
+        .filter(|t| t.shown())
+        .take(MAX_TILES)
+        .collect();
+    let speaking = shown
+        .iter()
+        .position(|t| Some(&t.stream_id) == s.speaker.as_ref())
+        .filter(|_| layout == Layout::Speaker && shown.len() > 1);
+    let places = match speaking {
+        Some(i) => {
+            let speaker = shown.remove(i);
+            shown.insert(0, speaker);
+            layout::speaker_tiles(size, shown.len())
+        }
+        None => layout::tiles(size, shown.len()),
+    };
+    shown.into_iter().zip(places).collect()
+}
+
+/// `idle = "blank"` and nothing to show: no caller, no self-view, no ban.
+fn nothing_to_show(s: &Scene, idle: Idle) -> bool {
+    let self_view = s.self_view.is_some() && s.state == CallState::InCall;
+    idle == Idle::Blank
+        && !self_view
+        && !s.remote.iter().any(Tile::shown)
+        && !matches!(s.state, CallState::Banned(_))
+}
+
 /// Draw the scene on the canvas.
-fn compose(s: &Scene, c: &mut Canvas, idle: Idle) {
+fn compose(s: &Scene, c: &mut Canvas, style: Style) {
     let size = (c.width, c.height);
     let whole = Rect {
         x: 0,
@@ -249,17 +340,12 @@ fn compose(s: &Scene, c: &mut Canvas, idle: Idle) {
         h: size.1,
     };
     c.fill(whole, BLACK);
-    let shown: Vec<&Tile> = s
-        .remote
-        .iter()
-        .filter(|t| t.shown())
-        .take(MAX_TILES)
-        .collect();
+    let shown = arrange(s, style.layout, size);
     let banned = matches!(s.state, CallState::Banned(_));
-    if shown.is_empty() && (idle == Idle::Text || banned) {
+    if shown.is_empty() && (style.idle == Idle::Text || banned) {
         idle_text(s, c);
     }
-    for (t, tile) in shown.iter().zip(layout::tiles(size, shown.len())) {
+    for (t, tile) in shown {
         match t.picture.as_ref().filter(|_| !t.video_muted) {
             Some(pic) => {
                 if let Some(view) = pic.view() {
@@ -368,7 +454,7 @@ mod tests {
         let t = start(
             Box::new(Growing(Arc::clone(&shown))),
             100,
-            Idle::Text,
+            Style::default(),
             Arc::clone(&stats),
         )
         .expect("screen");
@@ -382,5 +468,75 @@ mod tests {
         }
         let snap = t.screen.snapshot();
         assert_eq!((snap.width, snap.height), (128, 96));
+    }
+
+    /// Records what the compositor does to it: frames handed over, power.
+    #[derive(Clone, Default)]
+    struct Recording(Arc<Mutex<(usize, Vec<bool>)>>);
+
+    impl DisplaySink for Recording {
+        fn size(&self) -> (usize, usize) {
+            (64, 48)
+        }
+        fn show(&mut self, _canvas: &Canvas) -> Result<(), DisplayError> {
+            self.0.lock().expect("lock").0 += 1;
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "recording".into()
+        }
+        fn set_power(&mut self, on: bool) -> Result<(), DisplayError> {
+            self.0.lock().expect("lock").1.push(on);
+            Ok(())
+        }
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_blank_idle_screen_is_powered_down_until_a_caller_shows() {
+        let sink = Recording::default();
+        let stats = Arc::new(MediaStats::default());
+        let style = Style {
+            idle: Idle::Blank,
+            ..Style::default()
+        };
+        let t = start(Box::new(sink.clone()), 100, style, Arc::clone(&stats)).expect("screen");
+        let power = || sink.0.lock().expect("lock").1.clone();
+        let frames = || stats.display_frames.load(Relaxed);
+        wait_until("powered down while idle", || power() == [false]);
+        let dark_frames = frames();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            frames(),
+            dark_frames,
+            "no frame is counted as shown while down"
+        );
+
+        t.screen.set_state(CallState::InCall, "1234");
+        t.screen.add("s", "alice", false);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(power(), [false], "no picture yet: still down");
+        let pic = vec![128u8; 16 * 16 * 3 / 2];
+        t.screen
+            .show("s", &I420::packed(&pic, 16, 16).expect("picture"));
+        wait_until("powered up for the caller", || {
+            power() == [false, true] && frames() > dark_frames
+        });
+
+        t.screen.remove("s");
+        wait_until("down again when the caller left", || {
+            power() == [false, true, false]
+        });
+        // Banned shows its reason, blank or not.
+        t.screen
+            .set_state(CallState::Banned(BanReason::Kick), "1234");
+        wait_until("up for the ban", || power() == [false, true, false, true]);
     }
 }
