@@ -45,14 +45,21 @@
 //!
 //! **Remote video -> screen** (with a `[display]`): `Call::on_subscribed`
 //! -> `Call::video_decoder` -> the stream's task hands video packets to
-//! `VideoDecoder::push` (bounded) -> thread `decode <id>`: `H264Packet`
-//! depacketizes, the marker bit completes an access unit ->
-//! `H264Decoder::decode` -> `Screen::show` (latest picture per stream);
+//! `VideoDecoder::push` (bounded, stamped with their arrival) -> thread
+//! `decode <id>`: `H264Packet` depacketizes, the marker bit completes an
+//! access unit -> `H264Decoder::decode` -> `decode::hold_until` (lip sync:
+//! arrival + `Playback::audio_delay`, the stream's jitter-buffer depth and
+//! the speaker's buffer) -> `Screen::show` (latest picture per stream);
 //! thread `screen`, at the display's rate: `screen::compose`
-//! (`layout::tiles`, `layout::fit`, `Canvas::blit`, or the idle text) ->
-//! `DisplaySink::show` (`KmsSink`: I420 -> XRGB into the back dumb buffer,
-//! page flip; or `Y4mSink`). Loss or a decoding error ->
-//! `RemoteStream::keyframe_requester` -> PLI to the publisher.
+//! (`screen::arrange`: `layout::tiles`, or `layout::speaker_tiles` with
+//! the speaker `Playback::mix` found via `ActiveSpeaker` first, set by
+//! `Call::on_tick`; `layout::fit`, `Canvas::blit`, name cards, the
+//! mirrored self-view the video thread hands to `Screen::show_self`, or the
+//! idle text) -> `DisplaySink::show` (`KmsSink`: I420 -> XRGB into the
+//! back dumb buffer, page flip; or `Y4mSink`), or `DisplaySink::set_power`
+//! (DPMS off) with nothing to show and `idle = "blank"`. Loss or a
+//! decoding error -> `RemoteStream::keyframe_requester` -> PLI to the
+//! publisher.
 //!
 //! **userSig -> verdict**: `Client::join` sends `ClientMessage::Join` ->
 //! `room::server::handle` -> `authenticate` -> `usersig::verify` (base64,

@@ -14,7 +14,7 @@ use crate::client::{
 };
 use crate::device::audio::{AudioError, AudioProcessor, NoProcessing, OpusEncoder};
 use crate::device::config::{DeviceConfig, DisplayKind, IdleKind, LayoutKind};
-use crate::device::display::decode::VideoDecoder;
+use crate::device::display::decode::{Links, VideoDecoder};
 use crate::device::display::kms::{KmsSettings, KmsSink};
 use crate::device::display::screen::{self, CallState, Idle, Layout, Screen, ScreenThread, Style};
 use crate::device::display::y4m::Y4mSink;
@@ -710,7 +710,13 @@ impl<'d> Call<'d> {
         }
         screen.add(id, &remote.info.user_id, remote.info.video_muted);
         let stats = Arc::clone(&self.device.stats);
-        VideoDecoder::start(id, screen, remote.keyframe_requester(), stats)
+        let playback = self.device.pipeline.playback.clone();
+        let stream = id.to_owned();
+        let links = Links {
+            keyframe: remote.keyframe_requester(),
+            audio_delay: Box::new(move || playback.audio_delay(&stream)),
+        };
+        VideoDecoder::start(id, screen, links, stats)
             .map_err(|e| log::error!("E_INTERNAL: no decoder thread for {id}: {e}"))
             .ok()
     }

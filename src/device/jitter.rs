@@ -79,6 +79,14 @@ impl<T: Clone> JitterBuffer<T> {
         self.packets.len()
     }
 
+    /// Frames from the next to play through the newest received (gaps
+    /// included): how long a packet arriving now waits. `None` while not
+    /// playing (not started, or drained).
+    pub fn depth(&self) -> Option<usize> {
+        let (next, highest) = (self.next?, self.highest?);
+        Some((highest + 1).saturating_sub(next) as usize)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.packets.is_empty()
     }
@@ -117,6 +125,22 @@ impl<T: Clone> JitterBuffer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_counts_the_frames_waiting_gaps_included() {
+        let mut jb = JitterBuffer::new(2, 50);
+        jb.push(1, 'a');
+        assert_eq!(jb.depth(), None, "not started");
+        jb.push(2, 'b');
+        jb.push(4, 'd');
+        assert_eq!(jb.pop(), Playout::Packet('a'));
+        assert_eq!(jb.depth(), Some(3), "b, the missing c, d");
+        for _ in 0..3 {
+            jb.pop();
+        }
+        assert_eq!(jb.pop(), Playout::Silence);
+        assert_eq!(jb.depth(), None, "drained");
+    }
 
     #[test]
     fn waits_for_target_then_plays_in_order() {

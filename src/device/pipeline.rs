@@ -13,8 +13,8 @@
 
 use crate::device::active_speaker::{mean_square, ActiveSpeaker};
 use crate::device::audio::{
-    mix_into, AudioError, AudioProcessor, AudioSink, AudioSource, OpusDecoder, OpusEncoder,
-    FRAME_SAMPLES,
+    mix_into, AudioError, AudioProcessor, AudioSink, AudioSource, OpusDecoder, OpusEncoder, FRAME,
+    FRAME_SAMPLES, SAMPLE_RATE,
 };
 use crate::device::frame::I420;
 use crate::device::h264::VideoEncoder;
@@ -58,6 +58,8 @@ pub struct Playback {
     speaker: Arc<Mutex<ActiveSpeaker>>,
     /// The speaker as last decided, for the screen.
     speaking: Arc<Mutex<Option<String>>>,
+    /// What the speaker holds, written but not yet heard (µs).
+    sink_delay_us: Arc<AtomicU64>,
 }
 
 impl Playback {
@@ -102,6 +104,20 @@ impl Playback {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// How long audio of `stream_id` arriving now takes to be heard: the
+    /// frames waiting in its jitter buffer, half a mixing tick, and the
+    /// speaker's own buffer. `None` while its audio is not playing.
+    pub fn audio_delay(&self, stream_id: &str) -> Option<Duration> {
+        let depth = self.streams().get(stream_id)?.jitter.depth()?;
+        let sink = Duration::from_micros(self.sink_delay_us.load(Relaxed));
+        Some(FRAME * depth as u32 + FRAME / 2 + sink)
+    }
+
+    fn sink_delay(&self, samples: Option<i64>) {
+        let us = samples.unwrap_or(0).max(0) as u64 * 1_000_000 / SAMPLE_RATE as u64;
+        self.sink_delay_us.store(us, Relaxed);
     }
 
     pub fn push(&self, stream_id: &str, seq: u16, payload: Bytes) {
@@ -448,8 +464,10 @@ fn playout_loop(
             Ok(()) => {
                 failures = 0;
                 add(&stats.playback_frames, 1);
+                let delay = sink.delay_samples();
+                playback.sink_delay(delay);
                 if let Some(apm) = &reference {
-                    apm.far_end_played(&mix, sink.delay_samples());
+                    apm.far_end_played(&mix, delay);
                 }
             }
             Err(e) => {

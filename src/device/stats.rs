@@ -39,6 +39,8 @@ pub struct MediaStats {
     pub remote_keyframe_requests: AtomicU64,
     /// Composed frames the display presented.
     pub display_frames: AtomicU64,
+    /// How long the latest remote picture was held back to meet its audio (µs).
+    pub video_sync_hold_us: AtomicU64,
     /// Microseconds from daemon start to the first RTP packet handed to WebRTC.
     pub first_rtp_us: AtomicU64,
     /// The echo canceller's latest report (every second while it runs).
@@ -73,6 +75,7 @@ pub struct StatsSnapshot {
     pub remote_video_decode_errors: u64,
     pub remote_keyframe_requests: u64,
     pub display_frames: u64,
+    pub video_sync_hold_ms: f64,
     /// Echo delay, ERLE and convergence while echo cancellation runs.
     pub echo: Option<crate::device::processing::EchoReport>,
     pub first_rtp_ms: Option<f64>,
@@ -133,6 +136,7 @@ impl MediaStats {
             remote_video_decode_errors: g(&self.remote_video_decode_errors),
             remote_keyframe_requests: g(&self.remote_keyframe_requests),
             display_frames: g(&self.display_frames),
+            video_sync_hold_ms: g(&self.video_sync_hold_us) as f64 / 1000.0,
             echo: *self.echo.lock().unwrap_or_else(|e| e.into_inner()),
             first_rtp_ms: (first > 0).then(|| first as f64 / 1000.0),
             encode_ms_p50: p50,

@@ -6,6 +6,15 @@
 //! error, or a dropped packet asks the publisher for a keyframe (PLI, at
 //! most twice a second) and nothing is decoded until an IDR arrives, so the
 //! screen holds the last good picture instead of showing a smeared one.
+//!
+//! Lip sync: a picture is held until its audio is heard. Audio that
+//! arrives now plays after the stream's jitter buffer and the speaker's
+//! buffer ([`crate::device::pipeline::Playback::audio_delay`]), so a
+//! picture whose last packet arrived at `t` is shown at `t` plus that
+//! delay (at most `MAX_HOLD`). Arrival time stands in for capture time: a
+//! WebRTC sender sends each frame as it is captured and encoded, and both
+//! kinds cross the same path. (RTCP sender reports would also take out a
+//! sender's own audio/video skew; the device does not read them yet.)
 
 use crate::device::display::screen::Screen;
 use crate::device::h264::{nal_types, H264Decoder};
@@ -22,19 +31,30 @@ const QUEUE: usize = 256;
 /// An access unit larger than this is not a picture this device shows.
 const MAX_AU: usize = 2 << 20;
 const KEYFRAME_EVERY: Duration = Duration::from_millis(500);
+/// Never hold a picture longer than this for its audio.
+const MAX_HOLD: Duration = Duration::from_millis(400);
+
+/// What a decoder asks of the rest of the call.
+pub struct Links {
+    /// Ask the publisher for a keyframe.
+    pub keyframe: Box<dyn Fn() + Send>,
+    /// How long this stream's audio arriving now takes to be heard
+    /// (`None`: no audio playing, show pictures at once).
+    pub audio_delay: Box<dyn Fn() -> Option<Duration> + Send>,
+}
 
 /// The feeding end; dropping it ends the thread.
 pub struct VideoDecoder {
-    tx: SyncSender<rtc::rtp::Packet>,
+    tx: SyncSender<(Instant, rtc::rtp::Packet)>,
     lost: Arc<AtomicU64>,
 }
 
 impl VideoDecoder {
-    /// Start decoding `stream_id` for `screen`; `keyframe` asks its publisher for one.
+    /// Start decoding `stream_id` for `screen`.
     pub fn start(
         stream_id: &str,
         screen: Screen,
-        keyframe: Box<dyn Fn() + Send>,
+        links: Links,
         stats: Arc<MediaStats>,
     ) -> std::io::Result<VideoDecoder> {
         let (tx, rx) = sync_channel(QUEUE);
@@ -43,13 +63,13 @@ impl VideoDecoder {
         let dropped = Arc::clone(&lost);
         std::thread::Builder::new()
             .name(format!("decode {stream_id}"))
-            .spawn(move || run(rx, &id, screen, keyframe, stats, dropped))?;
+            .spawn(move || run(rx, &id, screen, links, stats, dropped))?;
         Ok(VideoDecoder { tx, lost })
     }
 
     /// One received packet; a full queue drops it (and costs a keyframe).
     pub fn push(&self, packet: rtc::rtp::Packet) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(packet) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send((Instant::now(), packet)) {
             self.lost.fetch_add(1, Relaxed);
         }
     }
@@ -66,10 +86,10 @@ struct Assembly {
 }
 
 fn run(
-    rx: Receiver<rtc::rtp::Packet>,
+    rx: Receiver<(Instant, rtc::rtp::Packet)>,
     stream_id: &str,
     screen: Screen,
-    keyframe: Box<dyn Fn() + Send>,
+    links: Links,
     stats: Arc<MediaStats>,
     dropped: Arc<AtomicU64>,
 ) {
@@ -88,7 +108,7 @@ fn run(
         last_request: None,
     };
     let mut seen_dropped = 0;
-    while let Ok(p) = rx.recv() {
+    while let Ok((arrived, p)) = rx.recv() {
         let gap = a.next_seq.is_some_and(|s| s != p.header.sequence_number);
         a.next_seq = Some(p.header.sequence_number.wrapping_add(1));
         let now_dropped = dropped.load(Relaxed);
@@ -108,7 +128,12 @@ fn run(
             a.broken = false;
         }
         if !a.broken && !au.is_empty() {
-            match decoder.decode(&au, |pic| screen.show(stream_id, pic)) {
+            let due = (links.audio_delay)().map(|d| arrived + d.min(MAX_HOLD));
+            let show = |pic: &crate::device::frame::I420<'_>| {
+                hold_until(due, &stats);
+                screen.show(stream_id, pic)
+            };
+            match decoder.decode(&au, show) {
                 Ok(Some(())) => add(&stats.remote_video_frames_decoded, 1),
                 Ok(None) => {}
                 Err(e) => {
@@ -121,10 +146,23 @@ fn run(
         if a.broken && a.last_request.is_none_or(|t| t.elapsed() >= KEYFRAME_EVERY) {
             a.last_request = Some(Instant::now());
             add(&stats.remote_keyframe_requests, 1);
-            keyframe();
+            (links.keyframe)();
         }
         a.au = au;
         a.au.clear();
+    }
+}
+
+/// Wait until `due` (the picture's audio is heard), counting the wait.
+fn hold_until(due: Option<Instant>, stats: &MediaStats) {
+    let wait = due.map_or(Duration::ZERO, |d| {
+        d.saturating_duration_since(Instant::now())
+    });
+    stats
+        .video_sync_hold_us
+        .store(wait.as_micros() as u64, Relaxed);
+    if !wait.is_zero() {
+        std::thread::sleep(wait);
     }
 }
 
@@ -223,7 +261,11 @@ mod tests {
         let keyframe = Box::new(move || {
             counter.fetch_add(1, Relaxed);
         });
-        let dec = VideoDecoder::start("s", shown.screen.clone(), keyframe, Arc::clone(&stats))
+        let links = Links {
+            keyframe,
+            audio_delay: Box::new(|| None),
+        };
+        let dec = VideoDecoder::start("s", shown.screen.clone(), links, Arc::clone(&stats))
             .expect("decoder");
         let decoded = || stats.remote_video_frames_decoded.load(Relaxed);
         for p in frames[..3].iter().flatten() {
@@ -243,5 +285,47 @@ mod tests {
         }
         wait_for("pictures resume at the keyframe", || decoded() == 7);
         assert_eq!(stats.remote_video_decode_errors.load(Relaxed), 0);
+    }
+
+    /// How long after its last packet arrived a picture reaches the screen,
+    /// when its audio takes `audio` to be heard.
+    fn shown_after(audio: Option<Duration>) -> Duration {
+        let frames = stream(1, &[0]);
+        let stats = Arc::new(MediaStats::default());
+        let sink =
+            Y4mSink::create(std::path::Path::new("/dev/null"), (320, 240), 30).expect("sink");
+        let shown = screen::start(Box::new(sink), 30, Style::default(), Arc::clone(&stats))
+            .expect("screen");
+        shown.screen.add("s", "user-s", false);
+        let links = Links {
+            keyframe: Box::new(|| {}),
+            audio_delay: Box::new(move || audio),
+        };
+        let dec = VideoDecoder::start("s", shown.screen.clone(), links, Arc::clone(&stats))
+            .expect("decoder");
+        let t = Instant::now();
+        for p in frames.iter().flatten() {
+            dec.push(p.clone());
+        }
+        wait_for("the picture is shown", || {
+            stats.remote_video_frames_decoded.load(Relaxed) == 1
+        });
+        t.elapsed()
+    }
+
+    #[test]
+    fn a_picture_waits_for_its_audio_at_most_the_longest_hold() {
+        let at_once = shown_after(None);
+        let synced = shown_after(Some(Duration::from_millis(150)));
+        let capped = shown_after(Some(Duration::from_secs(3)));
+        assert!(at_once < Duration::from_millis(100), "{at_once:?}");
+        assert!(
+            synced >= Duration::from_millis(150) && synced < Duration::from_millis(250),
+            "{synced:?}"
+        );
+        assert!(
+            capped >= MAX_HOLD && capped < MAX_HOLD + Duration::from_millis(100),
+            "{capped:?}"
+        );
     }
 }
