@@ -9,12 +9,8 @@
 
 mod common;
 
-use bytes::Bytes;
-use callbox::device::audio::{OpusEncoder, FRAME, SAMPLE_RATE};
+use callbox::device::audio::{FRAME, FRAME_SAMPLES, SAMPLE_RATE};
 use callbox::device::display::y4m;
-use callbox::device::frame::I420;
-use callbox::device::h264::{EncoderSettings, OpenH264Encoder, VideoEncoder};
-use callbox::device::video_source::{Frame, Pixels};
 use callbox::room::local::DeviceToml;
 use common::*;
 use std::time::{Duration, Instant};
@@ -25,61 +21,23 @@ const VIDEO: (usize, usize) = (320, 240);
 /// Beep and flash last this long, at the start of every second.
 const MARK: Duration = Duration::from_millis(100);
 
-/// The caller: 20 ms audio frames and 40 ms video frames on one clock,
-/// the beep and the flash during the first `MARK` of each second.
+/// The caller: the beep and the flash during the first `MARK` of each
+/// second, silence and black otherwise.
 async fn send_marks(client: &mut callbox::client::Client, secs: u32) {
-    let local = client.publish(true, true).await.expect("publish");
-    let (audio, video) = (
-        local.audio().cloned().expect("audio track"),
-        local.video().cloned().expect("video track"),
-    );
-    let mut opus = OpusEncoder::new(64_000).expect("opus");
-    let mut h264 = OpenH264Encoder::new(EncoderSettings {
-        width: VIDEO.0,
-        height: VIDEO.1,
-        fps: 25,
-        bitrate_bps: 500_000,
-        keyframe_interval_frames: 50,
-        library: None,
-    })
-    .expect("encoder");
-    let frame_samples = (SAMPLE_RATE as usize) / 50;
-    let mut pcm = vec![0i16; frame_samples];
-    let mut picture = vec![0u8; VIDEO.0 * VIDEO.1 * 3 / 2];
-    let mut au = Vec::new();
-    let start = tokio::time::Instant::now();
-    for n in 0..secs * 50 {
-        tokio::time::sleep_until(start + FRAME * n).await;
-        let in_mark = FRAME * (n % 50) < MARK;
+    let in_mark = |n: u32| FRAME * (n % 50) < MARK;
+    let picture = |n: u32, buf: &mut [u8]| {
+        let (luma, chroma) = buf.split_at_mut(VIDEO.0 * VIDEO.1);
+        luma.fill(if in_mark(n) { 235 } else { 16 });
+        chroma.fill(128);
+    };
+    let sound = |n: u32, pcm: &mut [i16]| {
         for (i, s) in pcm.iter_mut().enumerate() {
-            let t = (n as usize * frame_samples + i) as f64 / SAMPLE_RATE as f64;
-            *s = if in_mark {
-                (12000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
-            } else {
-                0
-            };
+            let t = (n as usize * FRAME_SAMPLES + i) as f64 / SAMPLE_RATE as f64;
+            let beep = 12000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin();
+            *s = if in_mark(n) { beep as i16 } else { 0 };
         }
-        let packet = Bytes::copy_from_slice(opus.encode(&pcm).expect("opus encode"));
-        audio.write(packet, FRAME).await.expect("audio write");
-        if n % 2 == 0 {
-            let (luma, chroma) = picture.split_at_mut(VIDEO.0 * VIDEO.1);
-            luma.fill(if in_mark { 235 } else { 16 });
-            chroma.fill(128);
-            let frame = Frame {
-                pixels: Pixels::I420(I420::packed(&picture, VIDEO.0, VIDEO.1).expect("i420")),
-                capture_us: 0,
-                copies: 0,
-            };
-            if h264
-                .encode(&frame, n == 0, &mut au)
-                .expect("encode")
-                .is_some()
-            {
-                let unit = Bytes::copy_from_slice(&au);
-                video.write(unit, FRAME * 2).await.expect("video write");
-            }
-        }
-    }
+    };
+    send_av(client, VIDEO, secs, picture, sound).await;
 }
 
 /// Seconds into the WAV at which each beep starts (after 0.3 s of quiet).

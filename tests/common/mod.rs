@@ -278,3 +278,61 @@ pub fn start_linked_device(
     });
     (stop, task)
 }
+
+/// A caller's camera and microphone on one clock, for `secs`: every 20 ms
+/// an Opus frame of what `sound(n, pcm)` writes (frame `n`, 960 samples),
+/// every 40 ms (25 fps) an H.264 frame of what `picture(n, i420)` draws at
+/// `size` (packed I420), both sent as they are "captured".
+pub async fn send_av(
+    client: &mut Client,
+    size: (usize, usize),
+    secs: u32,
+    mut picture: impl FnMut(u32, &mut [u8]),
+    mut sound: impl FnMut(u32, &mut [i16]),
+) {
+    use callbox::device::audio::{OpusEncoder, FRAME, FRAME_SAMPLES};
+    use callbox::device::frame::I420;
+    use callbox::device::h264::{EncoderSettings, OpenH264Encoder, VideoEncoder};
+    use callbox::device::video_source::{Frame, Pixels};
+    let local = client.publish(true, true).await.expect("publish");
+    let (audio, video) = (
+        local.audio().cloned().expect("audio track"),
+        local.video().cloned().expect("video track"),
+    );
+    let mut opus = OpusEncoder::new(64_000).expect("opus");
+    let mut h264 = OpenH264Encoder::new(EncoderSettings {
+        width: size.0,
+        height: size.1,
+        fps: 25,
+        bitrate_bps: 1_000_000,
+        keyframe_interval_frames: 50,
+        library: None,
+    })
+    .expect("encoder");
+    let mut pcm = vec![0i16; FRAME_SAMPLES];
+    let mut buf = vec![0u8; size.0 * size.1 * 3 / 2];
+    let mut au = Vec::new();
+    let start = tokio::time::Instant::now();
+    for n in 0..secs * 50 {
+        tokio::time::sleep_until(start + FRAME * n).await;
+        sound(n, &mut pcm);
+        let packet = Bytes::copy_from_slice(opus.encode(&pcm).expect("opus encode"));
+        audio.write(packet, FRAME).await.expect("audio write");
+        if n % 2 == 0 {
+            picture(n, &mut buf);
+            let frame = Frame {
+                pixels: Pixels::I420(I420::packed(&buf, size.0, size.1).expect("i420")),
+                capture_us: 0,
+                copies: 0,
+            };
+            if h264
+                .encode(&frame, n == 0, &mut au)
+                .expect("encode")
+                .is_some()
+            {
+                let unit = Bytes::copy_from_slice(&au);
+                video.write(unit, FRAME * 2).await.expect("video write");
+            }
+        }
+    }
+}
