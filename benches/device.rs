@@ -4,6 +4,11 @@
 //! - encode ms/frame (p50/p99), OpenH264 on the pattern, in this process;
 //! - the device process's CPU (% of one core) and RSS (from /proc);
 //! - start -> first RTP packet (the device's own log line);
+//! - the same with the audio chain on, and in a two-way call with the
+//!   screen on (a caller publishes a stamped pattern and a tone; the
+//!   device decodes, lip-syncs and composes it into a y4m file);
+//! - glass-to-display latency: the caller's capture stamp -> the frame on
+//!   the device's screen, as the y4m file grows (p50/p99);
 //! - glass-to-glass latency, capture stamp -> decoded at a subscriber
 //!   (p50/p99): device -> Rust subscriber (OpenH264 decode), device ->
 //!   Chromium, and the baseline Chromium -> Chromium through the same room
@@ -180,6 +185,79 @@ fn start_device(
     (child, first_rx)
 }
 
+/// Follow the device's y4m screen file as it grows, for `window` after
+/// `warmup`: for each frame that shows a caller's stamp, how long ago that
+/// picture was captured (ms) when it reached the screen.
+fn glass_to_display(path: &Path, warmup: Duration, window: Duration) -> Vec<f64> {
+    use callbox::device::frame::I420;
+    use std::io::Read;
+    let start = Instant::now();
+    let mut file = loop {
+        match std::fs::File::open(path) {
+            Ok(f) => break f,
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
+    };
+    let (w, h) = (640, 480);
+    let frame_len = 6 + w * h * 3 / 2;
+    let mut pending = Vec::new();
+    let mut header_done = false;
+    let mut lat = Vec::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    while start.elapsed() < warmup + window {
+        let n = file.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        if !header_done {
+            let Some(end) = pending.iter().position(|&b| b == b'\n') else {
+                continue;
+            };
+            pending.drain(..=end);
+            header_done = true;
+        }
+        while pending.len() >= frame_len {
+            let now = pattern::now_us();
+            let stamp = I420::packed(&pending[6..frame_len], w, h).and_then(|p| pattern::read(&p));
+            if let (Some(s), true) = (stamp, start.elapsed() > warmup) {
+                lat.push(now.saturating_sub(s.capture_us) as f64 / 1000.0);
+            }
+            pending.drain(..frame_len);
+        }
+    }
+    lat
+}
+
+/// A caller that publishes the pattern (640x480 at 25 fps, stamped) and a
+/// tone to the device, for `secs`.
+fn start_caller(
+    rt: &tokio::runtime::Runtime,
+    room: &LocalRoom,
+    secs: u32,
+) -> tokio::task::JoinHandle<()> {
+    let config = room.client_config("bench-caller");
+    rt.spawn(async move {
+        let mut c = Client::connect(config).await.expect("caller connects");
+        c.join(RoomId::Num(ROOM)).await.expect("caller joins");
+        let picture = |n: u32, buf: &mut [u8]| {
+            let stamp = Stamp {
+                counter: n,
+                capture_us: pattern::now_us(),
+            };
+            pattern_frame(buf, 640, 480, stamp).expect("pattern");
+        };
+        let mut tone = callbox::device::tone::Tone::new(660.0, 48_000, 0.3);
+        let sound = |_: u32, pcm: &mut [i16]| tone.fill(pcm);
+        common::send_av(&mut c, (640, 480), secs, picture, sound).await;
+        let _ = c.leave().await;
+    })
+}
+
 /// A device process's CPU and memory while a Rust subscriber watches it.
 struct DeviceRun {
     cpu_pct: f64,
@@ -266,6 +344,7 @@ fn main() {
     // speaker, so the echo canceller has a reference to follow).
     let wav = dir.join("speaker.wav").display().to_string();
     let processed = plain
+        .clone()
         .set("audio", "playback", "wav")
         .set("audio", "wav_path", wav)
         .set_toml(
@@ -278,6 +357,27 @@ fn main() {
     let on = measure(&rt, &room, with_processing.id(), warmup, window);
     let _ = with_processing.kill();
     let _ = with_processing.wait();
+    // A two-way call with the screen on: a caller publishes the stamped
+    // pattern and a tone to the device, which decodes, lip-syncs and
+    // composes it into a y4m file at 15 fps, while the subscriber watches
+    // the device.
+    let screen = dir.join("screen.y4m");
+    let two_way_toml = plain
+        .set("display", "sink", "y4m")
+        .set("display", "path", screen.display().to_string())
+        .set("display", "fps", 15);
+    let (mut two_way, _) = start_device(&dir.join("device-screen.toml"), &two_way_toml);
+    let secs = (warmup + window).as_secs() as u32 + 3;
+    let caller = start_caller(&rt, &room, secs);
+    let follow = {
+        let screen = screen.clone();
+        std::thread::spawn(move || glass_to_display(&screen, warmup, window))
+    };
+    let both = measure(&rt, &room, two_way.id(), warmup, window);
+    let mut shown = follow.join().unwrap_or_default();
+    caller.abort();
+    let _ = two_way.kill();
+    let _ = two_way.wait();
     rt.block_on(room.stop());
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -285,13 +385,18 @@ fn main() {
         "callbox device benchmark: synthetic 640x480@30 + 440 Hz tone, room service on loopback"
     );
     println!("  encode (OpenH264, pattern)       p50 {e50:.2} ms  p99 {e99:.2} ms per frame");
-    for (what, r) in [("", &run), (" with audio processing", &on)] {
+    let runs = [
+        ("", &run, 15, 25),
+        (" with audio processing", &on, 15, 25),
+        (" two-way, screen on", &both, 25, 40),
+    ];
+    for (what, r, cpu_target, rss_target) in runs {
         println!(
-            "  device process CPU{what:<22} {:.1} % of one core (target <= 15)",
+            "  device process CPU{what:<22} {:.1} % of one core (target <= {cpu_target})",
             r.cpu_pct
         );
         println!(
-            "  device process RSS{what:<22} {:.1} MB (peak {:.1} MB; target <= 25)",
+            "  device process RSS{what:<22} {:.1} MB (peak {:.1} MB; target <= {rss_target})",
             r.rss_kb as f64 / 1024.0,
             r.hwm_kb as f64 / 1024.0
         );
@@ -312,5 +417,12 @@ fn main() {
     };
     show("device   -> Chromium        ", &dev_chrome);
     show("Chromium -> Chromium (base) ", &chrome_chrome);
+    println!(
+        "  glass-to-display, a caller's capture stamp -> on the device's screen (y4m, 15 fps, lip-synced):\n    p50 {:.1} ms  p99 {:.1} ms  ({} frames)",
+        pct(&mut shown, 0.5),
+        pct(&mut shown, 0.99),
+        shown.len()
+    );
     assert!(n > 0, "the subscriber decoded no pattern frames");
+    assert!(!shown.is_empty(), "the device's screen showed no caller");
 }

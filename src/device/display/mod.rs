@@ -127,3 +127,65 @@ impl DisplaySink for Reopening {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// A screen that shows `frames` frames, then is unplugged.
+    struct Unplugged {
+        frames: u32,
+    }
+
+    impl DisplaySink for Unplugged {
+        fn size(&self) -> (usize, usize) {
+            (64, 48)
+        }
+        fn show(&mut self, _canvas: &canvas::Canvas) -> Result<(), DisplayError> {
+            if self.frames == 0 {
+                return Err(DisplayError::Convert("unplugged".into()));
+            }
+            self.frames -= 1;
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "test screen".into()
+        }
+    }
+
+    #[test]
+    fn a_missing_or_unplugged_screen_is_opened_again_after_the_retry_time() {
+        // Missing for the first two tries, then there; unplugged after 3 frames.
+        let tries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&tries);
+        let open = Box::new(move || -> Result<Box<dyn DisplaySink>, DisplayError> {
+            let mut log = log.lock().expect("lock");
+            log.push(Instant::now());
+            match log.len() {
+                1 | 2 => Err(DisplayError::Missing(Duration::ZERO)),
+                _ => Ok(Box::new(Unplugged { frames: 3 })),
+            }
+        });
+        let retry = Duration::from_millis(30);
+        let mut screen = Reopening::new(open, (640, 480), retry);
+        let canvas = canvas::Canvas::new(64, 48);
+        let t = Instant::now();
+        let mut outcomes = String::new();
+        while outcomes.matches("oooo").count() < 2 {
+            assert!(t.elapsed() < Duration::from_secs(5), "{outcomes}");
+            let shown = screen.show(&canvas).is_ok();
+            // Composed at the open screen's size, else at the configured one.
+            assert_eq!(screen.size(), if shown { (64, 48) } else { (640, 480) });
+            outcomes.push(if shown { 'o' } else { 'x' });
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Tries are spaced by the retry time, not made every frame.
+        let tries = tries.lock().expect("lock").clone();
+        assert!(tries.windows(2).all(|w| w[1] - w[0] >= retry), "{outcomes}");
+        // Opened (one frame to resize), three shown, unplugged, reopened.
+        assert!(outcomes.contains("xoooox"), "{outcomes}");
+        assert!(outcomes.matches("oooo").count() >= 2, "{outcomes}");
+    }
+}
