@@ -95,6 +95,20 @@ fn animated(leds: &Leds) -> bool {
 }
 
 /// How a finished call feeds the controller.
+/// What is missing while the call goes on, retried meanwhile.
+fn degraded(stats: &MediaStats) -> Option<&'static str> {
+    use std::sync::atomic::Ordering::Relaxed;
+    match (
+        stats.camera_lost.load(Relaxed),
+        stats.display_lost.load(Relaxed),
+    ) {
+        (false, false) => None,
+        (true, false) => Some("camera unavailable, audio only"),
+        (false, true) => Some("screen unavailable, the call goes on without it"),
+        (true, true) => Some("camera and screen unavailable, audio only"),
+    }
+}
+
 fn call_outcome(result: Result<(), DeviceError>) -> Input {
     match result {
         Ok(()) => Input::Left,
@@ -470,20 +484,15 @@ impl Daemon {
     }
 
     /// The call state, and what runs degraded: a lost camera leaves audio
-    /// only while the camera is retried.
+    /// only, a lost screen the call without pictures, while they are retried.
     fn status_text(&self, now: Instant) -> String {
         let status = self.controller.status(now);
-        if self
-            .stats
-            .camera_lost
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            format!(
-                "{status}; camera unavailable (code {:#06x}), audio only",
+        match degraded(&self.stats) {
+            Some(what) => format!(
+                "{status}; {what} (code {:#06x})",
                 crate::protocol::code::DEVICE_NOT_FOUND
-            )
-        } else {
-            status
+            ),
+            None => status,
         }
     }
 
@@ -500,9 +509,7 @@ impl Daemon {
                 _ => None,
             },
             status: self.status_text(now),
-            degraded: media
-                .camera_lost
-                .then_some("camera unavailable: audio only"),
+            degraded: degraded(&self.stats),
             in_state_s: (now - self.state_since).as_secs_f64(),
             attempt: self.controller.attempt(),
             last_error: self.controller.last_error().map(str::to_owned),

@@ -22,6 +22,8 @@ pub struct MediaStats {
     /// The camera failed (unplugged, driver gone) and is being retried; the
     /// call goes on with audio only meanwhile.
     pub camera_lost: AtomicBool,
+    /// The screen failed (unplugged, missing) and is being retried.
+    pub display_lost: AtomicBool,
     pub target_bitrate_bps: AtomicU64,
     pub audio_frames_captured: AtomicU64,
     pub audio_packets_sent: AtomicU64,
@@ -62,6 +64,7 @@ pub struct StatsSnapshot {
     pub video_bytes: u64,
     pub video_errors: u64,
     pub camera_lost: bool,
+    pub display_lost: bool,
     pub target_bitrate_bps: u64,
     pub audio_frames_captured: u64,
     pub audio_packets_sent: u64,
@@ -123,6 +126,7 @@ impl MediaStats {
             video_bytes: g(&self.video_bytes),
             video_errors: g(&self.video_errors),
             camera_lost: self.camera_lost.load(Relaxed),
+            display_lost: self.display_lost.load(Relaxed),
             target_bitrate_bps: g(&self.target_bitrate_bps),
             audio_frames_captured: g(&self.audio_frames_captured),
             audio_packets_sent: g(&self.audio_packets_sent),

@@ -667,14 +667,95 @@ impl Rig {
             }
             Ok::<(), anyhow::Error>(())
         });
+        let cpu = self.daemon_cpu_ticks().await?;
         let seen = self.screen_stamps().await;
+        let cpu = self.daemon_cpu_pct(cpu).await?;
+        let unplugged = match &seen {
+            Ok(_) => self.screen_unplugged().await,
+            Err(_) => Ok(String::new()),
+        };
         sender.abort();
         self.viewer()?.client.unpublish().await?;
         let (first, second, lag_ms) = seen?;
+        let unplugged = unplugged?;
         let idle = self.screen_idle().await?;
         Ok(format!(
-            "the pattern on the screen: counters {} -> {} in 0.5 s, {lag_ms:.0} ms from the publisher's stamp to the screendump; {idle}",
+            "the pattern on the screen: counters {} -> {} in 0.5 s, {lag_ms:.0} ms from the publisher's stamp to the screendump, daemon {cpu:.0} % of a core meanwhile; {unplugged}; {idle}",
             first.counter, second.counter
+        ))
+    }
+
+    /// The daemon's CPU time so far (clock ticks), and when it was read.
+    async fn daemon_cpu_ticks(&self) -> Result<(Instant, u64)> {
+        let stat = self
+            .guest
+            .ok("cat /proc/$(cat /run/callbox-device.pid)/stat")
+            .await?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        let (user, system) = tick(11)
+            .zip(tick(12))
+            .ok_or_else(|| anyhow!("stat: {stat}"))?;
+        Ok((Instant::now(), user + system))
+    }
+
+    /// Share of one core the daemon used since `since` (100 ticks a second).
+    async fn daemon_cpu_pct(&self, since: (Instant, u64)) -> Result<f64> {
+        let now = self.daemon_cpu_ticks().await?;
+        let secs = (now.0 - since.0).as_secs_f64();
+        Ok((now.1 - since.1) as f64 / 100.0 / secs * 100.0)
+    }
+
+    /// The screen unplugged under the daemon (its DRM driver unbound from
+    /// the device): the call goes on, the status says the screen is
+    /// missing; bound again, the caller is back on the screen.
+    async fn screen_unplugged(&mut self) -> Result<String> {
+        let dev = self
+            .guest
+            .ok("basename $(readlink /sys/class/drm/card0/device)")
+            .await?;
+        let dev = dev.trim();
+        self.guest
+            .ok(&format!(
+                "echo {dev} > /sys/bus/pci/drivers/bochs-drm/unbind"
+            ))
+            .await?;
+        let (lost, _) = self
+            .guest
+            .wait_status("the screen reported missing", 10, |s| {
+                s["state"] == "in-call"
+                    && s["media"]["display_lost"] == true
+                    && s["degraded"].is_string()
+            })
+            .await?;
+        self.guest
+            .ok(&format!("echo {dev} > /sys/bus/pci/drivers/bochs-drm/bind"))
+            .await?;
+        let t = Instant::now();
+        loop {
+            let (size, rgb) = self.guest.screendump().await?;
+            if screen_stamp(size, &rgb).is_some() {
+                break;
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(20),
+                "the caller not back on the screen 20 s after the driver was bound again"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let back = t.elapsed();
+        self.guest
+            .wait_status("the screen back in the status", 10, |s| {
+                s["media"]["display_lost"] == false && s["degraded"].is_null()
+            })
+            .await?;
+        Ok(format!(
+            "driver unbound: still in call, screen reported missing after {:.2} s; bound again: the caller back on the screen after {:.2} s",
+            lost.as_secs_f64(),
+            back.as_secs_f64()
         ))
     }
 

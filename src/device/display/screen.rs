@@ -278,7 +278,7 @@ fn run(s: Screen, mut sink: Box<dyn DisplaySink>, fps: u32, style: Style, stats:
                 failing = false;
                 add(&stats.display_frames, 1);
             }
-            Ok(()) => {}
+            Ok(()) => failing = false,
             Err(e) if !failing => {
                 failing = true;
                 log::error!(
@@ -288,6 +288,7 @@ fn run(s: Screen, mut sink: Box<dyn DisplaySink>, fps: u32, style: Style, stats:
             }
             Err(_) => {}
         }
+        stats.display_lost.store(failing, Relaxed);
         // clone_from: the sink may have changed size (a screen plugged in).
         s.last
             .lock()
