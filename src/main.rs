@@ -474,16 +474,18 @@ async fn terminated() {
     }
 }
 
-fn device(config: PathBuf) -> anyhow::Result<()> {
+fn device(path: PathBuf) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let config = callbox::appliance::config::ApplianceConfig::load(&config)?;
+    let config = callbox::appliance::config::ApplianceConfig::load(&path)?;
     init_logging_at(&config.service.log_level);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(callbox::appliance::runner::run(
         config,
         started,
         terminated(),
-    ))?;
+    ))
+    // A config error found against the board (a connector it lacks) names the file.
+    .with_context(|| path.display().to_string())?;
     Ok(())
 }
 

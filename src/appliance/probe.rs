@@ -9,13 +9,16 @@ use crate::appliance::config::ApplianceConfig;
 use crate::appliance::gpio;
 use crate::config::ConfigError;
 use crate::device::audio_tool;
-use crate::device::config::{CaptureKind, PlaybackKind, VideoSourceKind};
+use crate::device::config::{CaptureKind, DisplayKind, PlaybackKind, VideoSourceKind};
+use crate::device::display::drm_sysfs::{self, DrmCard};
+use crate::device::display::kms::{KmsSettings, KmsSink};
+use crate::device::display::DisplaySink;
 use crate::device::echo_probe::EchoMeasurement;
 use crate::device::sources;
 use crate::device::v4l2::{self, Sizes};
 use serde::Serialize;
 use std::fmt::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, Serialize)]
 pub struct Camera {
@@ -54,24 +57,6 @@ pub struct GpioChip {
     pub path: String,
     pub label: String,
     pub lines: Vec<GpioLine>,
-}
-
-/// A DRM card and its connectors, as sysfs describes them.
-#[derive(Debug, Serialize, PartialEq)]
-pub struct DrmCard {
-    pub path: String,
-    pub driver: String,
-    pub connectors: Vec<DrmConnector>,
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-pub struct DrmConnector {
-    /// As the config names it (`HDMI-A-1`, `Virtual-1`).
-    pub name: String,
-    /// `connected`, `disconnected` or `unknown`.
-    pub status: String,
-    /// The modes it offers, preferred first (`1920x1080`).
-    pub modes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -154,50 +139,6 @@ fn cameras(want: (u32, u32)) -> Vec<Camera> {
         });
     }
     out
-}
-
-/// DRM cards under `sysfs` (`/sys/class/drm`): `cardN` with its driver,
-/// and its `cardN-NAME` connectors with status and modes.
-fn displays(sysfs: &Path) -> Vec<DrmCard> {
-    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-    let Ok(entries) = std::fs::read_dir(sysfs) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    let cards = names.iter().filter(|n| {
-        n.strip_prefix("card")
-            .is_some_and(|d| d.parse::<u32>().is_ok())
-    });
-    cards
-        .map(|card| {
-            let driver = std::fs::read_link(sysfs.join(card).join("device/driver"))
-                .ok()
-                .and_then(|l| l.file_name().map(|f| f.to_string_lossy().into_owned()))
-                .unwrap_or_default();
-            let prefix = format!("{card}-");
-            let connectors = names
-                .iter()
-                .filter_map(|n| Some((n, n.strip_prefix(&prefix)?)))
-                .map(|(dir, name)| DrmConnector {
-                    name: name.to_owned(),
-                    status: read(sysfs.join(dir).join("status")).trim().to_owned(),
-                    modes: read(sysfs.join(dir).join("modes"))
-                        .lines()
-                        .map(str::to_owned)
-                        .collect(),
-                })
-                .collect();
-            DrmCard {
-                path: format!("/dev/dri/{card}"),
-                driver,
-                connectors,
-            }
-        })
-        .collect()
 }
 
 fn pcms() -> Vec<Pcm> {
@@ -297,7 +238,22 @@ fn check_config(c: &ApplianceConfig) -> Vec<Check> {
         let r = gpio::locate(key, chip, line).map_err(|e| e.to_string());
         check(&mut checks, &format!("gpio.{key}"), r);
     }
+    if c.display.sink == DisplayKind::Drm {
+        checks.push(check_screen(&KmsSettings::from(&c.display)));
+    }
     checks
+}
+
+/// The screen the daemon would light: the connector and mode against
+/// sysfs, then opened (and lit) as the daemon does.
+fn check_screen(settings: &KmsSettings) -> Check {
+    if let Err(m) = settings.check(&drm_sysfs::cards(Path::new(drm_sysfs::SYSFS))) {
+        return Check::new(m.key, Err(m.reason));
+    }
+    let r = KmsSink::open(settings)
+        .map(|screen| screen.describe())
+        .map_err(|e| e.to_string());
+    Check::new("display.device", r)
 }
 
 /// The echo self-test on the configured speaker and microphone: a check
@@ -350,7 +306,7 @@ pub fn probe(config: Option<&Path>, echo: bool) -> Result<Report, ConfigError> {
         cameras: cameras(want),
         pcms: pcms(),
         gpio_chips: gpio_chips(),
-        displays: displays(Path::new("/sys/class/drm")),
+        displays: drm_sysfs::cards(Path::new(drm_sysfs::SYSFS)),
         checks,
         echo: numbers,
     })
@@ -437,37 +393,5 @@ impl Report {
             }
         }
         t
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn drm_cards_and_connectors_are_read_from_sysfs() {
-        let root = std::env::temp_dir().join(format!("callbox-drm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let conn = root.join("card0-Virtual-1");
-        std::fs::create_dir_all(&conn).expect("dirs");
-        std::fs::create_dir_all(root.join("card0")).expect("dirs");
-        std::fs::create_dir_all(root.join("renderD128")).expect("dirs");
-        std::fs::write(conn.join("status"), "connected\n").expect("status");
-        std::fs::write(conn.join("modes"), "1024x768\n800x600\n").expect("modes");
-        let cards = displays(&root);
-        assert_eq!(
-            cards,
-            vec![DrmCard {
-                path: "/dev/dri/card0".into(),
-                driver: String::new(),
-                connectors: vec![DrmConnector {
-                    name: "Virtual-1".into(),
-                    status: "connected".into(),
-                    modes: vec!["1024x768".into(), "800x600".into()],
-                }],
-            }]
-        );
-        assert!(displays(&root.join("absent")).is_empty());
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -18,7 +18,7 @@ use crate::device::display::decode::{Links, VideoDecoder};
 use crate::device::display::kms::{KmsSettings, KmsSink};
 use crate::device::display::screen::{self, CallState, Idle, Layout, Screen, ScreenThread, Style};
 use crate::device::display::y4m::Y4mSink;
-use crate::device::display::{DisplaySink, Reopening};
+use crate::device::display::{drm_sysfs, DisplaySink, Reopening};
 use crate::device::pipeline::{
     CameraParts, EncodedVideo, Heartbeats, OpenCamera, OpenEncoder, Outputs, Parts, Pipeline,
     SelfView,
@@ -73,6 +73,9 @@ pub enum DeviceError {
     },
     #[error("config: {0}")]
     Secret(#[from] crate::device::config::SecretUnavailable),
+    /// `[display]` names a connector or mode the board does not have.
+    #[error("config: {0}")]
+    Display(#[from] crate::device::display::drm_sysfs::Mismatch),
     #[error("{0}")]
     Client(#[from] ClientError),
     #[error("pushed out of the room: {0:?}")]
@@ -91,7 +94,9 @@ impl DeviceError {
         use crate::protocol::code;
         match self {
             DeviceError::Video(_) | DeviceError::Audio(_) => code::DEVICE_NOT_FOUND,
-            DeviceError::Config { .. } | DeviceError::Secret(_) => code::INVALID_PARAMETER,
+            DeviceError::Config { .. } | DeviceError::Secret(_) | DeviceError::Display(_) => {
+                code::INVALID_PARAMETER
+            }
             DeviceError::Client(e) => e.code(),
             DeviceError::Banned(_) => code::CLIENT_BANNED,
             DeviceError::Threads(_) => code::UNKNOWN,
@@ -104,7 +109,10 @@ impl DeviceError {
     pub fn retryable(&self) -> bool {
         match self {
             DeviceError::Client(ClientError::Refused { reason, .. }) => !reason.is_usersig(),
-            DeviceError::Config { .. } | DeviceError::Secret(_) | DeviceError::Banned(_) => false,
+            DeviceError::Config { .. }
+            | DeviceError::Secret(_)
+            | DeviceError::Display(_)
+            | DeviceError::Banned(_) => false,
             _ => true,
         }
     }
@@ -202,10 +210,14 @@ pub struct Device {
     started: Instant,
 }
 
-/// The configured screen, composing. A y4m file that cannot be created
-/// leaves the device without a screen; a DRM screen that is missing or
-/// unplugged is retried (logged with a code) while the call goes on.
-fn open_display(c: &DeviceConfig, stats: &Arc<MediaStats>) -> Option<ScreenThread> {
+/// The configured screen, composing. A connector or mode the board does
+/// not have is a config error; a y4m file that cannot be created leaves
+/// the device without a screen; a DRM screen that is missing or unplugged
+/// is retried (logged with a code) while the call goes on.
+fn open_display(
+    c: &DeviceConfig,
+    stats: &Arc<MediaStats>,
+) -> Result<Option<ScreenThread>, DeviceError> {
     let d = &c.display;
     let idle = match d.idle {
         IdleKind::Text => Idle::Text,
@@ -216,18 +228,15 @@ fn open_display(c: &DeviceConfig, stats: &Arc<MediaStats>) -> Option<ScreenThrea
             .map(|s| Box::new(s) as Box<dyn DisplaySink>)
             .map_err(|e| e.to_string()),
         (DisplayKind::Drm, _) => {
-            let settings = KmsSettings {
-                device: d.device.clone(),
-                connector: d.connector.clone(),
-                mode: d.mode_size(),
-            };
+            let settings = KmsSettings::from(d);
+            settings.check(&drm_sysfs::cards(std::path::Path::new(drm_sysfs::SYSFS)))?;
             let open = Box::new(move || {
                 KmsSink::open(&settings).map(|s| Box::new(s) as Box<dyn DisplaySink>)
             });
             let size = (d.width, d.height);
             Ok(Box::new(Reopening::new(open, size, Duration::from_secs(2))))
         }
-        _ => return None,
+        _ => return Ok(None),
     };
     let started = sink.and_then(|sink| {
         log::info!("display: {} at {} fps", sink.describe(), d.fps);
@@ -239,13 +248,13 @@ fn open_display(c: &DeviceConfig, stats: &Arc<MediaStats>) -> Option<ScreenThrea
         screen::start(sink, d.fps, style, Arc::clone(stats)).map_err(|e| e.to_string())
     });
     match started {
-        Ok(s) => Some(s),
+        Ok(s) => Ok(Some(s)),
         Err(e) => {
             log::error!(
                 "display failed (code {:#06x}): {e}; going on without a screen",
                 crate::protocol::code::DEVICE_NOT_FOUND
             );
-            None
+            Ok(None)
         }
     }
 }
@@ -256,7 +265,7 @@ impl Device {
     /// the time-to-first-packet metric).
     pub fn open(config: DeviceConfig, started: Instant) -> Result<Device, DeviceError> {
         let stats = Arc::new(MediaStats::default());
-        let display = open_display(&config, &stats);
+        let display = open_display(&config, &stats)?;
         let mut camera = if config.video.enabled {
             Some(open_video(&config, &stats)?)
         } else {
@@ -713,6 +722,7 @@ impl<'d> Call<'d> {
         let playback = self.device.pipeline.playback.clone();
         let stream = id.to_owned();
         let links = Links {
+            library: self.device.config.video.openh264_library.clone(),
             keyframe: remote.keyframe_requester(),
             audio_delay: Box::new(move || playback.audio_delay(&stream)),
         };

@@ -61,20 +61,26 @@ fn err(what: &str) -> impl Fn(openh264::Error) -> VideoError + '_ {
     move |e| VideoError::Encoder(format!("{what}: {e}"))
 }
 
+/// OpenH264 from Cisco's binary at `library`, or the built-in one; and
+/// which it is, for the log.
+fn api(library: Option<&std::path::Path>) -> Result<(OpenH264API, String), VideoError> {
+    Ok(match library {
+        Some(path) => (
+            OpenH264API::from_blob_path(path).map_err(|e| {
+                VideoError::Encoder(format!(
+                    "cannot load Cisco's OpenH264 from {}: {e}",
+                    path.display()
+                ))
+            })?,
+            format!("Cisco OpenH264 {}", path.display()),
+        ),
+        None => (OpenH264API::from_source(), "built-in OpenH264".to_owned()),
+    })
+}
+
 impl OpenH264Encoder {
     pub fn new(settings: EncoderSettings) -> Result<Self, VideoError> {
-        let (api, source) = match &settings.library {
-            Some(path) => (
-                OpenH264API::from_blob_path(path).map_err(|e| {
-                    VideoError::Encoder(format!(
-                        "cannot load Cisco's OpenH264 from {}: {e}",
-                        path.display()
-                    ))
-                })?,
-                format!("Cisco OpenH264 {}", path.display()),
-            ),
-            None => (OpenH264API::from_source(), "built-in OpenH264".to_owned()),
-        };
+        let (api, source) = api(settings.library.as_deref())?;
         let config = EncoderConfig::new()
             .usage_type(UsageType::CameraVideoRealTime)
             .rate_control_mode(RateControlMode::Bitrate)
@@ -215,17 +221,24 @@ impl VideoEncoder for Passthrough {
     }
 }
 
-/// OpenH264's decoder, for checking what was sent.
+/// OpenH264's decoder: the screen's, and the tests' for checking what was sent.
 pub struct H264Decoder {
     dec: openh264::decoder::Decoder,
-    buf: Vec<u8>,
 }
 
 impl H264Decoder {
     pub fn new() -> Result<Self, VideoError> {
+        Self::with_library(None)
+    }
+
+    /// The decoder of Cisco's binary at `library` (`video.openh264_library`),
+    /// or the built-in one.
+    pub fn with_library(library: Option<&std::path::Path>) -> Result<Self, VideoError> {
+        let (api, _) = api(library)?;
+        let config = openh264::decoder::DecoderConfig::new();
         Ok(H264Decoder {
-            dec: openh264::decoder::Decoder::new().map_err(err("create decoder"))?,
-            buf: Vec::new(),
+            dec: openh264::decoder::Decoder::with_api_config(api, config)
+                .map_err(err("create decoder"))?,
         })
     }
 
@@ -251,11 +264,9 @@ impl H264Decoder {
             y_stride: ys,
             uv_stride: us,
         };
-        // Repack to a contiguous buffer (decoded planes are padded); only tests and sinks use this.
-        decoded.pack_into(&mut self.buf);
-        let view = I420::packed(&self.buf, w, h)
-            .ok_or_else(|| VideoError::Encoder("decoded frame size".into()))?;
-        Ok(Some(f(&view)))
+        // The planes as decoded, padded rows and all: whoever keeps the
+        // picture packs it (the screen), no copy here.
+        Ok(Some(f(&decoded)))
     }
 }
 
@@ -324,5 +335,8 @@ mod tests {
             e.contains("cannot load Cisco's OpenH264 from /nonexistent/libopenh264.so"),
             "{e}"
         );
+        // The screen's decoder loads the same binary.
+        let missing = std::path::Path::new("/nonexistent/libopenh264.so");
+        assert!(H264Decoder::with_library(Some(missing)).is_err());
     }
 }

@@ -123,14 +123,12 @@ async fn run_arch(arch: Arch) -> Result<usize> {
         share.join("device-passthrough.toml"),
         device_toml(size, &["YUYV", "H264"], "passthrough")?,
     )?;
-    std::fs::write(
-        share.join("device-screen.toml"),
-        screen_device_toml(size, "text")?,
-    )?;
-    std::fs::write(
-        share.join("device-blank.toml"),
-        screen_device_toml(size, "blank")?,
-    )?;
+    let screen = screen_device_toml(size, "text")?;
+    std::fs::write(share.join("device-screen.toml"), screen.text())?;
+    let no_such_connector = screen.set("display", "connector", "HDMI-A-9");
+    std::fs::write(share.join("device-hdmi.toml"), no_such_connector.text())?;
+    let blank = screen_device_toml(size, "blank")?;
+    std::fs::write(share.join("device-blank.toml"), blank.text())?;
     write_tone(&share.join("mic.wav"), MIC_HZ, 30, 0.4)?;
     // The near end's talker in the echo scenario, at about the echo's level.
     write_tone(&share.join("near.wav"), MIC_HZ, 30, 0.1)?;

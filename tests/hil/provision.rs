@@ -63,14 +63,13 @@ fn board(size: (usize, usize), formats: &[&str], encoder: &str) -> Result<Device
 /// screen; no camera of its own (it only has to show).
 /// A device without a camera and with the guest's DRM screen; `idle`
 /// says what it shows with no one to show ("text" or "blank").
-pub(crate) fn screen_device_toml(size: (usize, usize), idle: &str) -> Result<String> {
+pub(crate) fn screen_device_toml(size: (usize, usize), idle: &str) -> Result<DeviceToml> {
     Ok(board(size, &["YU12"], "openh264")?
         .set("video", "enabled", false)
         .set("display", "sink", "drm")
         .set("display", "mode", "640x480")
         .set("display", "fps", 15)
-        .set("display", "idle", idle)
-        .text())
+        .set("display", "idle", idle))
 }
 
 pub(crate) fn write_tone(path: &Path, hz: f64, secs: u32, amplitude: f64) -> Result<()> {

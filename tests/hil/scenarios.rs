@@ -600,13 +600,44 @@ impl Rig {
         let result = async {
             let shown = self.show_pattern().await?;
             self.guest.ok("hil-device stop").await?;
+            let refused = self.unknown_connector_refused().await?;
             let blank = self.blank_screen_powers_down().await?;
-            Ok::<_, anyhow::Error>(format!("{shown}; {blank}"))
+            Ok::<_, anyhow::Error>(format!("{shown}; {refused}; {blank}"))
         }
         .await;
         self.guest.ok("hil-device stop").await.ok();
         self.start_device("/etc/callbox/device.toml").await?;
         result
+    }
+
+    /// A connector the board lacks is a config error naming the key and
+    /// what the board has, from `probe --config` and from the daemon,
+    /// which exits at once.
+    async fn unknown_connector_refused(&mut self) -> Result<String> {
+        let config = "/etc/callbox/device-hdmi.toml";
+        let (code, out) = self
+            .guest
+            .sh(&format!("callbox probe --config {config}"))
+            .await?;
+        let line = out
+            .lines()
+            .find(|l| l.contains("display.connector"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        ensure!(
+            code == 1 && line.starts_with("FAIL") && line.contains("Virtual-1"),
+            "probe with connector HDMI-A-9 exited {code}: {out}"
+        );
+        let (code, out) = self
+            .guest
+            .sh(&format!("timeout 20 callbox device --config {config} 2>&1"))
+            .await?;
+        ensure!(
+            code == 1 && out.contains(config) && out.contains("display.connector"),
+            "the daemon with connector HDMI-A-9 exited {code}: {out}"
+        );
+        Ok(format!("connector HDMI-A-9: probe \"{line}\", the daemon exits 1 naming {config} and display.connector"))
     }
 
     /// With `idle = "blank"` and no one to show, the daemon powers the

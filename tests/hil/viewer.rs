@@ -94,8 +94,8 @@ pub(crate) fn check_video(r: &Received, size: (usize, usize)) -> VideoCheck {
     };
     for au in &r.video_frames {
         let Ok(Some((dims, spread))) = dec.decode(au, |f| {
-            let y = &f.y[..f.width * f.height];
-            let (lo, hi) = (y.iter().min().copied(), y.iter().max().copied());
+            let rows = || (0..f.height).flat_map(|r| &f.y[r * f.y_stride..][..f.width]);
+            let (lo, hi) = (rows().min().copied(), rows().max().copied());
             ((f.width, f.height), hi.zip(lo).map_or(0, |(h, l)| h - l))
         }) else {
             continue;

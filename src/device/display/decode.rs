@@ -34,8 +34,10 @@ const KEYFRAME_EVERY: Duration = Duration::from_millis(500);
 /// Never hold a picture longer than this for its audio.
 const MAX_HOLD: Duration = Duration::from_millis(400);
 
-/// What a decoder asks of the rest of the call.
+/// What a decoder needs from the rest of the device.
 pub struct Links {
+    /// Cisco's OpenH264 binary (`video.openh264_library`), else the built-in one.
+    pub library: Option<std::path::PathBuf>,
     /// Ask the publisher for a keyframe.
     pub keyframe: Box<dyn Fn() + Send>,
     /// How long this stream's audio arriving now takes to be heard
@@ -93,7 +95,7 @@ fn run(
     stats: Arc<MediaStats>,
     dropped: Arc<AtomicU64>,
 ) {
-    let mut decoder = match H264Decoder::new() {
+    let mut decoder = match H264Decoder::with_library(links.library.as_deref()) {
         Ok(d) => d,
         Err(e) => {
             log::error!("cannot decode {stream_id}'s video: {e}");
@@ -262,6 +264,7 @@ mod tests {
             counter.fetch_add(1, Relaxed);
         });
         let links = Links {
+            library: None,
             keyframe,
             audio_delay: Box::new(|| None),
         };
@@ -298,6 +301,7 @@ mod tests {
             .expect("screen");
         shown.screen.add("s", "user-s", false);
         let links = Links {
+            library: None,
             keyframe: Box::new(|| {}),
             audio_delay: Box::new(move || audio),
         };

@@ -8,7 +8,9 @@
 //! to show and `idle = "blank"` the connector is powered down (DPMS off).
 //! `drm` 0.15.
 
+use crate::device::config::DisplaySection;
 use crate::device::display::canvas::Canvas;
+use crate::device::display::drm_sysfs::{self, DrmCard, Mismatch};
 use crate::device::display::{DisplayError, DisplaySink};
 use drm::buffer::{Buffer, DrmFourcc};
 use drm::control::{
@@ -38,6 +40,28 @@ pub struct KmsSettings {
     pub connector: Option<String>,
     /// `WIDTHxHEIGHT`; default: the connector's preferred mode.
     pub mode: Option<(u16, u16)>,
+}
+
+impl From<&DisplaySection> for KmsSettings {
+    fn from(d: &DisplaySection) -> Self {
+        KmsSettings {
+            device: d.device.clone(),
+            connector: d.connector.clone(),
+            mode: d.mode_size(),
+        }
+    }
+}
+
+impl KmsSettings {
+    /// The connector and mode against what sysfs lists for the card.
+    pub fn check(&self, cards: &[DrmCard]) -> Result<(), Mismatch> {
+        drm_sysfs::check(
+            cards,
+            self.device.as_deref(),
+            self.connector.as_deref(),
+            self.mode,
+        )
+    }
 }
 
 pub struct KmsSink {

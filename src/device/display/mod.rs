@@ -7,9 +7,12 @@
 //! - [`decode`]: a remote stream's RTP -> H.264 access units -> pictures.
 //! - [`y4m`]: the YUV4MPEG2 sink (file or FIFO); [`kms`]: the DRM/KMS
 //!   screen; [`Reopening`]: a sink that is missing or unplugged, retried.
+//! - [`drm_sysfs`]: the cards, connectors and modes sysfs lists, and the
+//!   config checked against them.
 
 pub mod canvas;
 pub mod decode;
+pub mod drm_sysfs;
 pub mod kms;
 pub mod layout;
 pub mod screen;
