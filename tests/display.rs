@@ -228,3 +228,68 @@ async fn a_device_in_a_call_shows_itself_in_the_corner() {
     std::fs::remove_dir_all(&dir).ok();
     room.stop().await;
 }
+
+/// Pushed out of the room, a device says why on its screen, in red: the
+/// banned state is on the screen as well as on the LEDs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_shows_why_on_its_screen() {
+    use callbox::device::daemon::{Device, DeviceError};
+    use callbox::protocol::BanReason;
+    use callbox::room::local::DEMO_SDK_APP_ID;
+    let room = room().await;
+    let dir = std::env::temp_dir().join(format!("callbox-banned-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let screen = dir.join("screen.y4m");
+    let path = screen.to_string_lossy().into_owned();
+    let config = device_config(&room, ROOM + 2, "device-r", |d: DeviceToml| {
+        d.set("video", "enabled", false)
+            .set("display", "sink", "y4m")
+            .set("display", "path", path.as_str())
+            .set("display", "fps", 10)
+    });
+    let mut device = Device::open(config, Instant::now()).expect("device opens");
+    let (joined, in_call) = tokio::sync::oneshot::channel();
+    let link = CallLink {
+        joined: Some(joined),
+        ..Default::default()
+    };
+    let call = tokio::spawn(async move {
+        let r = device.call(std::future::pending(), link).await;
+        (device, r)
+    });
+    tokio::time::timeout(Duration::from_secs(15), in_call)
+        .await
+        .expect("in call within 15 s")
+        .expect("joined");
+    let remove = serde_json::json!({
+        "SdkAppId": DEMO_SDK_APP_ID, "RoomId": ROOM + 2, "UserIds": ["device-r"]
+    });
+    let (code, body) = room
+        .admin("RemoveUser", &remove, None)
+        .await
+        .expect("admin");
+    assert_eq!(code, 200, "{body}");
+    let (_device, result) = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call ends")
+        .expect("call task");
+    assert!(
+        matches!(result, Err(DeviceError::Banned(BanReason::Banned))),
+        "{result:?}"
+    );
+    // Red text (V 240) on black, where the white idle text was.
+    let red = wait_for(&screen, 5, "the banned state in red", |f| {
+        let v = &f[SIZE.0 * SIZE.1 * 5 / 4..];
+        let n = v.iter().filter(|&&c| c == 240).count();
+        (n > 50 && is_idle_text_gone(f)).then_some(n)
+    })
+    .await;
+    println!("removed: the screen says so in red ({red} chroma samples)");
+    std::fs::remove_dir_all(&dir).ok();
+    room.stop().await;
+}
+
+/// No white text left: the idle state's words are not on the screen.
+fn is_idle_text_gone(frame: &[u8]) -> bool {
+    !frame[..SIZE.0 * SIZE.1].contains(&235)
+}

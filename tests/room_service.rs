@@ -629,3 +629,31 @@ async fn dev_usersig_endpoint_only_when_enabled() {
     assert_eq!(status, 400);
     on.stop().await;
 }
+
+/// Removed after joining and before publishing: the publish is refused and
+/// `client-banned` is already among the client's events, which is how the
+/// device tells being pushed out from a failed publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_before_publishing_the_ban_comes_before_the_refusal() {
+    let room = room().await;
+    let mut carol = joined(&room, "carol", ROOM + 7).await;
+    let remove = json!({"SdkAppId": 1400000000u64, "RoomId": ROOM + 7, "UserIds": ["carol"]});
+    let (status, body) = room.admin("RemoveUser", &remove, None).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(carol.publish(true, false).await.is_err());
+    let banned = expect_event(&mut carol, 2, "client-banned", |m| {
+        matches!(m, ServerMessage::ClientBanned { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            banned,
+            ServerMessage::ClientBanned {
+                reason: BanReason::Banned,
+                ..
+            }
+        ),
+        "{banned:?}"
+    );
+    room.stop().await;
+}

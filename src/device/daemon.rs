@@ -418,11 +418,26 @@ impl Device {
                 Ok((client, existing))
             }
             Err(e) => {
+                // Pushed out between join and publish: the room said why
+                // just before it refused the publish.
+                let banned = pushed_out(&mut client).await;
                 client.close_media().await;
-                Err(e)
+                Err(banned.map_or(e, DeviceError::Banned))
             }
         }
     }
+}
+
+/// A `client-banned` among the events that arrived (waiting briefly for
+/// one in flight), if any.
+async fn pushed_out(client: &mut Client) -> Option<BanReason> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, client.next_event()).await {
+        if let ServerMessage::ClientBanned { reason, .. } = event {
+            return Some(reason);
+        }
+    }
+    None
 }
 
 /// One call in progress: the client, its tracks, and what the call loop
