@@ -70,19 +70,28 @@ pub enum Idle {
     Blank,
 }
 
+/// A caller's camera, as their tile shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Camera {
+    On,
+    /// Turned off: their name shows; pictures still in flight are ignored.
+    Off,
+    /// Turned on again: their name shows until the first new picture.
+    Returning,
+}
+
 /// A remote stream on the screen.
 struct Tile {
     stream_id: String,
     user_id: String,
-    /// The caller turned their camera off: their name shows instead.
-    video_muted: bool,
+    camera: Camera,
     /// `None` until the first picture.
     picture: Option<Picture>,
 }
 
 impl Tile {
     fn shown(&self) -> bool {
-        self.video_muted || self.picture.is_some()
+        self.camera != Camera::On || self.picture.is_some()
     }
 }
 
@@ -137,7 +146,7 @@ impl Screen {
             s.remote.push(Tile {
                 stream_id: stream_id.to_owned(),
                 user_id: user_id.to_owned(),
-                video_muted,
+                camera: if video_muted { Camera::Off } else { Camera::On },
                 picture: None,
             });
         }
@@ -146,13 +155,15 @@ impl Screen {
     /// The newest picture of a remote stream.
     pub fn show(&self, stream_id: &str, pic: &I420<'_>) {
         let mut s = self.scene();
-        if let Some(t) = s.remote.iter_mut().find(|t| t.stream_id == stream_id) {
+        let tile = s.remote.iter_mut().find(|t| t.stream_id == stream_id);
+        if let Some(t) = tile.filter(|t| t.camera != Camera::Off) {
             t.picture.get_or_insert_with(Picture::default).set(pic);
+            t.camera = Camera::On;
         }
     }
 
     /// A caller's camera went off (their name shows) or on again (their
-    /// picture shows from the next one decoded, not the stale one).
+    /// name until the next picture decoded, never the stale one).
     pub fn set_video_muted(&self, user_id: &str, muted: bool) {
         for t in self
             .scene()
@@ -160,7 +171,11 @@ impl Screen {
             .iter_mut()
             .filter(|t| t.user_id == user_id)
         {
-            t.video_muted = muted;
+            t.camera = if muted {
+                Camera::Off
+            } else {
+                Camera::Returning
+            };
             t.picture = None;
         }
     }
@@ -347,7 +362,7 @@ fn compose(s: &Scene, c: &mut Canvas, style: Style) {
         idle_text(s, c);
     }
     for (t, tile) in shown {
-        match t.picture.as_ref().filter(|_| !t.video_muted) {
+        match t.picture.as_ref().filter(|_| t.camera == Camera::On) {
             Some(pic) => {
                 if let Some(view) = pic.view() {
                     c.blit(&view, layout::fit((pic.width, pic.height), tile));
@@ -539,5 +554,34 @@ mod tests {
         t.screen
             .set_state(CallState::Banned(BanReason::Kick), "1234");
         wait_until("up for the ban", || power() == [false, true, false, true]);
+    }
+
+    #[test]
+    fn a_camera_turned_back_on_shows_the_name_until_a_new_picture() {
+        let screen = Screen {
+            scene: Arc::default(),
+            last: Arc::new(Mutex::new(Canvas::new(64, 48))),
+            running: Arc::new(AtomicBool::new(true)),
+        };
+        let grey = |screen: &Screen| {
+            let mut c = Canvas::new(64, 48);
+            compose(&screen.scene(), &mut c, Style::default());
+            c.view().y.iter().filter(|&&v| v == GREY.0).count() > 64 * 48 / 2
+        };
+        let white = vec![235u8; 16 * 16 * 3 / 2];
+        let pic = I420::packed(&white, 16, 16).expect("picture");
+        screen.add("s", "alice", false);
+        screen.show("s", &pic);
+        assert!(!grey(&screen), "the picture");
+        screen.set_video_muted("alice", true);
+        screen.show("s", &pic);
+        assert!(
+            grey(&screen),
+            "camera off: the name, a picture in flight ignored"
+        );
+        screen.set_video_muted("alice", false);
+        assert!(grey(&screen), "back on: still the name, not nothing");
+        screen.show("s", &pic);
+        assert!(!grey(&screen), "the new picture");
     }
 }
