@@ -343,6 +343,31 @@ impl MessageType {
     }
 }
 
+/// A STUN or TURN server for ICE, as `RTCPeerConnection` takes it. The
+/// credential is never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+impl std::fmt::Debug for IceServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceServer")
+            .field("urls", &self.urls)
+            .field("username", &self.username)
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
 /// Server -> client: replies (with the request `id`) and room events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
@@ -358,6 +383,9 @@ pub enum ServerMessage {
         peers: Vec<String>,
         /// Publications already in the room.
         streams: Vec<StreamInfo>,
+        /// TURN servers with credentials made for this user, short-lived.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     Published {
         id: u64,

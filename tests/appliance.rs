@@ -291,6 +291,7 @@ impl Rig {
         );
         let s = status(&self.socket).await;
         assert_eq!(s["leds"]["call"], true);
+        assert_eq!(s["media"]["ice_path"], "host/udp", "the media path");
         assert!(
             s["media"]["audio_packets_sent"].as_u64() > Some(50),
             "{s:#}"

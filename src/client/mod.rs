@@ -38,6 +38,9 @@ pub enum ClientError {
     },
     #[error("media: {0}")]
     Media(String),
+    /// Relay-only, and no TURN server gave a relay address.
+    #[error("no TURN relay from {0}: wrong credentials, or the server is unreachable over UDP")]
+    NoRelay(String),
     #[error("invalid operation: {0}")]
     InvalidOperation(&'static str),
     #[error("internal: {0}")]
@@ -52,7 +55,7 @@ impl ClientError {
             ClientError::SignalClosed => code::SIGNAL_CHANNEL_ERROR,
             ClientError::Timeout => code::SERVER_TIMEOUT,
             ClientError::Refused { code, .. } => *code,
-            ClientError::Media(_) => code::ICE_TRANSPORT_ERROR,
+            ClientError::Media(_) | ClientError::NoRelay(_) => code::ICE_TRANSPORT_ERROR,
             ClientError::InvalidOperation(_) => code::INVALID_OPERATION,
             ClientError::Internal(_) => code::UNKNOWN,
         }
@@ -132,6 +135,11 @@ impl LocalStream {
 
     pub fn video(&self) -> Option<&LocalTrack> {
         self.uplink.video.as_ref()
+    }
+
+    /// Which way the publication's media goes (host/srflx/relay, UDP/TCP).
+    pub async fn path(&self) -> Option<peer::IcePath> {
+        self.uplink.peer.path().await
     }
 
     /// The congestion controller's current target (bit/s), when it is on.
@@ -241,8 +249,14 @@ impl Client {
             })
             .await?;
         match reply {
-            ServerMessage::Joined { streams, .. } => {
+            ServerMessage::Joined {
+                streams,
+                ice_servers,
+                ..
+            } => {
                 self.joined = true;
+                // The room's TURN servers, for the connections made from now on.
+                self.config.net.room_ice_servers = ice_servers;
                 Ok(streams)
             }
             other => Err(unexpected(other)),

@@ -7,7 +7,7 @@
 use crate::client::keyframe::{is_keyframe_request, KeyframeRequestForwarder};
 use crate::client::liveness::RoomActivity;
 use crate::client::ClientError;
-use crate::protocol::MediaKind;
+use crate::protocol::{IceServer, MediaKind};
 use bytes::Bytes;
 use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport, Registry, Slot};
 use rtc::media::Sample;
@@ -20,8 +20,8 @@ use rtc::peer_connection::configuration::media_engine::{
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::{RTCIceServer, RTCIceTransportPolicy};
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::transport::RTCIceServer;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -52,8 +52,13 @@ const ICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct NetConfig {
     /// Local address to gather host candidates on (unspecified: all interfaces).
     pub bind: IpAddr,
-    /// `stun:` / `turn:` URLs.
-    pub ice_servers: Vec<String>,
+    /// STUN and TURN servers from the config.
+    pub ice_servers: Vec<IceServer>,
+    /// TURN servers the room handed out at join, with fresh credentials.
+    pub room_ice_servers: Vec<IceServer>,
+    /// Only relay candidates (`ice_transport_policy = "relay"`): every
+    /// call goes through TURN.
+    pub relay_only: bool,
     /// Send-side congestion control (TWCC feedback + GCC) on the uplink.
     pub congestion: Option<Congestion>,
 }
@@ -110,8 +115,18 @@ impl Default for NetConfig {
         NetConfig {
             bind: IpAddr::from([0, 0, 0, 0]),
             ice_servers: Vec::new(),
+            room_ice_servers: Vec::new(),
+            relay_only: false,
             congestion: None,
         }
+    }
+}
+
+fn rtc_ice_server(s: &IceServer) -> RTCIceServer {
+    RTCIceServer {
+        urls: s.urls.clone(),
+        username: s.username.clone().unwrap_or_default(),
+        credential: s.credential.clone().unwrap_or_default(),
     }
 }
 
@@ -169,13 +184,59 @@ pub struct Peer {
     tracks: Option<mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>>,
     /// The congestion controller's target (bit/s), when it runs on this connection.
     pub target_bitrate: Option<Arc<AtomicU64>>,
+    /// Relay-only: the TURN URLs that must give a relay address.
+    relay_from: Option<String>,
 }
 
 fn rtc_err(what: &str) -> impl Fn(webrtc::error::Error) -> ClientError + '_ {
     move |e| ClientError::Media(format!("{what}: {e}"))
 }
 
+/// Which way a connection's media goes: the local candidate of the
+/// selected pair (`host`, `srflx`, `prflx`, `relay`) and its protocol.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IcePath {
+    pub candidate: String,
+    pub protocol: String,
+}
+
+impl std::fmt::Display for IcePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.candidate, self.protocol)
+    }
+}
+
 impl Peer {
+    /// The path the selected candidate pair takes, once there is one.
+    pub async fn path(&self) -> Option<IcePath> {
+        use rtc::statistics::report::RTCStatsReportEntry as Entry;
+        let report = self
+            .pc
+            .get_stats(Instant::now(), rtc::statistics::StatsSelector::None)
+            .await;
+        let pairs = report.iter().filter_map(|e| match e {
+            Entry::IceCandidatePair(p) => Some(p),
+            _ => None,
+        });
+        // The nominated pair; the one carrying the most, if none says so.
+        let pair = pairs.max_by_key(|p| (p.nominated, p.bytes_sent + p.bytes_received))?;
+        // The pair names its candidate `candidate:X`, the candidate's own
+        // entry is `RTCLocalIceCandidate_candidate:X` (webrtc 0.21).
+        let id = &pair.local_candidate_id;
+        let local = report.iter().find_map(|e| match e {
+            Entry::LocalCandidate(c)
+                if c.stats.id == *id || c.stats.id.ends_with(&format!("_{id}")) =>
+            {
+                Some(c)
+            }
+            _ => None,
+        })?;
+        Some(IcePath {
+            candidate: local.candidate_type.to_string(),
+            protocol: local.protocol.clone(),
+        })
+    }
+
     async fn new(
         net: &NetConfig,
         congestion: Option<Congestion>,
@@ -225,15 +286,22 @@ impl Peer {
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             .with_include_loopback_candidate(net.bind.is_loopback())
             .build();
+        let servers = net.ice_servers.iter().chain(&net.room_ice_servers);
+        let relay_from = net.relay_only.then(|| {
+            let urls: Vec<&str> = servers
+                .clone()
+                .flat_map(|s| &s.urls)
+                .map(String::as_str)
+                .collect();
+            urls.join(", ")
+        });
+        let policy = match net.relay_only {
+            true => RTCIceTransportPolicy::Relay,
+            false => RTCIceTransportPolicy::All,
+        };
         let config = RTCConfigurationBuilder::new()
-            .with_ice_servers(if net.ice_servers.is_empty() {
-                vec![]
-            } else {
-                vec![RTCIceServer {
-                    urls: net.ice_servers.clone(),
-                    ..Default::default()
-                }]
-            })
+            .with_ice_servers(servers.map(rtc_ice_server).collect())
+            .with_ice_transport_policy(policy)
             .build();
         let (gathered_tx, gathered) = watch::channel(false);
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
@@ -262,6 +330,7 @@ impl Peer {
             gathered,
             tracks: Some(tracks),
             target_bitrate,
+            relay_from,
         })
     }
 
@@ -281,11 +350,19 @@ impl Peer {
             .await
             .map_err(|_| ClientError::Media("ICE gathering did not finish".into()))?
             .map_err(|_| ClientError::Media("peer connection closed while gathering".into()))?;
-        self.pc
+        let sdp = self
+            .pc
             .local_description()
             .await
             .map(|d| d.sdp)
-            .ok_or_else(|| ClientError::Media("no local description".into()))
+            .ok_or_else(|| ClientError::Media("no local description".into()))?;
+        // Fail now, naming the servers, rather than after the ICE timeout.
+        match &self.relay_from {
+            Some(servers) if !sdp.contains(" typ relay") => {
+                Err(ClientError::NoRelay(servers.clone()))
+            }
+            _ => Ok(sdp),
+        }
     }
 
     async fn accept_answer(&self, sdp: String) -> Result<(), ClientError> {

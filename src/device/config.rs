@@ -8,6 +8,7 @@
 use crate::config::{self, ConfigError, Problems, Secret};
 use crate::device::processing::{NoiseLevel, Settings};
 use crate::device::v4l2::PixelFormat;
+use crate::protocol::IceServer;
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -59,12 +60,87 @@ pub struct NetworkSection {
     /// Local address for media (ICE host candidates).
     #[serde(default = "any_addr")]
     pub bind: IpAddr,
-    /// `stun:` / `turn:` URLs for devices behind NAT.
+    /// STUN and TURN servers of the device's own (`[[network.ice_servers]]`);
+    /// the room's TURN servers come with the join reply on top.
     #[serde(default)]
-    pub ice_servers: Vec<String>,
+    pub ice_servers: Vec<IceServerSection>,
+    /// `relay`: only TURN relay candidates, every call through TURN.
+    #[serde(default)]
+    pub ice_transport_policy: IceTransportPolicy,
     /// TWCC + GCC congestion control setting the video bitrate (opt-in).
     #[serde(default)]
     pub congestion_control: bool,
+}
+
+/// One `[[network.ice_servers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServerSection {
+    /// `stun:host:3478`, `turn:host:3478?transport=udp`, ...
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub credential: Option<Secret>,
+    /// Or the credential in a file.
+    #[serde(default)]
+    pub credential_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IceTransportPolicy {
+    #[default]
+    All,
+    Relay,
+}
+
+impl NetworkSection {
+    pub fn validate(&self, p: &mut Problems) {
+        for (i, s) in self.ice_servers.iter().enumerate() {
+            let key = |k: &str| format!("network.ice_servers[{i}].{k}");
+            p.check(!s.urls.is_empty(), &key("urls"), "at least one URL");
+            for url in &s.urls {
+                p.check(
+                    ["stun:", "turn:", "turns:"]
+                        .iter()
+                        .any(|x| url.starts_with(x)),
+                    &key("urls"),
+                    format!("{url:?} is not a stun:, turn: or turns: URL"),
+                );
+            }
+            let turn = s.urls.iter().any(|u| u.starts_with("turn"));
+            let has_credential = s.credential.is_some() || s.credential_file.is_some();
+            p.check(
+                !turn || (s.username.is_some() && has_credential),
+                &key("username"),
+                "a TURN server needs username and credential (or credential_file)",
+            );
+            p.check(
+                !(s.credential.is_some() && s.credential_file.is_some()),
+                &key("credential"),
+                "credential or credential_file, not both",
+            );
+            if let Some(f) = &s.credential_file {
+                p.check_file(&key("credential_file"), f);
+            }
+        }
+    }
+
+    /// The configured servers, credentials read (files each time).
+    pub fn ice_servers(&self) -> Result<Vec<IceServer>, SecretUnavailable> {
+        self.ice_servers
+            .iter()
+            .map(|s| {
+                let file_key = "network.ice_servers.credential_file";
+                Ok(IceServer {
+                    urls: s.urls.clone(),
+                    username: s.username.clone(),
+                    credential: read_secret(&s.credential, &s.credential_file, file_key)?,
+                })
+            })
+            .collect()
+    }
 }
 
 fn any_addr() -> IpAddr {
@@ -76,6 +152,7 @@ impl Default for NetworkSection {
         NetworkSection {
             bind: any_addr(),
             ice_servers: Vec::new(),
+            ice_transport_policy: IceTransportPolicy::All,
             congestion_control: false,
         }
     }
@@ -357,6 +434,7 @@ impl DeviceConfig {
     /// Every section's problems.
     pub fn validate(&self, p: &mut Problems) {
         self.room.validate(p);
+        self.network.validate(p);
         self.video.validate(p);
         self.audio.validate(p);
         self.display
@@ -642,6 +720,46 @@ playback = "null"
         }
         // A headless board ignores the rest.
         assert!(display_problems("sink = \"none\"\nfps = 0").is_empty());
+    }
+
+    fn network_problems(section: &str) -> Vec<String> {
+        let text = format!("{GOOD}\n[network]\n{section}\n");
+        match DeviceConfig::parse(Path::new("d.toml"), &text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| p.key).collect()
+            }
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn ice_servers_are_checked_by_key_and_credentials_never_printed() {
+        let good = r#"ice_servers = [{ urls = ["turn:t.example:3478?transport=udp"], username = "d1", credential = "s3cret" }]"#;
+        assert!(
+            network_problems(good).is_empty(),
+            "{:?}",
+            network_problems(good)
+        );
+        let no_credential =
+            r#"ice_servers = [{ urls = ["turn:t.example:3478"], username = "d1" }]"#;
+        assert_eq!(
+            network_problems(no_credential),
+            ["network.ice_servers[0].username"]
+        );
+        let not_a_url = r#"ice_servers = [{ urls = ["http://t.example"] }]"#;
+        assert_eq!(network_problems(not_a_url), ["network.ice_servers[0].urls"]);
+        let missing_file = r#"ice_servers = [{ urls = ["turn:t"], username = "d", credential_file = "/nonexistent/c" }]"#;
+        assert_eq!(
+            network_problems(missing_file),
+            ["network.ice_servers[0].credential_file"]
+        );
+        let text = format!("{GOOD}\n[network]\n{good}\n");
+        let c = DeviceConfig::parse(Path::new("d.toml"), &text).expect("config");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let servers = c.network.ice_servers().expect("servers");
+        assert_eq!(servers[0].credential.as_deref(), Some("s3cret"));
+        assert!(!format!("{servers:?}").contains("s3cret"));
     }
 
     #[test]

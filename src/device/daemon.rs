@@ -13,7 +13,7 @@ use crate::client::{
     Subscription,
 };
 use crate::device::audio::{AudioError, AudioProcessor, NoProcessing, OpusEncoder};
-use crate::device::config::{DeviceConfig, DisplayKind, IdleKind, LayoutKind};
+use crate::device::config::{DeviceConfig, DisplayKind, IceTransportPolicy, IdleKind, LayoutKind};
 use crate::device::display::decode::{Links, VideoDecoder};
 use crate::device::display::kms::{KmsSettings, KmsSink};
 use crate::device::display::screen::{self, CallState, Idle, Layout, Screen, ScreenThread, Style};
@@ -350,7 +350,9 @@ impl Device {
             user_sig: c.room.user_sig()?,
             net: NetConfig {
                 bind: c.network.bind,
-                ice_servers: c.network.ice_servers.clone(),
+                ice_servers: c.network.ice_servers()?,
+                room_ice_servers: Vec::new(),
+                relay_only: c.network.ice_transport_policy == IceTransportPolicy::Relay,
                 congestion: c.network.congestion_control.then_some(Congestion {
                     min_bps: v.bitrate_min_kbps as f64 * 1000.0,
                     start_bps: v.bitrate_start_kbps as f64 * 1000.0,
@@ -374,6 +376,15 @@ impl Device {
             joined = self.join_and_publish() => joined?,
             _ = &mut hangup => return Ok(()),
         };
+        if let Some(path) = client.local_stream().map(|l| l.path()) {
+            let path = path.await.map(|p| p.to_string());
+            log::info!("media path: {}", path.as_deref().unwrap_or("unknown"));
+            *self
+                .stats
+                .ice_path
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = path;
+        }
         if let Some(j) = link.joined.take() {
             let _ = j.send(());
         }

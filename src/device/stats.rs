@@ -45,6 +45,8 @@ pub struct MediaStats {
     pub video_sync_hold_us: AtomicU64,
     /// Microseconds from daemon start to the first RTP packet handed to WebRTC.
     pub first_rtp_us: AtomicU64,
+    /// Which way the call's uplink goes (`relay/udp`), once connected.
+    pub ice_path: Mutex<Option<String>>,
     /// The echo canceller's latest report (every second while it runs).
     pub echo: std::sync::Arc<Mutex<Option<crate::device::processing::EchoReport>>>,
     encode_us: Mutex<Vec<u32>>,
@@ -65,6 +67,7 @@ pub struct StatsSnapshot {
     pub video_errors: u64,
     pub camera_lost: bool,
     pub display_lost: bool,
+    pub ice_path: Option<String>,
     pub target_bitrate_bps: u64,
     pub audio_frames_captured: u64,
     pub audio_packets_sent: u64,
@@ -127,6 +130,7 @@ impl MediaStats {
             video_errors: g(&self.video_errors),
             camera_lost: self.camera_lost.load(Relaxed),
             display_lost: self.display_lost.load(Relaxed),
+            ice_path: self.ice_path.lock().map_or(None, |p| p.clone()),
             target_bitrate_bps: g(&self.target_bitrate_bps),
             audio_frames_captured: g(&self.audio_frames_captured),
             audio_packets_sent: g(&self.audio_packets_sent),

@@ -22,6 +22,10 @@ pub struct RoomConfig {
     pub dev: DevConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// A TURN server (coturn, `use-auth-secret`) the room hands out
+    /// credentials for in each join reply.
+    #[serde(default)]
+    pub turn: Option<crate::room::turn::TurnConfig>,
 }
 
 /// What one client, one address, one room and one app may hold, and for
@@ -275,6 +279,9 @@ impl RoomConfig {
         if let Some(why) = weak_key(self.admin.key.expose()) {
             p.add("admin.key", why);
         }
+        if let Some(turn) = &self.turn {
+            turn.validate(&mut p);
+        }
         p.check(
             !self.apps.is_empty(),
             "apps",
@@ -396,6 +403,26 @@ secret_key = "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
             assert!(e.contains(key), "{key} missing in {e}");
         }
         assert!(!e.contains("short"), "secrets are not echoed: {e}");
+    }
+
+    #[test]
+    fn turn_settings_are_checked_by_key() {
+        let good = format!(
+            "{GOOD}\n[turn]\nurls = [\"turn:turn.example:3478?transport=udp\"]\nshared_secret = \"0123456789abcdef\"\n"
+        );
+        assert_eq!(problems(&good), []);
+        let bad = format!(
+            "{GOOD}\n[turn]\nurls = [\"http://x\"]\nshared_secret = \"short\"\ncredential_ttl_s = 5\n"
+        );
+        let keys: Vec<String> = problems(&bad).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "turn.urls[0]",
+                "turn.shared_secret",
+                "turn.credential_ttl_s"
+            ]
+        );
     }
 
     /// With TLS too, the development userSig endpoint stays on loopback.

@@ -161,6 +161,7 @@ pub fn loopback_config(web_root: Option<PathBuf>, dev_usersig: bool) -> RoomConf
             removed_rejoin_block_s: DEMO_REJOIN_BLOCK_S,
             ..Limits::default()
         },
+        turn: None,
     }
 }
 

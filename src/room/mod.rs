@@ -12,3 +12,4 @@ pub mod log_limit;
 pub mod server;
 pub mod sfu;
 pub mod state;
+pub mod turn;

@@ -593,8 +593,17 @@ async fn handle(
                 .update(|rooms, _| rooms.join(conn, joiner, Instant::now()))
                 .map_err(|e| Refusal::new(code::JOIN_ROOM_FAILED, e.reason(), e.to_string()))?;
             log::info!("conn {conn}: {user_id} joined {room} of app {sdk_app_id}");
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let ice_servers = state
+                .config
+                .turn
+                .iter()
+                .map(|t| t.for_user(&user_id, now_s));
             Ok(ServerMessage::Joined {
                 id,
+                ice_servers: ice_servers.collect(),
                 user_id,
                 peers: joined.peers,
                 streams: joined.streams,

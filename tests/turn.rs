@@ -1,0 +1,257 @@
+//! Calls through TURN, against Debian's coturn in its `use-auth-secret`
+//! mode: the room hands each client TURN credentials in its join reply (the
+//! TURN REST scheme, HMAC-SHA1 with the secret it shares with coturn), and
+//! a device with `ice_transport_policy = "relay"` and no TURN secret of its
+//! own sends its media through the relay. A subscriber decodes its pattern
+//! and its tone; the device's status names the path. Runs in a network
+//! namespace of its own with only loopback (the test re-executes itself
+//! under `unshare --net`), so coturn's fixed ports are private to it.
+
+mod common;
+
+use callbox::client::ClientError;
+use callbox::device::audio::{OpusDecoder, FRAME_SAMPLES, SAMPLE_RATE};
+use callbox::device::daemon::{CallLink, Device, DeviceError};
+use callbox::device::h264::H264Decoder;
+use callbox::device::{pattern, tone};
+use callbox::room::local::{loopback_config, DeviceToml, LocalRoom};
+use callbox::room::turn::TurnConfig;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROOM: u32 = 3600;
+const SECRET: &str = "turn-shared-secret-for-tests";
+const TURN_PORT: u16 = 3478;
+
+/// Run `test` in a fresh loopback-only network namespace: re-execute this
+/// test binary there for just that test.
+fn in_own_netns(test: &str) -> bool {
+    if std::env::var_os("CALLBOX_TURN_NETNS").is_some() {
+        return true;
+    }
+    let me = std::env::current_exe().expect("test binary");
+    let status = in_loopback_netns("exec \"$0\" \"$@\"")
+        .arg(me)
+        .args([test, "--exact", "--nocapture"])
+        .env("CALLBOX_TURN_NETNS", "1")
+        .status()
+        .expect("unshare");
+    assert!(
+        status.success(),
+        "{test} in its network namespace: {status}"
+    );
+    false
+}
+
+/// coturn on 127.0.0.1, long-term credentials from the shared secret,
+/// relaying to loopback peers (the room is one), no TLS.
+fn coturn() -> Option<Child> {
+    let child = Command::new("turnserver")
+        .args([
+            "-n",
+            "--listening-ip=127.0.0.1",
+            "--relay-ip=127.0.0.1",
+            &format!("--listening-port={TURN_PORT}"),
+            "--use-auth-secret",
+            &format!("--static-auth-secret={SECRET}"),
+            "--realm=callbox.test",
+            "--allow-loopback-peers",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--min-port=49152",
+            "--max-port=49252",
+            "--log-file=stdout",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match child {
+        Ok(c) => Some(c),
+        Err(e) => {
+            println!(
+                "turn: SKIPPED: coturn's turnserver cannot run ({e}); scripts/deps.sh installs it"
+            );
+            None
+        }
+    }
+}
+
+async fn room_with_turn(secret: &str) -> LocalRoom {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mut config = loopback_config(None, false);
+    config.turn = Some(
+        toml::from_str::<TurnConfig>(&format!(
+            "urls = [\"turn:127.0.0.1:{TURN_PORT}?transport=udp\"]\nshared_secret = \"{secret}\""
+        ))
+        .expect("turn config"),
+    );
+    LocalRoom::start(config).await.expect("room starts")
+}
+
+#[test]
+fn a_device_relays_its_call_through_turn_with_the_rooms_credentials() {
+    if !in_own_netns("a_device_relays_its_call_through_turn_with_the_rooms_credentials") {
+        return;
+    }
+    let Some(mut turn) = coturn() else { return };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let room = room_with_turn(SECRET).await;
+        relayed_call(room, "the room's", |d| d).await;
+    });
+    let _ = turn.kill();
+    let _ = turn.wait();
+}
+
+/// A room without `[turn]`; the device has TURN credentials of its own.
+#[test]
+fn a_device_relays_its_call_through_turn_with_credentials_of_its_own() {
+    if !in_own_netns("a_device_relays_its_call_through_turn_with_credentials_of_its_own") {
+        return;
+    }
+    let Some(mut turn) = coturn() else { return };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let room = LocalRoom::start(loopback_config(None, false))
+            .await
+            .expect("room");
+        let now_s = pattern::now_us() / 1_000_000;
+        let url = format!("turn:127.0.0.1:{TURN_PORT}?transport=udp");
+        let own =
+            callbox::room::turn::ice_server(&[url], SECRET.as_bytes(), "device-t", now_s, 600);
+        let entry = format!(
+            "[{{ urls = {:?}, username = {:?}, credential = {:?} }}]",
+            own.urls,
+            own.username.unwrap_or_default(),
+            own.credential.unwrap_or_default()
+        );
+        let own_server = move |d: DeviceToml| {
+            d.set_toml("network", "ice_servers", &entry)
+                .expect("ice_servers entry")
+        };
+        relayed_call(room, "its own", own_server).await;
+    });
+    let _ = turn.kill();
+    let _ = turn.wait();
+}
+
+/// A relay-only device with `tweak` in `room`: in call through TURN, and a
+/// subscriber decodes its pattern and its tone.
+async fn relayed_call(room: LocalRoom, whose: &str, tweak: impl FnOnce(DeviceToml) -> DeviceToml) {
+    let relay = |d: DeviceToml| tweak(d.set("network", "ice_transport_policy", "relay"));
+    let config = device_config(&room, ROOM, "device-t", relay);
+    let mut device = Device::open(config, Instant::now()).expect("device opens");
+    let stats = device.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (joined, in_call) = tokio::sync::oneshot::channel();
+    let link = CallLink {
+        joined: Some(joined),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let call = tokio::spawn(async move {
+        let r = device
+            .call(
+                async {
+                    let _ = stopped.await;
+                },
+                link,
+            )
+            .await;
+        assert!(r.is_ok(), "call ended with {r:?}");
+    });
+    tokio::time::timeout(Duration::from_secs(15), in_call)
+        .await
+        .expect("in call through TURN within 15 s")
+        .expect("joined");
+    let joined_after = t.elapsed();
+    let path = stats.snapshot().ice_path;
+    assert_eq!(
+        path.as_deref(),
+        Some("relay/udp"),
+        "the device's media path"
+    );
+
+    let (mut viewer, stream) =
+        joined_with_stream(room.client_config("viewer"), ROOM, "device-t", 15).await;
+    let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
+    let got = receive(
+        &mut remote.packets,
+        Duration::from_secs(2),
+        Duration::from_secs(3),
+    )
+    .await;
+    let mut dec = H264Decoder::new().expect("decoder");
+    let stamps = got
+        .video_frames
+        .iter()
+        .filter_map(|au| dec.decode(au, pattern::read).ok().flatten().flatten())
+        .count();
+    let mut opus = OpusDecoder::new().expect("opus");
+    let mut pcm = Vec::new();
+    let mut buf = vec![0i16; FRAME_SAMPLES * 6];
+    for p in &got.audio_payloads {
+        if let Ok(n) = opus.decode(p, &mut buf) {
+            pcm.extend_from_slice(&buf[..n]);
+        }
+    }
+    let hz = tone::frequency(&pcm[pcm.len().min(SAMPLE_RATE as usize / 2)..], SAMPLE_RATE);
+    println!(
+        "turn: with {whose} credentials, device in call through coturn {:.2} s after start, path {}; subscriber: {stamps} pattern frames and the tone at {:.1} Hz in 3 s",
+        joined_after.as_secs_f64(),
+        path.as_deref().unwrap_or("?"),
+        hz.unwrap_or(0.0)
+    );
+    assert!(stamps >= 30, "{stamps} pattern frames in 3 s");
+    assert!(hz.is_some_and(|f| (f - 440.0).abs() <= 5.0), "{hz:?}");
+    let _ = stop.send(());
+    call.await.expect("device task");
+    room.stop().await;
+}
+
+#[test]
+fn wrong_turn_credentials_fail_the_call_at_once_naming_the_server() {
+    if !in_own_netns("wrong_turn_credentials_fail_the_call_at_once_naming_the_server") {
+        return;
+    }
+    let Some(mut turn) = coturn() else { return };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        // The room signs with a secret coturn does not share.
+        let room = room_with_turn("not-the-secret-coturn-knows").await;
+        let relay = |d: DeviceToml| d.set("network", "ice_transport_policy", "relay");
+        let mut device = Device::open(
+            device_config(&room, ROOM, "device-w", relay),
+            Instant::now(),
+        )
+        .expect("device opens");
+        let t = Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            device.call(std::future::pending(), Default::default()),
+        )
+        .await
+        .expect("the call ends, it does not hang");
+        let took = t.elapsed();
+        let e = result.expect_err("no relay, no call");
+        println!(
+            "turn: wrong credentials: the call failed after {took:.1?}: {e} (code {:#06x})",
+            e.code()
+        );
+        assert!(
+            matches!(
+                &e,
+                DeviceError::Client(ClientError::NoRelay(servers))
+                    if servers.contains(&format!("127.0.0.1:{TURN_PORT}"))
+            ),
+            "{e:?}"
+        );
+        assert!(e.retryable(), "another try may meet a fixed server");
+        room.stop().await;
+    });
+    let _ = turn.kill();
+    let _ = turn.wait();
+}
