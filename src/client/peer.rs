@@ -22,6 +22,7 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::{RTCIceServer, RTCIceTransportPolicy};
 use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -120,6 +121,16 @@ impl Default for NetConfig {
             congestion: None,
         }
     }
+}
+
+/// The room's passive ICE-TCP candidates in an SDP (`candidate:...` lines,
+/// the first media section's; the room bundles everything there).
+fn tcp_passive_candidates(sdp: &str) -> Vec<String> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a="))
+        .filter(|c| c.starts_with("candidate:") && c.contains(" tcptype passive"))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn rtc_ice_server(s: &IceServer) -> RTCIceServer {
@@ -321,6 +332,9 @@ impl Peer {
             .with_handler(handler)
             .with_runtime(runtime)
             .with_udp_addrs(vec![format!("{}:0", net.bind)])
+            // Active ICE-TCP candidates: where UDP is blocked, media can
+            // still reach a room that listens for TCP.
+            .with_tcp_addrs(vec![format!("{}:0", net.bind)])
             .build()
             .await
             .map_err(rtc_err("create peer connection"))?;
@@ -366,12 +380,26 @@ impl Peer {
     }
 
     async fn accept_answer(&self, sdp: String) -> Result<(), ClientError> {
+        let passive = tcp_passive_candidates(&sdp);
         let answer = RTCSessionDescription::answer(sdp)
             .map_err(|e| ClientError::Media(format!("answer: {e}")))?;
         self.pc
             .set_remote_description(answer)
             .await
-            .map_err(rtc_err("set remote description"))
+            .map_err(rtc_err("set remote description"))?;
+        // webrtc 0.21 opens ICE-TCP connections only to passive candidates
+        // handed to `add_ice_candidate`, not to those in the description.
+        for candidate in passive {
+            let init = RTCIceCandidateInit {
+                candidate,
+                sdp_mline_index: Some(0),
+                ..Default::default()
+            };
+            if let Err(e) = self.pc.add_ice_candidate(init).await {
+                log::debug!("ICE-TCP candidate not taken: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// Wait for the connection to be up (DTLS done, SRTP keys in place).

@@ -211,6 +211,13 @@ pub struct MediaConfig {
     /// Address put in ICE candidates (public/NAT address, or a forwarded port).
     /// Defaults to `udp_listen` when that is a specific address.
     pub advertise: Option<SocketAddr>,
+    /// Media over TCP too (ICE-TCP, passive), for clients that cannot send UDP.
+    #[serde(default)]
+    pub tcp_listen: Option<SocketAddr>,
+    /// The TCP address clients are told; defaults to `tcp_listen` when that
+    /// is a specific address, else `advertise`'s address with the TCP port.
+    #[serde(default)]
+    pub tcp_advertise: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -145,6 +145,8 @@ pub fn loopback_config(web_root: Option<PathBuf>, dev_usersig: bool) -> RoomConf
         media: MediaConfig {
             udp_listen: "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
             advertise: None,
+            tcp_listen: Some("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!())),
+            tcp_advertise: None,
         },
         admin: AdminConfig {
             key: Secret::new(DEMO_ADMIN_KEY),

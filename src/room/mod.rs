@@ -9,6 +9,7 @@ pub mod config;
 pub mod hub;
 pub mod local;
 pub mod log_limit;
+pub mod media_tcp;
 pub mod server;
 pub mod sfu;
 pub mod state;

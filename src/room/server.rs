@@ -18,7 +18,7 @@ use crate::room::admin;
 use crate::room::config::{Limits, PrivateMapKeyPolicy, RoomConfig, ServerConfig};
 use crate::room::hub::{AppState, Outbox, SharedHub};
 use crate::room::log_limit::{clip, RateLimitedLog};
-use crate::room::sfu::{Health, MediaLost, Role, Sfu, SfuError};
+use crate::room::sfu::{Health, MediaLost, MediaTcp, Role, Sfu, SfuError};
 use crate::room::state::{ConnId, Joiner, Privileges, RoomLimits};
 use crate::usersig;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -132,6 +132,30 @@ async fn web(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// The media TCP listener, when configured, and the address it is
+/// advertised at: `tcp_advertise`, else the listener's own when it names
+/// an address, else the UDP advertise address with the TCP port.
+fn media_tcp(
+    media: &crate::room::config::MediaConfig,
+    advertise: std::net::SocketAddr,
+) -> std::io::Result<Option<MediaTcp>> {
+    let Some(listen) = media.tcp_listen else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(listen)?;
+    let local = listener.local_addr()?;
+    let advertise = match (media.tcp_advertise, local.ip().is_unspecified()) {
+        (Some(a), _) => a,
+        (None, false) => local,
+        (None, true) => std::net::SocketAddr::new(advertise.ip(), local.port()),
+    };
+    log::info!("media over TCP (ICE-TCP) on {local}, advertised {advertise}");
+    Ok(Some(MediaTcp {
+        listener,
+        advertise,
+    }))
+}
+
 /// Run the room service until `shutdown` resolves, or until its media
 /// thread dies (then `ServeError::MediaDied`, for systemd to restart it).
 pub async fn serve(
@@ -142,7 +166,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let media_addr = media_socket.local_addr().map_err(ServeError::Media)?;
     let advertise = config.media.advertise.unwrap_or(media_addr);
-    let (sfu, lost) = Sfu::start(media_socket, advertise).map_err(ServeError::Media)?;
+    let tcp = media_tcp(&config.media, advertise).map_err(ServeError::Media)?;
+    let (sfu, lost) = Sfu::start(media_socket, advertise, tcp).map_err(ServeError::Media)?;
     let limits = config.limits.clone();
     let state = AppState {
         hub: SharedHub::new(sfu.clone(), room_limits(&limits)),

@@ -21,7 +21,9 @@
 //! [`MediaLost`] so the room can tell the others. The thread's heartbeat
 //! ([`Sfu::health`]) says whether it is alive and moving.
 
+use crate::room::media_tcp::{self, TcpEvent};
 use crate::room::state::ConnId;
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +36,17 @@ use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
+
+/// Media TCP events (connections, packets) waiting for the thread.
+const TCP_EVENTS: usize = 1024;
+
+/// The next media TCP event, or never without media TCP.
+async fn next_tcp(rx: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Keyframe requests to one publisher are relayed at most this often.
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
@@ -123,7 +136,37 @@ pub struct Sfu {
     tx: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddr,
     advertise: SocketAddr,
+    /// The ICE-TCP passive candidate's address, when media TCP is on.
+    tcp_advertise: Option<SocketAddr>,
     beat: Arc<Heartbeat>,
+}
+
+/// Media over TCP (ICE-TCP): the listener and the address clients are told.
+pub struct MediaTcp {
+    pub listener: std::net::TcpListener,
+    pub advertise: SocketAddr,
+}
+
+/// Where a peer's packets leave: the UDP socket, or its TCP connection.
+struct Out {
+    udp: UdpSocket,
+    tcp: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+}
+
+impl Out {
+    fn send(&self, t: &str0m::net::Transmit) {
+        // A full buffer or queue drops the packet like the network would.
+        match t.proto {
+            Protocol::Udp => {
+                let _ = self.udp.try_send_to(&t.contents, t.destination);
+            }
+            _ => {
+                if let Some(conn) = self.tcp.get(&t.destination) {
+                    let _ = conn.try_send(Bytes::copy_from_slice(&t.contents));
+                }
+            }
+        }
+    }
 }
 
 /// The thread's loop count and when it last moved; `running` clears when
@@ -157,8 +200,17 @@ impl Sfu {
     pub fn start(
         socket: std::net::UdpSocket,
         advertise: SocketAddr,
+        tcp: Option<MediaTcp>,
     ) -> std::io::Result<(Sfu, mpsc::Receiver<MediaLost>)> {
         socket.set_nonblocking(true)?;
+        let tcp_advertise = tcp.as_ref().map(|t| t.advertise);
+        let tcp_listener = match tcp {
+            Some(t) => {
+                t.listener.set_nonblocking(true)?;
+                Some(t.listener)
+            }
+            None => None,
+        };
         let local_addr = socket.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (lost_tx, lost_rx) = mpsc::channel(LOST_QUEUE);
@@ -176,19 +228,35 @@ impl Sfu {
             .spawn(move || {
                 let _running = running;
                 rt.block_on(async move {
-                    match UdpSocket::from_std(socket) {
-                        Ok(socket) => {
-                            let beat = Arc::clone(&_running.0);
-                            Engine::new(socket, advertise, lost_tx, beat).run(rx).await
+                    let socket = match UdpSocket::from_std(socket) {
+                        Ok(socket) => socket,
+                        Err(e) => {
+                            log::error!("E_SFU_SOCKET: cannot use the media socket: {e}");
+                            return;
                         }
-                        Err(e) => log::error!("E_SFU_SOCKET: cannot use the media socket: {e}"),
-                    }
+                    };
+                    let tcp_events = match tcp_listener.map(tokio::net::TcpListener::from_std) {
+                        Some(Ok(listener)) => {
+                            let (tx, rx) = mpsc::channel(TCP_EVENTS);
+                            tokio::spawn(media_tcp::accept(listener, tx));
+                            Some(rx)
+                        }
+                        Some(Err(e)) => {
+                            log::error!("E_SFU_SOCKET: cannot use the media TCP listener: {e}");
+                            None
+                        }
+                        None => None,
+                    };
+                    let beat = Arc::clone(&_running.0);
+                    let engine = Engine::new(socket, advertise, lost_tx, beat);
+                    engine.run(rx, tcp_events, tcp_advertise).await
                 })
             })?;
         let sfu = Sfu {
             tx,
             local_addr,
             advertise,
+            tcp_advertise,
             beat,
         };
         Ok((sfu, lost_rx))
@@ -221,8 +289,8 @@ impl Sfu {
         role: Role,
         offer: String,
     ) -> Result<String, SfuError> {
-        let advertise = self.advertise;
-        let (rtc, answer) = tokio::task::spawn_blocking(move || prepare(&offer, advertise))
+        let (advertise, tcp) = (self.advertise, self.tcp_advertise);
+        let (rtc, answer) = tokio::task::spawn_blocking(move || prepare(&offer, advertise, tcp))
             .await
             .map_err(|_| SfuError::Stopped)??;
         let (reply, rx) = oneshot::channel();
@@ -262,7 +330,11 @@ impl Sfu {
 const STALL: Duration = Duration::from_secs(5);
 
 /// A str0m peer for `offer` and its answer: the SDP work, off the thread.
-fn prepare(offer: &str, advertise: SocketAddr) -> Result<(Rtc, String), SfuError> {
+fn prepare(
+    offer: &str,
+    advertise: SocketAddr,
+    tcp: Option<SocketAddr>,
+) -> Result<(Rtc, String), SfuError> {
     let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
     let mut cfg = Rtc::builder()
         .set_ice_lite(true)
@@ -281,6 +353,19 @@ fn prepare(offer: &str, advertise: SocketAddr) -> Result<(Rtc, String), SfuError
         SfuError::Refused("the server's media address is misconfigured".into())
     })?;
     rtc.add_local_candidate(candidate);
+    if let Some(tcp) = tcp {
+        let passive = Candidate::builder()
+            .tcp()
+            .host(tcp)
+            .tcptype(str0m::net::TcpType::Passive)
+            .build();
+        match passive {
+            Ok(c) => {
+                rtc.add_local_candidate(c);
+            }
+            Err(e) => log::error!("E_SFU_ADVERTISE: media.tcp_advertise {tcp} is unusable: {e}"),
+        }
+    }
     let answer = rtc
         .sdp_api()
         .accept_offer(offer)
@@ -335,7 +420,7 @@ enum Propagate {
 }
 
 struct Engine {
-    socket: UdpSocket,
+    out: Out,
     lost: mpsc::Sender<MediaLost>,
     beat: Arc<Heartbeat>,
     advertise: SocketAddr,
@@ -360,7 +445,10 @@ impl Engine {
         beat: Arc<Heartbeat>,
     ) -> Self {
         Engine {
-            socket,
+            out: Out {
+                udp: socket,
+                tcp: HashMap::new(),
+            },
             lost,
             beat,
             advertise,
@@ -376,22 +464,40 @@ impl Engine {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        mut tcp: Option<mpsc::Receiver<TcpEvent>>,
+        tcp_local: Option<SocketAddr>,
+    ) {
         // One byte over the largest datagram taken in tells a larger one apart.
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let udp_local = self.advertise;
         loop {
             self.beat.beat();
             let sleep = tokio::time::sleep_until(self.earliest.into());
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => match r {
+                r = self.out.udp.recv_from(&mut buf) => match r {
                     Ok((n, _)) if n > MAX_DATAGRAM => self.stats.datagrams_oversized += 1,
-                    Ok((n, source)) => self.on_datagram(&buf[..n], source),
+                    Ok((n, source)) => self.on_packet(&buf[..n], source, (Protocol::Udp, udp_local)),
                     // ICMP port-unreachable from a vanished client surfaces here; not fatal.
                     Err(e) => log::debug!("media socket recv: {e}"),
                 },
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
+                },
+                Some(ev) = next_tcp(&mut tcp) => match (ev, tcp_local) {
+                    (TcpEvent::Opened(addr, conn), _) => {
+                        self.out.tcp.insert(addr, conn);
+                    }
+                    (TcpEvent::Packet(addr, p), Some(local)) => {
+                        self.on_packet(&p, addr, (Protocol::Tcp, local))
+                    }
+                    (TcpEvent::Packet(..), None) => {}
+                    (TcpEvent::Closed(addr), _) => {
+                        self.out.tcp.remove(&addr);
+                    }
                 },
                 _ = sleep => {}
             }
@@ -519,7 +625,13 @@ impl Engine {
         }
     }
 
-    fn on_datagram(&mut self, data: &[u8], source: SocketAddr) {
+    /// One packet from `source`, over `proto` to our `destination` address.
+    fn on_packet(
+        &mut self,
+        data: &[u8],
+        source: SocketAddr,
+        (proto, destination): (Protocol, SocketAddr),
+    ) {
         let arrived = Instant::now();
         let Ok(contents) = data.try_into() else {
             return;
@@ -527,9 +639,9 @@ impl Engine {
         let input = Input::Receive(
             arrived,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
-                destination: self.advertise,
+                destination,
                 contents,
             },
         );
@@ -548,7 +660,7 @@ impl Engine {
             }
         };
         let Some(id) = id else {
-            log::debug!("datagram from {source} matches no peer");
+            log::debug!("{proto:?} packet from {source} matches no peer");
             return;
         };
         let forwarded = self.drive(id, Some(input), arrived);
@@ -595,7 +707,7 @@ impl Engine {
                 peer.rtc.disconnect();
             }
         }
-        Self::poll(id, peer, &self.socket, &mut self.work);
+        Self::poll(id, peer, &self.out, &mut self.work);
         self.earliest = self.earliest.min(peer.next_timeout);
         if !peer.rtc.is_alive() {
             self.remove(id, Removal::Died);
@@ -613,17 +725,14 @@ impl Engine {
         forwarded
     }
 
-    fn poll(id: PeerId, peer: &mut Peer, socket: &UdpSocket, work: &mut VecDeque<Propagate>) {
+    fn poll(id: PeerId, peer: &mut Peer, out: &Out, work: &mut VecDeque<Propagate>) {
         while peer.rtc.is_alive() {
             match peer.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
                     peer.next_timeout = t;
                     break;
                 }
-                Ok(Output::Transmit(t)) => {
-                    // A full socket buffer drops the packet like the network would.
-                    let _ = socket.try_send_to(&t.contents, t.destination);
-                }
+                Ok(Output::Transmit(t)) => out.send(&t),
                 Ok(Output::Event(e)) => match e {
                     Event::MediaAdded(m) => peer.mids.push((m.mid, m.kind)),
                     Event::RtpPacket(pkt) if peer.role == Role::Uplink => {
@@ -723,7 +832,7 @@ impl Engine {
                 log::warn!("peer {d}: {e}");
                 down.rtc.disconnect();
             }
-            Self::poll(d, down, &self.socket, &mut self.work);
+            Self::poll(d, down, &self.out, &mut self.work);
             self.earliest = self.earliest.min(down.next_timeout);
             self.stats.rtp_forwarded += 1;
             forwarded = true;
@@ -759,7 +868,7 @@ impl Engine {
             self.stats.keyframe_requests_relayed += 1;
             log::debug!("peer {up_id}: keyframe requested ({kind:?})");
         }
-        Self::poll(up_id, up, &self.socket, &mut self.work);
+        Self::poll(up_id, up, &self.out, &mut self.work);
         self.earliest = self.earliest.min(up.next_timeout);
     }
 }
@@ -778,7 +887,7 @@ mod tests {
             .build()
             .unwrap();
         let _guard = rt.enter();
-        let (sfu, _lost) = Sfu::start(socket, "127.0.0.1:9".parse().unwrap()).unwrap();
+        let (sfu, _lost) = Sfu::start(socket, "127.0.0.1:9".parse().unwrap(), None).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(sfu.health(), Health::Running);
         // What a panic on the thread does: the guard clears `running` on unwind.

@@ -1,11 +1,18 @@
-//! Calls through TURN, against Debian's coturn in its `use-auth-secret`
-//! mode: the room hands each client TURN credentials in its join reply (the
-//! TURN REST scheme, HMAC-SHA1 with the secret it shares with coturn), and
-//! a device with `ice_transport_policy = "relay"` and no TURN secret of its
-//! own sends its media through the relay. A subscriber decodes its pattern
-//! and its tone; the device's status names the path. Runs in a network
+//! Calls through networks that get in the way. Each test runs in a network
 //! namespace of its own with only loopback (the test re-executes itself
-//! under `unshare --net`), so coturn's fixed ports are private to it.
+//! under `unshare --net`), so coturn's fixed ports and the firewall rules
+//! are private to it.
+//!
+//! - TURN, against Debian's coturn in its `use-auth-secret` mode: the room
+//!   hands each client TURN credentials in its join reply (the TURN REST
+//!   scheme, HMAC-SHA1 with the secret it shares with coturn), or the
+//!   device has its own; with `ice_transport_policy = "relay"` its media
+//!   goes through the relay. Wrong credentials fail the call at once.
+//! - ICE-TCP: with all UDP to and from the device's address dropped
+//!   (iptables), the device reaches the room's passive TCP candidate.
+//!
+//! In each, a subscriber decodes the device's pattern and its tone, and the
+//! device's status names the path.
 
 mod common;
 
@@ -27,14 +34,14 @@ const TURN_PORT: u16 = 3478;
 /// Run `test` in a fresh loopback-only network namespace: re-execute this
 /// test binary there for just that test.
 fn in_own_netns(test: &str) -> bool {
-    if std::env::var_os("CALLBOX_TURN_NETNS").is_some() {
+    if std::env::var_os("CALLBOX_NET_NETNS").is_some() {
         return true;
     }
     let me = std::env::current_exe().expect("test binary");
     let status = in_loopback_netns("exec \"$0\" \"$@\"")
         .arg(me)
         .args([test, "--exact", "--nocapture"])
-        .env("CALLBOX_TURN_NETNS", "1")
+        .env("CALLBOX_NET_NETNS", "1")
         .status()
         .expect("unshare");
     assert!(
@@ -142,7 +149,19 @@ fn a_device_relays_its_call_through_turn_with_credentials_of_its_own() {
 /// subscriber decodes its pattern and its tone.
 async fn relayed_call(room: LocalRoom, whose: &str, tweak: impl FnOnce(DeviceToml) -> DeviceToml) {
     let relay = |d: DeviceToml| tweak(d.set("network", "ice_transport_policy", "relay"));
-    let config = device_config(&room, ROOM, "device-t", relay);
+    let what = format!("with {whose} credentials, through coturn");
+    call_through(room, &what, "relay/udp", relay).await;
+}
+
+/// A device with `tweak` in `room`: in call with its media on `path`, and
+/// a subscriber decodes its pattern and its tone.
+async fn call_through(
+    room: LocalRoom,
+    what: &str,
+    path_wanted: &str,
+    tweak: impl FnOnce(DeviceToml) -> DeviceToml,
+) {
+    let config = device_config(&room, ROOM, "device-t", tweak);
     let mut device = Device::open(config, Instant::now()).expect("device opens");
     let stats = device.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -165,13 +184,13 @@ async fn relayed_call(room: LocalRoom, whose: &str, tweak: impl FnOnce(DeviceTom
     });
     tokio::time::timeout(Duration::from_secs(15), in_call)
         .await
-        .expect("in call through TURN within 15 s")
+        .expect("in call within 15 s")
         .expect("joined");
     let joined_after = t.elapsed();
     let path = stats.snapshot().ice_path;
     assert_eq!(
         path.as_deref(),
-        Some("relay/udp"),
+        Some(path_wanted),
         "the device's media path"
     );
 
@@ -200,7 +219,7 @@ async fn relayed_call(room: LocalRoom, whose: &str, tweak: impl FnOnce(DeviceTom
     }
     let hz = tone::frequency(&pcm[pcm.len().min(SAMPLE_RATE as usize / 2)..], SAMPLE_RATE);
     println!(
-        "turn: with {whose} credentials, device in call through coturn {:.2} s after start, path {}; subscriber: {stamps} pattern frames and the tone at {:.1} Hz in 3 s",
+        "network: {what}: device in call {:.2} s after start, path {}; subscriber: {stamps} pattern frames and the tone at {:.1} Hz in 3 s",
         joined_after.as_secs_f64(),
         path.as_deref().unwrap_or("?"),
         hz.unwrap_or(0.0)
@@ -254,4 +273,47 @@ fn wrong_turn_credentials_fail_the_call_at_once_naming_the_server() {
     });
     let _ = turn.kill();
     let _ = turn.wait();
+}
+
+/// The device's own address in the test's namespace (on a veth end): the
+/// kernel sends to a local address from that address, which 127.0.0.2
+/// would not do (loopback sends from 127.0.0.1).
+const DEVICE_IP: &str = "10.9.0.2";
+
+/// All UDP to and from the device's address dropped: the device reaches
+/// the room over ICE-TCP (its active candidate, the room's passive one).
+#[test]
+fn a_device_without_udp_reaches_the_room_over_ice_tcp() {
+    if !in_own_netns("a_device_without_udp_reaches_the_room_over_ice_tcp") {
+        return;
+    }
+    let setup = [
+        "ip link add cbx0 type veth peer name cbx1".to_owned(),
+        format!("ip addr add {DEVICE_IP}/24 dev cbx0"),
+        "ip link set cbx0 up".to_owned(),
+        "ip link set cbx1 up".to_owned(),
+        format!("iptables -A OUTPUT -p udp -s {DEVICE_IP} -j DROP"),
+        format!("iptables -A INPUT -p udp -d {DEVICE_IP} -j DROP"),
+    ];
+    for step in &setup {
+        let mut words = step.split(' ');
+        let program = words.next().unwrap_or_default();
+        if !Command::new(program)
+            .args(words)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            println!("network: SKIPPED: `{step}` failed here (scripts/deps.sh installs iptables)");
+            return;
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let mut config = loopback_config(None, false);
+        config.media.tcp_listen = format!("{DEVICE_IP}:0").parse().ok();
+        let room = LocalRoom::start(config).await.expect("room");
+        let no_udp = |d: DeviceToml| d.set("network", "bind", DEVICE_IP);
+        call_through(room, "UDP blocked, ICE-TCP", "host/tcp", no_udp).await;
+    });
 }
