@@ -408,6 +408,8 @@
       this._userSig = String(userSig);
       this._url = signalUrl || defaultUrl();
       this._iceServers = iceServers || [];
+      this._turnServers = []; // setTurnServer()
+      this._roomIceServers = []; // the room's TURN, with credentials from the join reply
       this._ws = null;
       this._nextId = 1;
       this._pending = new Map();
@@ -599,6 +601,7 @@
           const subscribed = [...this._remotes.values()].filter((s) => s._subscribed).map((s) => s.getId());
           this._teardownMedia();
           const reply = await this._sendJoin();
+          this._roomIceServers = reply.iceServers || [];
           this._setState(State.CONNECTED);
           for (const info of reply.streams || []) {
             const s = this._addRemote(info, false);
@@ -647,6 +650,7 @@
         this._room = room;
         this._privateMapKey = privateMapKey ? String(privateMapKey) : null;
         const reply = await this._sendJoin();
+        this._roomIceServers = reply.iceServers || [];
         this._setState(State.CONNECTED);
         for (const info of reply.streams || []) this._addRemote(info, true);
       } catch (e) {
@@ -656,8 +660,30 @@
       }
     }
 
+    /**
+     * TRTC's `setTurnServer`: one `{url, username, credential}` (or a list)
+     * used for the connections made from now on, beside the room's own.
+     * `iceTransportPolicy: 'relay'` on an entry forces every call through TURN.
+     */
+    setTurnServer(config) {
+      const list = Array.isArray(config) ? config : [config];
+      if (!list.every((c) => c && (c.url || c.urls))) {
+        throw fail(ErrorCode.INVALID_PARAMETER, 'setTurnServer takes {url, username, credential}');
+      }
+      this._turnServers = list.map((c) => ({ urls: c.urls || c.url, username: c.username, credential: c.credential }));
+      this._relayOnly = list.some((c) => c.iceTransportPolicy === 'relay');
+    }
+
+    _peerConfig() {
+      return {
+        iceServers: [...this._iceServers, ...this._turnServers, ...this._roomIceServers],
+        iceTransportPolicy: this._relayOnly ? 'relay' : 'all',
+        bundlePolicy: 'max-bundle',
+      };
+    }
+
     _newPeer() {
-      return new RTCPeerConnection({ iceServers: this._iceServers, bundlePolicy: 'max-bundle' });
+      return new RTCPeerConnection(this._peerConfig());
     }
 
     async publish(stream) {

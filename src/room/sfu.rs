@@ -1,6 +1,8 @@
-//! The SFU: one UDP socket for all media of all clients, one thread that owns
-//! every peer (a str0m `Rtc`, ICE-lite, RTP mode) and forwards RTP from each
-//! publication's uplink to the downlinks that subscribe to it.
+//! The SFU: one UDP socket for all media of all clients (and, with
+//! `media.tcp_listen`, ICE-TCP connections from [`crate::room::media_tcp`]),
+//! one thread that owns every peer (a str0m `Rtc`, ICE-lite, RTP mode) and
+//! forwards RTP from each publication's uplink to the downlinks that
+//! subscribe to it.
 //!
 //! Each client has an uplink PeerConnection for its publication and one
 //! downlink PeerConnection per subscribed stream (the TRTC v4 topology). That

@@ -215,7 +215,7 @@ try {
     await pub.close();
   });
 
-  await check('API surface: system check, devices, strRoomId, video profile, audio level, unsubscribe, unpublish, error codes', async () => {
+  await check('API surface: system check, devices, strRoomId, video profile, audio level, setTurnServer, unsubscribe, unpublish, error codes', async () => {
     const p1 = await browser.newPage();
     const p2 = await browser.newPage();
     for (const p of [p1, p2]) await p.goto(`${demo.base}/seed.html`);
@@ -249,6 +249,17 @@ try {
       return { ok: v.stats && v.stats.frameWidth === 640 && v.stats.frameHeight === 360 && v.level > 0.001, ...v };
     });
     if (m.user !== 'kim' || !m.audio || !m.video || !m.id) throw new Error(JSON.stringify(m));
+    const turn = await p1.evaluate(() => {
+      const t = TRTC.createClient({ mode: 'rtc', sdkAppId: 1400000000, userId: 'kim', userSig: 'x' });
+      t.setTurnServer({ url: 'turn:127.0.0.1:3478?transport=udp', username: 'u', credential: 'c', iceTransportPolicy: 'relay' });
+      const pc = t._newPeer();
+      const conf = pc.getConfiguration();
+      pc.close();
+      let code = null;
+      try { t.setTurnServer({}); } catch (e) { code = e.getCode(); }
+      return { urls: conf.iceServers.flatMap((s) => [].concat(s.urls)), policy: conf.iceTransportPolicy, code };
+    });
+    if (!turn.urls.includes('turn:127.0.0.1:3478?transport=udp') || turn.policy !== 'relay' || turn.code !== 0x1000) throw new Error(`setTurnServer: ${JSON.stringify(turn)}`);
     const sent = await p1.evaluate(async () => ({ v: (await c.getLocalVideoStats()).kim, a: (await c.getLocalAudioStats()).kim }));
     if (!(sent.v.framesEncoded > 0 && sent.a.bytesSent > 0)) throw new Error(JSON.stringify(sent));
     const missing = await p2.evaluate(async () => {
