@@ -61,6 +61,18 @@
 //! decoding error -> `RemoteStream::keyframe_requester` -> PLI to the
 //! publisher.
 //!
+//! **Join -> media path**: `room::server::handle` answers `Join` with
+//! `ServerMessage::Joined`, its `ice_servers` from `TurnConfig::for_user`
+//! (TURN REST credentials) -> `Client::join_with_key` keeps them as
+//! `NetConfig::room_ice_servers` -> `Peer::new` (`rtc_ice_server`, the
+//! relay-only policy; active ICE-TCP candidates) -> `Peer::offer`
+//! (`ClientError::NoRelay` when relay-only got no relay) ->
+//! `Peer::accept_answer` (the room's passive TCP candidates through
+//! `add_ice_candidate`). In the room, UDP reaches `Engine::on_packet`
+//! directly, TCP through `media_tcp::accept` (`TcpEvent::Packet`); replies
+//! leave by `Out::send`. The device logs and keeps `Peer::path` in
+//! `MediaStats::ice_path`.
+//!
 //! **userSig -> verdict**: `Client::join` sends `ClientMessage::Join` ->
 //! `room::server::handle` -> `authenticate` -> `usersig::verify` (base64,
 //! zlib, HMAC-SHA256, app, user, expiry) -> on refusal
