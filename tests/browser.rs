@@ -60,3 +60,8 @@ fn device_and_chromium_call_each_other() {
 fn browsers_call_through_the_room_service() {
     run_script("calls.mjs");
 }
+
+#[test]
+fn chromium_calls_the_device_over_ice_tcp_when_udp_is_dropped() {
+    run_script("firewall.mjs");
+}

@@ -852,14 +852,16 @@
       const pair = pairs[0];
       let local = null;
       let remote = null;
+      let path = null; // which way media goes: candidate type and protocol
       if (pair && pc) {
         const report = await pc.getStats();
         const l = report.get(pair.localCandidateId);
         const r = report.get(pair.remoteCandidateId);
         local = l ? `${l.address || l.ip}:${l.port}` : null;
         remote = r ? `${r.address || r.ip}:${r.port}` : null;
+        path = l ? `${l.candidateType}/${l.protocol}` : null;
       }
-      return { rtt: pair && pair.currentRoundTripTime !== undefined ? Math.round(pair.currentRoundTripTime * 1000) : 0, localCandidate: local, remoteCandidate: remote };
+      return { rtt: pair && pair.currentRoundTripTime !== undefined ? Math.round(pair.currentRoundTripTime * 1000) : 0, localCandidate: local, remoteCandidate: remote, path };
     }
 
     async getLocalAudioStats() {
