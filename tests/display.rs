@@ -114,7 +114,8 @@ async fn a_device_shows_who_it_calls_and_its_idle_picture_when_alone() {
         muted: Some(muted),
         ..Default::default()
     };
-    let (stop_a, task_a) = start_linked_device(device_config(&room, ROOM, "device-a", |d| d), link);
+    let (stop_a, task_a, _) =
+        start_linked_device(device_config(&room, ROOM, "device-a", |d| d), link);
     let first = wait_for(&screen, 15, "A's picture", stamp).await;
     let shown_after = t.elapsed();
     tokio::time::sleep(Duration::from_millis(1000)).await;

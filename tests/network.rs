@@ -162,26 +162,13 @@ async fn call_through(
     tweak: impl FnOnce(DeviceToml) -> DeviceToml,
 ) {
     let config = device_config(&room, ROOM, "device-t", tweak);
-    let mut device = Device::open(config, Instant::now()).expect("device opens");
-    let stats = device.stats();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (joined, in_call) = tokio::sync::oneshot::channel();
     let link = CallLink {
         joined: Some(joined),
         ..Default::default()
     };
     let t = Instant::now();
-    let call = tokio::spawn(async move {
-        let r = device
-            .call(
-                async {
-                    let _ = stopped.await;
-                },
-                link,
-            )
-            .await;
-        assert!(r.is_ok(), "call ended with {r:?}");
-    });
+    let (stop, call, stats) = start_linked_device(config, link);
     tokio::time::timeout(Duration::from_secs(15), in_call)
         .await
         .expect("in call within 15 s")

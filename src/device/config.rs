@@ -676,8 +676,9 @@ playback = "null"
         assert!(!format!("{c:?}").contains("\"sig\""));
     }
 
-    fn display_problems(section: &str) -> Vec<String> {
-        let text = format!("{GOOD}\n[display]\n{section}\n");
+    /// The keys of the problems in GOOD with `[name]` holding `body`.
+    fn problems_in(name: &str, body: &str) -> Vec<String> {
+        let text = format!("{GOOD}\n[{name}]\n{body}\n");
         match DeviceConfig::parse(Path::new("d.toml"), &text) {
             Ok(_) => Vec::new(),
             Err(ConfigError::Invalid { problems, .. }) => {
@@ -685,6 +686,10 @@ playback = "null"
             }
             Err(e) => vec![e.to_string()],
         }
+    }
+
+    fn display_problems(body: &str) -> Vec<String> {
+        problems_in("display", body)
     }
 
     #[test]
@@ -722,15 +727,8 @@ playback = "null"
         assert!(display_problems("sink = \"none\"\nfps = 0").is_empty());
     }
 
-    fn network_problems(section: &str) -> Vec<String> {
-        let text = format!("{GOOD}\n[network]\n{section}\n");
-        match DeviceConfig::parse(Path::new("d.toml"), &text) {
-            Ok(_) => Vec::new(),
-            Err(ConfigError::Invalid { problems, .. }) => {
-                problems.into_iter().map(|p| p.key).collect()
-            }
-            Err(e) => vec![e.to_string()],
-        }
+    fn network_problems(body: &str) -> Vec<String> {
+        problems_in("network", body)
     }
 
     #[test]

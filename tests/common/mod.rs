@@ -254,16 +254,23 @@ pub fn device_config(
 pub fn start_device(
     config: DeviceConfig,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Device>) {
-    start_linked_device(config, Default::default())
+    let (stop, task, _) = start_linked_device(config, Default::default());
+    (stop, task)
 }
 
-/// [`start_device`], steered through `link` (mute, notifications).
+/// [`start_device`], steered through `link` (mute, notifications), with
+/// the device's counters.
 pub fn start_linked_device(
     config: DeviceConfig,
     link: callbox::device::daemon::CallLink,
-) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Device>) {
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Device>,
+    std::sync::Arc<callbox::device::stats::MediaStats>,
+) {
     let (stop, stopped) = oneshot::channel::<()>();
     let mut device = Device::open(config, Instant::now()).expect("device opens");
+    let stats = device.stats();
     let task = tokio::spawn(async move {
         let r = device
             .call(
@@ -276,7 +283,7 @@ pub fn start_linked_device(
         assert!(r.is_ok(), "call ended with {r:?}");
         device
     });
-    (stop, task)
+    (stop, task, stats)
 }
 
 /// A caller's camera and microphone on one clock, for `secs`: every 20 ms
