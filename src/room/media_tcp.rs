@@ -5,21 +5,23 @@
 //! the SFU's runtime: a reader that hands whole packets to the SFU thread
 //! (bounded channel, so a slow SFU slows the sender through TCP's own flow
 //! control), and a writer fed by a bounded queue (full: the packet is
-//! dropped, as UDP would). Connections are capped, and closed after
-//! `IDLE` without a packet.
+//! dropped, as UDP would). Connections are capped in all and per address,
+//! and closed after `IDLE` without a packet.
 
 use bytes::Bytes;
 use rtc::shared::tcp_framing::{frame_packet, TcpFrameDecoder};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Media TCP connections open at once.
+/// Media TCP connections open at once, in all and from one address (a
+/// client needs one per PeerConnection: its uplink and each subscription).
 const MAX_CONNECTIONS: usize = 512;
+const MAX_PER_ADDRESS: usize = 16;
 /// Packets queued for one connection's writer.
 const WRITE_QUEUE: usize = 256;
 /// A connection with no packet in this long is closed (ICE keeps a live
@@ -39,7 +41,7 @@ pub enum TcpEvent {
 
 /// Accept media connections on `listener` until the SFU stops listening.
 pub async fn accept(listener: TcpListener, events: mpsc::Sender<TcpEvent>) {
-    let open = Arc::new(AtomicUsize::new(0));
+    let open: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(s) => s,
@@ -52,18 +54,44 @@ pub async fn accept(listener: TcpListener, events: mpsc::Sender<TcpEvent>) {
         if events.is_closed() {
             return;
         }
-        if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            log::warn!("E_ROOM_CONN_CAP: media TCP from {addr} closed: {MAX_CONNECTIONS} open");
+        if let Err(why) = admit(&open, addr.ip()) {
+            log::warn!("E_ROOM_CONN_CAP: media TCP from {addr} closed: {why}");
             continue;
         }
         let _ = stream.set_nodelay(true);
-        open.fetch_add(1, Ordering::Relaxed);
         let (open, events) = (Arc::clone(&open), events.clone());
         tokio::spawn(async move {
             serve(stream, addr, &events).await;
+            release(&open, addr.ip());
             let _ = events.send(TcpEvent::Closed(addr)).await;
-            open.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// Count a connection from `ip` in, if both caps allow it.
+fn admit(open: &Mutex<HashMap<IpAddr, usize>>, ip: IpAddr) -> Result<(), String> {
+    let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
+    let total: usize = open.values().sum();
+    let from = open.get(&ip).copied().unwrap_or(0);
+    if total >= MAX_CONNECTIONS {
+        return Err(format!("{total} open: the cap"));
+    }
+    if from >= MAX_PER_ADDRESS {
+        return Err(format!(
+            "{from} open from this address: the per-address cap"
+        ));
+    }
+    *open.entry(ip).or_insert(0) += 1;
+    Ok(())
+}
+
+fn release(open: &Mutex<HashMap<IpAddr, usize>>, ip: IpAddr) {
+    let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = open.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            open.remove(&ip);
+        }
     }
 }
 
@@ -146,5 +174,29 @@ mod tests {
         assert_eq!(&back, b"\x00\x04dtls");
         drop(client);
         assert!(matches!(events.recv().await, Some(TcpEvent::Closed(a)) if a == from));
+    }
+
+    /// One address can hold `MAX_PER_ADDRESS` connections; one more is
+    /// closed at once, and a slot comes back when one closes.
+    #[tokio::test]
+    async fn one_address_cannot_take_every_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, mut events) = mpsc::channel(256);
+        tokio::spawn(accept(listener, tx));
+        let mut held = Vec::new();
+        for _ in 0..MAX_PER_ADDRESS {
+            held.push(TcpStream::connect(addr).await.expect("connect"));
+            assert!(matches!(events.recv().await, Some(TcpEvent::Opened(..))));
+        }
+        let mut over = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(2), over.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+        drop(held.pop());
+        assert!(matches!(events.recv().await, Some(TcpEvent::Closed(_))));
+        let _again = TcpStream::connect(addr).await.expect("connect");
+        let reopened = tokio::time::timeout(Duration::from_secs(2), events.recv()).await;
+        assert!(matches!(reopened, Ok(Some(TcpEvent::Opened(..)))));
     }
 }
