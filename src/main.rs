@@ -566,7 +566,7 @@ fn demo(
         }
         let device_config = ApplianceConfig::parse(std::path::Path::new("(demo device)"), &device.text())?;
         println!("  device:       userId {device_user} in room {room_id}: synthetic test pattern 640x480@30 + 440 Hz tone");
-        println!("  control:      callbox ctl --socket {socket} status|call|hangup|mute-audio|unmute-audio");
+        println!("  control:      callbox ctl --socket {socket} status|call|hangup|mute-audio|unmute-audio|mute-video|unmute-video|screenshot FILE.png");
         println!();
         println!("Open http://{}/?roomId={room_id} in a browser and press Start call. Ctrl-C stops.", room.http);
         let result = callbox::appliance::runner::run(device_config, started, terminated()).await;
