@@ -8,11 +8,10 @@
 //! dropped, as UDP would). Connections are capped in all and per address,
 //! and closed after `IDLE` without a packet.
 
+use crate::room::accept::ConnectionCaps;
 use bytes::Bytes;
 use rtc::shared::tcp_framing::{frame_packet, TcpFrameDecoder};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -41,7 +40,7 @@ pub enum TcpEvent {
 
 /// Accept media connections on `listener` until the SFU stops listening.
 pub async fn accept(listener: TcpListener, events: mpsc::Sender<TcpEvent>) {
-    let open: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let caps = ConnectionCaps::new(MAX_CONNECTIONS, MAX_PER_ADDRESS);
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(s) => s,
@@ -54,44 +53,21 @@ pub async fn accept(listener: TcpListener, events: mpsc::Sender<TcpEvent>) {
         if events.is_closed() {
             return;
         }
-        if let Err(why) = admit(&open, addr.ip()) {
-            log::warn!("E_ROOM_CONN_CAP: media TCP from {addr} closed: {why}");
-            continue;
-        }
+        let slot = match caps.admit(addr.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                log::warn!("E_ROOM_CONN_CAP: media TCP from {addr} closed: {why}");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let (open, events) = (Arc::clone(&open), events.clone());
+        let events = events.clone();
         tokio::spawn(async move {
             serve(stream, addr, &events).await;
-            release(&open, addr.ip());
+            // The slot comes back before the SFU hears the connection closed.
+            drop(slot);
             let _ = events.send(TcpEvent::Closed(addr)).await;
         });
-    }
-}
-
-/// Count a connection from `ip` in, if both caps allow it.
-fn admit(open: &Mutex<HashMap<IpAddr, usize>>, ip: IpAddr) -> Result<(), String> {
-    let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
-    let total: usize = open.values().sum();
-    let from = open.get(&ip).copied().unwrap_or(0);
-    if total >= MAX_CONNECTIONS {
-        return Err(format!("{total} open: the cap"));
-    }
-    if from >= MAX_PER_ADDRESS {
-        return Err(format!(
-            "{from} open from this address: the per-address cap"
-        ));
-    }
-    *open.entry(ip).or_insert(0) += 1;
-    Ok(())
-}
-
-fn release(open: &Mutex<HashMap<IpAddr, usize>>, ip: IpAddr) {
-    let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(n) = open.get_mut(&ip) {
-        *n -= 1;
-        if *n == 0 {
-            open.remove(&ip);
-        }
     }
 }
 
