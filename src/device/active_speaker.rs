@@ -62,6 +62,11 @@ impl ActiveSpeaker {
         self.current.as_deref()
     }
 
+    /// The speaker as last decided.
+    pub fn current(&self) -> Option<&str> {
+        self.current.as_deref()
+    }
+
     /// A stream left.
     pub fn remove(&mut self, stream_id: &str) {
         self.power.remove(stream_id);

@@ -50,30 +50,30 @@ struct RemoteAudio {
     decoder: OpusDecoder,
 }
 
-/// Remote audio streams being played, by stream id, and who of them is
-/// speaking.
+/// The remote streams being played, by stream id, and who of them speaks:
+/// one lock, as the mixer feeds the detector stream by stream.
+#[derive(Default)]
+struct Mixer {
+    streams: HashMap<String, RemoteAudio>,
+    speaker: ActiveSpeaker,
+}
+
+/// Remote audio being played, shared by the call and the speaker thread.
 #[derive(Clone, Default)]
 pub struct Playback {
-    streams: Arc<Mutex<HashMap<String, RemoteAudio>>>,
-    speaker: Arc<Mutex<ActiveSpeaker>>,
-    /// The speaker as last decided, for the screen.
-    speaking: Arc<Mutex<Option<String>>>,
+    mixer: Arc<Mutex<Mixer>>,
     /// What the speaker holds, written but not yet heard (µs).
     sink_delay_us: Arc<AtomicU64>,
 }
 
 impl Playback {
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, RemoteAudio>> {
-        self.streams.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn speaker(&self) -> std::sync::MutexGuard<'_, ActiveSpeaker> {
-        self.speaker.lock().unwrap_or_else(|e| e.into_inner())
+    fn mixer(&self) -> std::sync::MutexGuard<'_, Mixer> {
+        self.mixer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn add_stream(&self, stream_id: &str) -> Result<(), AudioError> {
         let decoder = OpusDecoder::new()?;
-        self.streams().insert(
+        self.mixer().streams.insert(
             stream_id.to_owned(),
             RemoteAudio {
                 jitter: JitterBuffer::new(JITTER_TARGET, JITTER_CAPACITY),
@@ -84,33 +84,30 @@ impl Playback {
     }
 
     pub fn remove_stream(&self, stream_id: &str) {
-        self.streams().remove(stream_id);
-        self.speaker().remove(stream_id);
+        let mut m = self.mixer();
+        m.streams.remove(stream_id);
+        m.speaker.remove(stream_id);
     }
 
     pub fn clear(&self) {
-        self.streams().clear();
-        self.speaker().clear();
+        *self.mixer() = Mixer::default();
     }
 
     /// How many remote streams are being played.
     pub fn count(&self) -> usize {
-        self.streams().len()
+        self.mixer().streams.len()
     }
 
     /// The remote stream speaking now (or last), if any has.
     pub fn active_speaker(&self) -> Option<String> {
-        self.speaking
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.mixer().speaker.current().map(str::to_owned)
     }
 
     /// How long audio of `stream_id` arriving now takes to be heard: the
     /// frames waiting in its jitter buffer, half a mixing tick, and the
     /// speaker's own buffer. `None` while its audio is not playing.
     pub fn audio_delay(&self, stream_id: &str) -> Option<Duration> {
-        let depth = self.streams().get(stream_id)?.jitter.depth()?;
+        let depth = self.mixer().streams.get(stream_id)?.jitter.depth()?;
         let sink = Duration::from_micros(self.sink_delay_us.load(Relaxed));
         Some(FRAME * depth as u32 + FRAME / 2 + sink)
     }
@@ -121,7 +118,7 @@ impl Playback {
     }
 
     pub fn push(&self, stream_id: &str, seq: u16, payload: Bytes) {
-        if let Some(r) = self.streams().get_mut(stream_id) {
+        if let Some(r) = self.mixer().streams.get_mut(stream_id) {
             r.jitter.push(seq, payload);
         }
     }
@@ -130,8 +127,8 @@ impl Playback {
     /// follow who speaks.
     fn mix(&self, mix: &mut [i16], scratch: &mut [i16], stats: &MediaStats) {
         mix.fill(0);
-        let mut streams = self.streams();
-        let mut speaker = self.speaker();
+        let mut guard = self.mixer();
+        let Mixer { streams, speaker } = &mut *guard;
         for (id, r) in streams.iter_mut() {
             let decoded = match r.jitter.pop() {
                 Playout::Silence => Ok(0),
@@ -150,9 +147,7 @@ impl Playback {
                 Err(e) => log::warn!("stream {id}: undecodable audio: {e}"),
             }
         }
-        let now = speaker.decide(Instant::now()).map(str::to_owned);
-        drop((streams, speaker));
-        *self.speaking.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        speaker.decide(Instant::now());
     }
 }
 
