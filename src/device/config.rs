@@ -6,6 +6,7 @@
 //! are refused before anything starts, each with its key.
 
 use crate::config::{self, ConfigError, Problems, Secret};
+use crate::device::display::screen::{Idle, Layout};
 use crate::device::processing::{NoiseLevel, Settings};
 use crate::device::v4l2::PixelFormat;
 use crate::protocol::IceServer;
@@ -318,28 +319,6 @@ pub enum DisplayKind {
     Drm,
 }
 
-/// How several callers share the screen.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LayoutKind {
-    /// Equal tiles, but the one speaking larger once someone has spoken.
-    #[default]
-    Speaker,
-    /// Always equal tiles.
-    Grid,
-}
-
-/// What the screen shows when no one is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IdleKind {
-    /// The call state and the room, as text.
-    #[default]
-    Text,
-    /// Black.
-    Blank,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DisplaySection {
@@ -358,8 +337,8 @@ pub struct DisplaySection {
     pub fps: u32,
     /// A small picture of the local camera in the corner.
     pub self_view: bool,
-    pub idle: IdleKind,
-    pub layout: LayoutKind,
+    pub idle: Idle,
+    pub layout: Layout,
 }
 
 impl Default for DisplaySection {
@@ -374,8 +353,8 @@ impl Default for DisplaySection {
             height: 480,
             fps: 15,
             self_view: false,
-            idle: IdleKind::Text,
-            layout: LayoutKind::Speaker,
+            idle: Idle::Text,
+            layout: Layout::Speaker,
         }
     }
 }

@@ -13,10 +13,10 @@ use crate::client::{
     Subscription,
 };
 use crate::device::audio::{AudioError, AudioProcessor, NoProcessing, OpusEncoder};
-use crate::device::config::{DeviceConfig, DisplayKind, IceTransportPolicy, IdleKind, LayoutKind};
+use crate::device::config::{DeviceConfig, DisplayKind, IceTransportPolicy};
 use crate::device::display::decode::{Links, VideoDecoder};
 use crate::device::display::kms::{KmsSettings, KmsSink};
-use crate::device::display::screen::{self, CallState, Idle, Layout, Screen, ScreenThread, Style};
+use crate::device::display::screen::{self, CallState, Screen, ScreenThread, Style};
 use crate::device::display::y4m::Y4mSink;
 use crate::device::display::{drm_sysfs, DisplaySink, Reopening};
 use crate::device::pipeline::{
@@ -219,10 +219,6 @@ fn open_display(
     stats: &Arc<MediaStats>,
 ) -> Result<Option<ScreenThread>, DeviceError> {
     let d = &c.display;
-    let idle = match d.idle {
-        IdleKind::Text => Idle::Text,
-        IdleKind::Blank => Idle::Blank,
-    };
     let sink: Result<Box<dyn DisplaySink>, String> = match (d.sink, &d.path) {
         (DisplayKind::Y4m, Some(path)) => Y4mSink::create(path, (d.width, d.height), d.fps)
             .map(|s| Box::new(s) as Box<dyn DisplaySink>)
@@ -240,11 +236,10 @@ fn open_display(
     };
     let started = sink.and_then(|sink| {
         log::info!("display: {} at {} fps", sink.describe(), d.fps);
-        let layout = match d.layout {
-            LayoutKind::Speaker => Layout::Speaker,
-            LayoutKind::Grid => Layout::Grid,
+        let style = Style {
+            layout: d.layout,
+            idle: d.idle,
         };
-        let style = Style { layout, idle };
         screen::start(sink, d.fps, style, Arc::clone(stats)).map_err(|e| e.to_string())
     });
     match started {

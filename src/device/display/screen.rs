@@ -36,37 +36,32 @@ impl Picture {
     }
 }
 
-/// How several callers share the screen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How several callers share the screen (`display.layout`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// The one speaking larger, once someone has spoken.
+    #[default]
     Speaker,
     /// Equal tiles.
     Grid,
 }
 
 /// How the screen looks: its layout, and what it shows with no one to show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Style {
     pub layout: Layout,
     pub idle: Idle,
 }
 
-impl Default for Style {
-    fn default() -> Self {
-        Style {
-            layout: Layout::Speaker,
-            idle: Idle::Text,
-        }
-    }
-}
-
-/// What the screen shows when no one is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the screen shows when no one is (`display.idle`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Idle {
     /// The call state and the room, as text.
+    #[default]
     Text,
-    /// Nothing (black).
+    /// Nothing: the screen powered down.
     Blank,
 }
 
