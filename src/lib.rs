@@ -2,7 +2,8 @@
 //!
 //! - [`usersig`]: TLSSigAPIv2-compatible userSig issue and verification;
 //!   [`private_map_key`]: TRTC's room-scoped key built on it.
-//! - [`protocol`]: the signaling protocol shared by server, Rust client and browser SDK.
+//! - [`protocol`]: the signaling protocol shared by server, Rust client and browser SDK;
+//!   [`network_quality`]: TRTC's 0-6 grades, and how the room measures them.
 //! - [`room`]: the room service (signaling, rooms, admin API, SFU).
 //! - [`client`]: the Rust TRTC-style client (signaling + WebRTC) the device builds on.
 //! - [`device`]: the device's media: capture, encode, publish, subscribe, play.
@@ -73,6 +74,18 @@
 //! leave by `Out::send`. The device logs and keeps `Peer::path` in
 //! `MediaStats::ice_path`.
 //!
+//! **Packets -> network quality**: in the room, `Engine::on_packet`
+//! (`LinkMeter::heard`), each uplink RTP packet (`LinkMeter::rtp`, its
+//! sequence number) and str0m's stats events (`LinkMeter::reported`: the
+//! client's receiver reports) feed each peer's [`network_quality::LinkMeter`];
+//! every 2 s `Engine::grade_links` -> `LinkMeter::take` ->
+//! `network_quality::grade_client` -> `sfu::Report::Quality` ->
+//! `server::relay_reports` -> `ServerMessage::NetworkQuality` to the
+//! client. The device: `Call::on_room_event` ->
+//! `Call::on_network_quality` (log, `MediaStats::set_network_quality`) ->
+//! `Daemon::on_network` -> `Input::Network` -> `Controller::leds` (fast
+//! blink). The browser SDK emits it as `network-quality`.
+//!
 //! **userSig -> verdict**: `Client::join` sends `ClientMessage::Join` ->
 //! `room::server::handle` -> `authenticate` -> `usersig::verify` (base64,
 //! zlib, HMAC-SHA256, app, user, expiry) -> on refusal
@@ -93,6 +106,7 @@ pub mod appliance;
 pub mod client;
 pub mod config;
 pub mod device;
+pub mod network_quality;
 pub mod private_map_key;
 pub mod protocol;
 #[cfg(feature = "room")]

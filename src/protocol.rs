@@ -441,6 +441,8 @@ pub enum ServerMessage {
     UnmuteVideo {
         user_id: String,
     },
+    /// TRTC's `network-quality`, every 2 s while the client has media.
+    NetworkQuality(crate::network_quality::NetworkQuality),
     /// This client is out of its room; its media has been stopped.
     ClientBanned {
         reason: BanReason,

@@ -65,3 +65,8 @@ fn browsers_call_through_the_room_service() {
 fn chromium_calls_the_device_over_ice_tcp_when_udp_is_dropped() {
     run_script("firewall.mjs");
 }
+
+#[test]
+fn chromium_hears_the_rooms_network_quality_and_it_follows_loss() {
+    run_script("network_quality.mjs");
+}

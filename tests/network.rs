@@ -304,3 +304,68 @@ fn a_device_without_udp_reaches_the_room_over_ice_tcp() {
         call_through(room, "UDP blocked, ICE-TCP", "host/tcp", no_udp).await;
     });
 }
+
+/// TRTC's network-quality as the device reports it (every 2 s, from the
+/// room), while 20 % of UDP packets are dropped in the test's namespace
+/// (iptables `statistic`: this kernel has no netem) and after: the uplink
+/// grade drops to bad or worse, then recovers.
+#[test]
+fn network_quality_drops_with_loss_and_recovers() {
+    if !in_own_netns("network_quality_drops_with_loss_and_recovers") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let room = LocalRoom::start(loopback_config(None, false))
+            .await
+            .expect("room");
+        let config = device_config(&room, ROOM, "device-q", |d| d);
+        let (stop, call, stats) = start_linked_device(config, CallLink::default());
+        let uplink = || {
+            stats
+                .snapshot()
+                .network_quality
+                .map_or(0, |q| q.uplink.level())
+        };
+        let wait = |what: &'static str, ok: fn(u8) -> bool| {
+            let uplink = &uplink;
+            async move {
+                let t = Instant::now();
+                loop {
+                    let q = uplink();
+                    if ok(q) {
+                        return (q, t.elapsed());
+                    }
+                    assert!(
+                        t.elapsed() < Duration::from_secs(15),
+                        "{what}: uplink quality {q}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let (clean, _) = wait("clean network", |q| (1..=2).contains(&q)).await;
+        let lossy = |op: &str| {
+            Command::new("iptables")
+                .args([op, "INPUT", "-p", "udp", "-m", "statistic"])
+                .args(["--mode", "random", "--probability", "0.2", "-j", "DROP"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(lossy("-A"), "iptables statistic drops packets (scripts/deps.sh installs iptables)");
+        let (bad, dropped_after) = wait("20 % loss", |q| q >= 4).await;
+        let loss = stats.snapshot().network_quality.map_or(0, |q| q.uplink_loss);
+        assert!(lossy("-D"), "the loss rule comes off");
+        let (back, recovered_after) = wait("loss gone", |q| (1..=2).contains(&q)).await;
+        println!(
+            "network: uplink quality {clean} on a clean network; {bad} with 20 % UDP loss ({loss} % measured), {:.1} s after it began; {back} again {:.1} s after it ended",
+            dropped_after.as_secs_f64(),
+            recovered_after.as_secs_f64()
+        );
+        assert!((10..=30).contains(&loss), "uplink loss {loss} % under a 20 % drop");
+        let _ = stop.send(());
+        call.await.expect("device task");
+        room.stop().await;
+    });
+}

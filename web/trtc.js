@@ -51,6 +51,19 @@
 
   const fail = (code, message, reason) => new RtcError({ code, message, reason });
 
+  /** TRTC v4's network-quality event: grades 0-6, RTT in ms, loss in %. */
+  function networkQuality(m) {
+    const n = (v) => (Number.isFinite(v) ? v : 0);
+    return {
+      uplinkNetworkQuality: n(m.uplinkNetworkQuality),
+      downlinkNetworkQuality: n(m.downlinkNetworkQuality),
+      uplinkRTT: n(m.uplinkRTT),
+      uplinkLoss: n(m.uplinkLoss),
+      downlinkRTT: n(m.downlinkRTT),
+      downlinkLoss: n(m.downlinkLoss),
+    };
+  }
+
   /** Minimal event emitter with the SDK's on/off. */
   class Emitter {
     constructor() {
@@ -540,6 +553,9 @@
           this._teardownMedia();
           this._emit('client-banned', fail(ErrorCode.CLIENT_BANNED, msg.message, msg.reason));
           break;
+        case 'network-quality':
+          this._emit('network-quality', networkQuality(msg));
+          break;
         case 'error':
           this._emit('error', fail(msg.code, msg.message, msg.reason));
           break;
@@ -578,6 +594,8 @@
       this._pending.clear();
       if (this._room && !this._destroyed) {
         this._setState(State.RECONNECTING);
+        // TRTC reports a lost connection as quality 6 (down) both ways.
+        this._emit('network-quality', networkQuality({ uplinkNetworkQuality: 6, downlinkNetworkQuality: 6 }));
         this._reconnect(1);
       } else {
         this._setState(State.DISCONNECTED);

@@ -6,6 +6,7 @@
 
 use crate::appliance::leds::{Leds, Pattern};
 use crate::device::daemon::Muted;
+use crate::network_quality::Quality;
 use crate::protocol::{BanReason, MediaKind};
 use serde::Deserialize;
 use std::time::{Duration, Instant};
@@ -78,6 +79,9 @@ pub enum Input {
     Banned(BanReason),
     /// A requested leave finished.
     Left,
+    /// The room's latest grade of the call's network, the worse direction
+    /// (unknown when not in a call).
+    Network(Quality),
     /// Time passed; fires due timers.
     Tick,
 }
@@ -149,6 +153,7 @@ pub struct Controller {
     attempt: u32,
     retry_at: Option<Instant>,
     muted: Muted,
+    network: Quality,
     last_error: Option<String>,
     rng: u64,
 }
@@ -162,6 +167,7 @@ impl Controller {
             attempt: 0,
             retry_at: None,
             muted: Muted::default(),
+            network: Quality::UNKNOWN,
             last_error: None,
             rng: seed.max(1),
         }
@@ -246,6 +252,7 @@ impl Controller {
             other => other,
         };
         match (self.state.clone(), input) {
+            (_, Input::Network(q)) => self.network = q,
             (_, Input::Command(Command::Mute(kind, muted))) => {
                 match kind {
                     MediaKind::Audio => self.muted.audio = muted,
@@ -307,6 +314,8 @@ impl Controller {
         let slow = Pattern::Blink(Duration::from_millis(1000));
         let call = match self.state {
             Joining | Reconnecting => slow,
+            // A fast blink: the call stutters for the network's sake.
+            InCall if self.network.is_bad() => Pattern::Blink(Duration::from_millis(250)),
             InCall => Pattern::On,
             Idle | Leaving | Banned(_) | Failed(_) => Pattern::Off,
         };
@@ -333,12 +342,20 @@ impl Controller {
         match &self.state {
             State::Idle => "idle: press call to join".into(),
             State::Joining => "joining the room".into(),
-            State::InCall => match (self.muted.audio, self.muted.video) {
-                (false, false) => "in call".into(),
-                (true, false) => "in call (microphone muted)".into(),
-                (false, true) => "in call (camera off)".into(),
-                (true, true) => "in call (microphone muted, camera off)".into(),
-            },
+            State::InCall => {
+                let muted = match (self.muted.audio, self.muted.video) {
+                    (false, false) => "",
+                    (true, false) => " (microphone muted)",
+                    (false, true) => " (camera off)",
+                    (true, true) => " (microphone muted, camera off)",
+                };
+                let network = if self.network.is_bad() {
+                    format!("; network {}", self.network.name())
+                } else {
+                    String::new()
+                };
+                format!("in call{muted}{network}")
+            }
             State::Leaving => "leaving the room".into(),
             State::Reconnecting => format!(
                 "reconnecting (attempt {}, next in {:.1} s): {}",
@@ -768,5 +785,27 @@ mod tests {
             at(&mut c, Input::Command(Command::Call), t0);
             at(&mut c, Input::Joined, t0);
         }
+    }
+
+    /// A bad network blinks the call LED fast and shows in the status; it
+    /// clears when the network recovers or the call ends.
+    #[test]
+    fn a_bad_network_blinks_the_call_led_fast() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(Policy::default(), 1);
+        at(&mut c, Input::Boot, t0);
+        at(&mut c, Input::Joined, t0);
+        at(&mut c, Input::Network(Quality::POOR), t0);
+        assert_eq!(c.leds().call, Pattern::On);
+        assert_eq!(c.status(t0), "in call");
+        at(&mut c, Input::Network(Quality::VERY_BAD), t0);
+        let fast = Pattern::Blink(Duration::from_millis(250));
+        assert_eq!(c.leds().call, fast);
+        assert_eq!(c.status(t0), "in call; network very bad");
+        at(&mut c, Input::Network(Quality::GOOD), t0);
+        assert_eq!(c.leds().call, Pattern::On);
+        at(&mut c, Input::Network(Quality::DOWN), t0);
+        at(&mut c, Input::Lost("gone".into()), t0);
+        assert_eq!(c.leds().call, Pattern::Blink(Duration::from_secs(1)));
     }
 }

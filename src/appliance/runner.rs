@@ -19,6 +19,7 @@ use crate::device::daemon::{CallLink, Device, DeviceError, Muted};
 use crate::device::display::screen::Screen;
 use crate::device::pipeline::Heartbeats;
 use crate::device::stats::MediaStats;
+use crate::network_quality::{NetworkQuality, Quality};
 use crate::protocol::MediaKind;
 use crate::usersig;
 use serde_json::Value;
@@ -143,6 +144,7 @@ pub async fn run(
             Some(edge) = daemon.edges.recv() => daemon.on_edge(edge),
             Ok(()) = next_of(daemon.call.joined.as_mut()) => daemon.on_joined(),
             result = next_of(daemon.call.done.as_mut()) => daemon.on_call_done(result),
+            Ok(()) = daemon.network.changed() => daemon.on_network(),
             _ = tokio::time::sleep_until(wake.into()) => daemon.tick(),
         }
     }
@@ -179,6 +181,8 @@ struct Daemon {
     mute: watch::Sender<Muted>,
     notifier: Notifier,
     stats: Arc<MediaStats>,
+    /// The room's grades of the call's network, for the call LED.
+    network: watch::Receiver<Option<NetworkQuality>>,
     screen: Option<Screen>,
     heartbeats: Heartbeats,
     /// Heartbeats at the last watchdog check.
@@ -241,6 +245,7 @@ impl Daemon {
             mute: watch::channel(Muted::default()).0,
             notifier,
             beats: heartbeats.read(),
+            network: stats.watch_network_quality(),
             stats,
             screen,
             heartbeats,
@@ -417,6 +422,14 @@ impl Daemon {
             log::info!("button {:?}: {press:?} press", edge.button);
             self.inputs.push_back(Input::Button(edge.button, press));
         }
+    }
+
+    fn on_network(&mut self) {
+        let worst = self
+            .network
+            .borrow_and_update()
+            .map_or(Quality::UNKNOWN, |q| q.worst());
+        self.inputs.push_back(Input::Network(worst));
     }
 
     fn on_joined(&mut self) {

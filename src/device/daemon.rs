@@ -27,6 +27,7 @@ use crate::device::processing::{Apm, Capture};
 use crate::device::sources;
 use crate::device::stats::{add, MediaStats};
 use crate::device::video_source::VideoError;
+use crate::network_quality::NetworkQuality;
 use crate::protocol::{BanReason, MediaKind, ServerMessage, StreamInfo};
 use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
@@ -778,11 +779,37 @@ impl<'d> Call<'d> {
             }
             Some(ServerMessage::MuteVideo { user_id }) => self.show_video_muted(&user_id, true),
             Some(ServerMessage::UnmuteVideo { user_id }) => self.show_video_muted(&user_id, false),
+            Some(ServerMessage::NetworkQuality(q)) => self.on_network_quality(q),
             Some(ServerMessage::PeerJoin { user_id }) => log::info!("peer-join {user_id}"),
             Some(ServerMessage::PeerLeave { user_id }) => log::info!("peer-leave {user_id}"),
             Some(other) => log::debug!("event {other:?}"),
         }
         ControlFlow::Continue(())
+    }
+
+    /// The room's grade of our links: into the status (and the appliance's
+    /// call LED), and a log line when a direction turns bad or recovers.
+    fn on_network_quality(&self, q: NetworkQuality) {
+        let stats = &self.device.stats;
+        let was_bad = stats.network_quality().is_some_and(|w| w.worst().is_bad());
+        if q.worst().is_bad() != was_bad {
+            let line = format!(
+                "network quality: uplink {} ({}, {}% loss), downlink {} ({}, {}% loss), rtt {} ms",
+                q.uplink.level(),
+                q.uplink.name(),
+                q.uplink_loss,
+                q.downlink.level(),
+                q.downlink.name(),
+                q.downlink_loss,
+                q.uplink_rtt.max(q.downlink_rtt)
+            );
+            if was_bad {
+                log::info!("{line}: recovered");
+            } else {
+                log::warn!("W_NETWORK_BAD {line}");
+            }
+        }
+        stats.set_network_quality(Some(q));
     }
 
     /// A caller turned their camera off (or on): their tile shows their name.
@@ -808,6 +835,7 @@ impl<'d> Call<'d> {
             screen.clear();
         }
         self.count_remote_streams();
+        self.device.stats.set_network_quality(None);
     }
 }
 

@@ -2,6 +2,7 @@
 //! playout threads (atomics, no locks on the hot path) and read as one JSON
 //! snapshot by the daemon's status and the benchmark.
 
+use crate::network_quality::NetworkQuality;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -49,7 +50,19 @@ pub struct MediaStats {
     pub ice_path: Mutex<Option<String>>,
     /// The echo canceller's latest report (every second while it runs).
     pub echo: std::sync::Arc<Mutex<Option<crate::device::processing::EchoReport>>>,
+    /// TRTC's network-quality from the room, every 2 s in a call.
+    network_quality: QualityWatch,
     encode_us: Mutex<Vec<u32>>,
+}
+
+/// The latest network quality, watched by the appliance (its LEDs).
+#[derive(Debug)]
+struct QualityWatch(tokio::sync::watch::Sender<Option<NetworkQuality>>);
+
+impl Default for QualityWatch {
+    fn default() -> Self {
+        QualityWatch(tokio::sync::watch::channel(None).0)
+    }
 }
 
 /// The last this many encode times are kept for percentiles.
@@ -68,6 +81,8 @@ pub struct StatsSnapshot {
     pub camera_lost: bool,
     pub display_lost: bool,
     pub ice_path: Option<String>,
+    /// TRTC's network-quality, while in a call.
+    pub network_quality: Option<NetworkQuality>,
     pub target_bitrate_bps: u64,
     pub audio_frames_captured: u64,
     pub audio_packets_sent: u64,
@@ -94,6 +109,20 @@ pub fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl MediaStats {
+    pub fn network_quality(&self) -> Option<NetworkQuality> {
+        *self.network_quality.0.borrow()
+    }
+
+    /// The room's latest report; `None` when the call ends.
+    pub fn set_network_quality(&self, q: Option<NetworkQuality>) {
+        self.network_quality.0.send_replace(q);
+    }
+
+    /// Changes of the network quality, from now on.
+    pub fn watch_network_quality(&self) -> tokio::sync::watch::Receiver<Option<NetworkQuality>> {
+        self.network_quality.0.subscribe()
+    }
+
     pub fn record_encode(&self, micros: u32) {
         if let Ok(mut v) = self.encode_us.lock() {
             if v.len() == ENCODE_WINDOW {
@@ -131,6 +160,7 @@ impl MediaStats {
             camera_lost: self.camera_lost.load(Relaxed),
             display_lost: self.display_lost.load(Relaxed),
             ice_path: self.ice_path.lock().map_or(None, |p| p.clone()),
+            network_quality: self.network_quality(),
             target_bitrate_bps: g(&self.target_bitrate_bps),
             audio_frames_captured: g(&self.audio_frames_captured),
             audio_packets_sent: g(&self.audio_packets_sent),

@@ -18,7 +18,7 @@ use crate::room::admin;
 use crate::room::config::{Limits, PrivateMapKeyPolicy, RoomConfig, ServerConfig};
 use crate::room::hub::{AppState, Outbox, SharedHub};
 use crate::room::log_limit::{clip, RateLimitedLog};
-use crate::room::sfu::{Health, MediaLost, MediaTcp, Role, Sfu, SfuError};
+use crate::room::sfu::{Health, MediaTcp, Report, Role, Sfu, SfuError};
 use crate::room::state::{ConnId, Joiner, Privileges, RoomLimits};
 use crate::usersig;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -167,14 +167,14 @@ pub async fn serve(
     let media_addr = media_socket.local_addr().map_err(ServeError::Media)?;
     let advertise = config.media.advertise.unwrap_or(media_addr);
     let tcp = media_tcp(&config.media, advertise).map_err(ServeError::Media)?;
-    let (sfu, lost) = Sfu::start(media_socket, advertise, tcp).map_err(ServeError::Media)?;
+    let (sfu, reports) = Sfu::start(media_socket, advertise, tcp).map_err(ServeError::Media)?;
     let limits = config.limits.clone();
     let state = AppState {
         hub: SharedHub::new(sfu.clone(), room_limits(&limits)),
         caps: ConnectionCaps::new(limits.max_connections, limits.max_connections_per_ip),
         config: Arc::new(config),
     };
-    tokio::spawn(report_media_lost(state.hub.clone(), lost));
+    tokio::spawn(relay_reports(state.hub.clone(), reports));
     let handle = axum_server::Handle::new();
     let died = Arc::new(std::sync::Mutex::new(None));
     tokio::spawn(watch_media(sfu, handle.clone(), Arc::clone(&died)));
@@ -239,18 +239,24 @@ fn room_limits(l: &Limits) -> RoomLimits {
     }
 }
 
-/// Uplinks the SFU dropped on its own leave the room's books too, so others
-/// see `stream-removed` and nobody subscribes to a dead stream.
-async fn report_media_lost(hub: SharedHub, mut lost: mpsc::Receiver<MediaLost>) {
-    while let Some(l) = lost.recv().await {
-        log::info!(
-            "conn {}: media of {} lost ({:?})",
-            l.conn,
-            l.stream_id,
-            l.role
-        );
-        if l.role == Role::Uplink {
-            hub.update(|rooms, _| rooms.uplink_lost(l.conn, &l.stream_id));
+/// What the SFU reports: uplinks it dropped on its own leave the room's
+/// books too, so others see `stream-removed` and nobody subscribes to a
+/// dead stream; network quality goes to its client.
+async fn relay_reports(hub: SharedHub, mut reports: mpsc::Receiver<Report>) {
+    while let Some(report) = reports.recv().await {
+        match report {
+            Report::Lost(l) => {
+                log::info!(
+                    "conn {}: media of {} lost ({:?})",
+                    l.conn,
+                    l.stream_id,
+                    l.role
+                );
+                if l.role == Role::Uplink {
+                    hub.update(|rooms, _| rooms.uplink_lost(l.conn, &l.stream_id));
+                }
+            }
+            Report::Quality(conn, q) => hub.lock().send(conn, ServerMessage::NetworkQuality(q)),
         }
     }
 }

@@ -20,9 +20,12 @@
 //! runs on tokio's blocking pool, so a burst of joins does not stall the
 //! forwarding thread; the thread only takes in the prepared peer. A peer
 //! that dies on its own (ICE gone, DTLS or input errors) is reported as a
-//! [`MediaLost`] so the room can tell the others. The thread's heartbeat
+//! [`MediaLost`] so the room can tell the others; every 2 s each client's
+//! links are graded ([`crate::network_quality`]) and reported too, on the
+//! same channel ([`Report`]). The thread's heartbeat
 //! ([`Sfu::health`]) says whether it is alive and moving.
 
+use crate::network_quality::{self, Link, LinkMeter, NetworkQuality};
 use crate::room::media_tcp::{self, TcpEvent};
 use crate::room::state::ConnId;
 use bytes::Bytes;
@@ -56,9 +59,18 @@ const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
 const DELAY_SAMPLES: usize = 1 << 16;
 /// Largest datagram taken in; a larger one is counted and dropped, not truncated.
 const MAX_DATAGRAM: usize = 2048;
-/// Media-lost reports queued to the room; peers are capped by the
-/// connection caps, so this is only reached if the room stops reading.
-const LOST_QUEUE: usize = 4096;
+/// Reports queued to the room; peers are capped by the connection caps,
+/// so this is only reached if the room stops reading.
+const REPORT_QUEUE: usize = 4096;
+
+/// What the SFU tells the room on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// A peer died on its own: the room must tell the others.
+    Lost(MediaLost),
+    /// A client's network quality, every 2 s while it has media.
+    Quality(ConnId, NetworkQuality),
+}
 
 /// A peer the SFU dropped on its own: the room must be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,12 +210,13 @@ impl Drop for Running {
 
 impl Sfu {
     /// Start the SFU on `socket`, telling clients to send media to
-    /// `advertise`. Peers it drops on its own are reported on the receiver.
+    /// `advertise`. Peers it drops on its own, and each client's network
+    /// quality, are reported on the receiver.
     pub fn start(
         socket: std::net::UdpSocket,
         advertise: SocketAddr,
         tcp: Option<MediaTcp>,
-    ) -> std::io::Result<(Sfu, mpsc::Receiver<MediaLost>)> {
+    ) -> std::io::Result<(Sfu, mpsc::Receiver<Report>)> {
         socket.set_nonblocking(true)?;
         let tcp_advertise = tcp.as_ref().map(|t| t.advertise);
         let tcp_listener = match tcp {
@@ -215,7 +228,7 @@ impl Sfu {
         };
         let local_addr = socket.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let (lost_tx, lost_rx) = mpsc::channel(LOST_QUEUE);
+        let (report_tx, report_rx) = mpsc::channel(REPORT_QUEUE);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -250,7 +263,7 @@ impl Sfu {
                         None => None,
                     };
                     let beat = Arc::clone(&_running.0);
-                    let engine = Engine::new(socket, advertise, lost_tx, beat);
+                    let engine = Engine::new(socket, advertise, report_tx, beat);
                     engine.run(rx, tcp_events, tcp_advertise).await
                 })
             })?;
@@ -261,7 +274,7 @@ impl Sfu {
             tcp_advertise,
             beat,
         };
-        Ok((sfu, lost_rx))
+        Ok((sfu, report_rx))
     }
 
     /// Whether the forwarding thread is alive and has turned recently.
@@ -342,7 +355,8 @@ fn prepare(
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .clear_codecs()
-        .enable_opus(true, false);
+        .enable_opus(true, false)
+        .set_stats_interval(Some(network_quality::INTERVAL / 2));
     // Constrained baseline first: browsers decode it and refuse High in answers.
     cfg.codec_config()
         .add_h264(108.into(), Some(109.into()), true, 0x42e01f);
@@ -403,6 +417,8 @@ struct Peer {
     /// Uplinks: when a keyframe was last requested.
     last_keyframe_request: Option<Instant>,
     connected: bool,
+    /// Loss and round trip for the client's network quality.
+    meter: LinkMeter,
 }
 
 impl Peer {
@@ -423,7 +439,7 @@ enum Propagate {
 
 struct Engine {
     out: Out,
-    lost: mpsc::Sender<MediaLost>,
+    reports: mpsc::Sender<Report>,
     beat: Arc<Heartbeat>,
     advertise: SocketAddr,
     peers: HashMap<PeerId, Peer>,
@@ -432,6 +448,8 @@ struct Engine {
     downlinks: HashMap<String, Vec<PeerId>>,
     next_id: PeerId,
     earliest: Instant,
+    /// When clients are next told their network quality.
+    next_grade: Instant,
     stats: SfuStats,
     delays: Vec<u32>,
     delay_pos: usize,
@@ -443,7 +461,7 @@ impl Engine {
     fn new(
         socket: UdpSocket,
         advertise: SocketAddr,
-        lost: mpsc::Sender<MediaLost>,
+        reports: mpsc::Sender<Report>,
         beat: Arc<Heartbeat>,
     ) -> Self {
         Engine {
@@ -451,7 +469,7 @@ impl Engine {
                 udp: socket,
                 tcp: HashMap::new(),
             },
-            lost,
+            reports,
             beat,
             advertise,
             peers: HashMap::new(),
@@ -459,6 +477,7 @@ impl Engine {
             downlinks: HashMap::new(),
             next_id: 1,
             earliest: Instant::now() + Duration::from_secs(1),
+            next_grade: Instant::now() + network_quality::INTERVAL,
             stats: SfuStats::default(),
             delays: Vec::with_capacity(DELAY_SAMPLES),
             delay_pos: 0,
@@ -506,6 +525,9 @@ impl Engine {
             let now = Instant::now();
             if now >= self.earliest {
                 self.on_timeouts(now);
+            }
+            if now >= self.next_grade {
+                self.grade_links(now);
             }
         }
         log::info!("SFU stopped");
@@ -583,6 +605,7 @@ impl Engine {
                 seq: HashMap::new(),
                 last_keyframe_request: None,
                 connected: false,
+                meter: LinkMeter::default(),
             },
         );
         // Collect MediaAdded and the first timeout before anything arrives.
@@ -612,7 +635,7 @@ impl Engine {
                     stream_id: p.stream_id.clone(),
                     role: p.role,
                 };
-                if self.lost.try_send(lost).is_err() {
+                if self.reports.try_send(Report::Lost(lost)).is_err() {
                     log::error!("E_SFU_LOST_QUEUE: the room is not taking media-lost reports");
                 }
             }
@@ -665,6 +688,9 @@ impl Engine {
             log::debug!("{proto:?} packet from {source} matches no peer");
             return;
         };
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.meter.heard(arrived);
+        }
         let forwarded = self.drive(id, Some(input), arrived);
         if forwarded {
             let us = arrived.elapsed().as_micros().min(u32::MAX as u128) as u32;
@@ -694,7 +720,28 @@ impl Engine {
             .map(|p| p.next_timeout)
             .min()
             .unwrap_or(now + Duration::from_secs(1))
+            .min(self.next_grade)
             .max(now + Duration::from_micros(200));
+    }
+
+    /// Every 2 s: each client's network quality, from its connected links.
+    fn grade_links(&mut self, now: Instant) {
+        self.next_grade = now + network_quality::INTERVAL;
+        let mut links: HashMap<ConnId, (Vec<Link>, Vec<Link>)> = HashMap::new();
+        for p in self.peers.values_mut().filter(|p| p.connected) {
+            let link = p.meter.take(now);
+            let (up, down) = links.entry(p.conn).or_default();
+            match p.role {
+                Role::Uplink => up.push(link),
+                Role::Downlink => down.push(link),
+            }
+        }
+        for (conn, (up, down)) in links {
+            let q = network_quality::grade_client(&up, &down);
+            if self.reports.try_send(Report::Quality(conn, q)).is_err() {
+                log::debug!("conn {conn}: network quality not sent, the room is behind");
+            }
+        }
     }
 
     /// Feed one input to a peer, send what it outputs, and carry its
@@ -738,6 +785,7 @@ impl Engine {
                 Ok(Output::Event(e)) => match e {
                     Event::MediaAdded(m) => peer.mids.push((m.mid, m.kind)),
                     Event::RtpPacket(pkt) if peer.role == Role::Uplink => {
+                        peer.meter.rtp(*pkt.header.ssrc, *pkt.seq_no);
                         work.push_back(Propagate::Rtp(id, pkt));
                     }
                     Event::KeyframeRequest(req) if peer.role == Role::Downlink => {
@@ -747,6 +795,8 @@ impl Engine {
                         log::info!("peer {id}: ICE disconnected");
                         peer.rtc.disconnect();
                     }
+                    Event::PeerStats(s) => peer.meter.reported(None, s.rtt),
+                    Event::MediaEgressStats(s) => peer.meter.reported(s.loss, s.rtt),
                     Event::Connected => {
                         peer.connected = true;
                         if peer.role == Role::Downlink {
