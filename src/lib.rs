@@ -65,8 +65,9 @@
 //! **Join -> media path**: `room::server::handle` answers `Join` with
 //! `ServerMessage::Joined`, its `ice_servers` from `TurnConfig::for_user`
 //! (TURN REST credentials) -> `Client::join_with_key` keeps them as
-//! `NetConfig::room_ice_servers` -> `Peer::new` (`rtc_ice_server`, the
-//! relay-only policy; active ICE-TCP candidates) -> `Peer::offer`
+//! `NetConfig::room_ice_servers` -> `Peer::new` (`bridged_servers`: TURN
+//! over TCP/TLS through a `turn_stream::Bridge` each; the relay-only
+//! policy; active ICE-TCP candidates) -> `Peer::offer` (at most 3 s of gathering)
 //! (`ClientError::NoRelay` when relay-only got no relay) ->
 //! `Peer::accept_answer` (the room's passive TCP candidates through
 //! `add_ice_candidate`). In the room, UDP reaches `Engine::on_packet`

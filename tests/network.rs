@@ -24,12 +24,14 @@ use callbox::device::{pattern, tone};
 use callbox::room::local::{loopback_config, DeviceToml, LocalRoom};
 use callbox::room::turn::TurnConfig;
 use common::*;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ROOM: u32 = 3600;
 const SECRET: &str = "turn-shared-secret-for-tests";
 const TURN_PORT: u16 = 3478;
+const TURN_TLS_PORT: u16 = 5349;
 
 /// Run `test` in a fresh loopback-only network namespace: re-execute this
 /// test binary there for just that test.
@@ -54,35 +56,64 @@ fn in_own_netns(test: &str) -> bool {
 /// coturn on 127.0.0.1, long-term credentials from the shared secret,
 /// relaying to loopback peers (the room is one), no TLS.
 fn coturn() -> Option<Child> {
+    coturn_on("127.0.0.1", None)
+}
+
+/// coturn listening (UDP and TCP, and TLS on 5349 with `tls`: certificate
+/// and key files) and relaying on `ip`.
+fn coturn_on(ip: &str, tls: Option<(&Path, &Path)>) -> Option<Child> {
+    let mut args = vec![
+        "-n".to_owned(),
+        format!("--listening-ip={ip}"),
+        format!("--relay-ip={ip}"),
+        format!("--listening-port={TURN_PORT}"),
+        "--use-auth-secret".to_owned(),
+        format!("--static-auth-secret={SECRET}"),
+        "--realm=callbox.test".to_owned(),
+        "--allow-loopback-peers".to_owned(),
+        "--no-dtls".to_owned(),
+        "--no-cli".to_owned(),
+        "--min-port=49152".to_owned(),
+        "--max-port=49252".to_owned(),
+        "--log-file=stdout".to_owned(),
+    ];
+    match tls {
+        Some((cert, key)) => args.extend([
+            format!("--tls-listening-port={TURN_TLS_PORT}"),
+            format!("--cert={}", cert.display()),
+            format!("--pkey={}", key.display()),
+        ]),
+        None => args.push("--no-tls".to_owned()),
+    }
     let child = Command::new("turnserver")
-        .args([
-            "-n",
-            "--listening-ip=127.0.0.1",
-            "--relay-ip=127.0.0.1",
-            &format!("--listening-port={TURN_PORT}"),
-            "--use-auth-secret",
-            &format!("--static-auth-secret={SECRET}"),
-            "--realm=callbox.test",
-            "--allow-loopback-peers",
-            "--no-tls",
-            "--no-dtls",
-            "--no-cli",
-            "--min-port=49152",
-            "--max-port=49252",
-            "--log-file=stdout",
-        ])
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
-    match child {
-        Ok(c) => Some(c),
+    let child = match child {
+        Ok(c) => c,
         Err(e) => {
             println!(
                 "turn: SKIPPED: coturn's turnserver cannot run ({e}); scripts/deps.sh installs it"
             );
-            None
+            return None;
         }
-    }
+    };
+    // Its listeners come up a moment after it starts; TLS last.
+    let port = if tls.is_some() {
+        TURN_TLS_PORT
+    } else {
+        TURN_PORT
+    };
+    let listening = (0..200).any(|_| {
+        let up = std::net::TcpStream::connect((ip, port)).is_ok();
+        if !up {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        up
+    });
+    assert!(listening, "coturn listens on {ip}:{port} within 5 s");
+    Some(child)
 }
 
 async fn room_with_turn(secret: &str) -> LocalRoom {
@@ -161,6 +192,18 @@ async fn call_through(
     path_wanted: &str,
     tweak: impl FnOnce(DeviceToml) -> DeviceToml,
 ) {
+    call_through_from(None, room, what, path_wanted, tweak).await
+}
+
+/// [`call_through`], with the device in namespace `place` (the test's own
+/// when `None`).
+async fn call_through_from(
+    place: Option<&Netns>,
+    room: LocalRoom,
+    what: &str,
+    path_wanted: &str,
+    tweak: impl FnOnce(DeviceToml) -> DeviceToml,
+) {
     let config = device_config(&room, ROOM, "device-t", tweak);
     let (joined, in_call) = tokio::sync::oneshot::channel();
     let link = CallLink {
@@ -168,7 +211,16 @@ async fn call_through(
         ..Default::default()
     };
     let t = Instant::now();
-    let (stop, call, stats) = start_linked_device(config, link);
+    let (stop, call, stats) = match place {
+        None => {
+            let (stop, call, stats) = start_linked_device(config, link);
+            let call = tokio::spawn(async move {
+                call.await.expect("device task");
+            });
+            (stop, call, stats)
+        }
+        Some(ns) => ns.device(config, link),
+    };
     tokio::time::timeout(Duration::from_secs(15), in_call)
         .await
         .expect("in call within 15 s")
@@ -216,6 +268,245 @@ async fn call_through(
     let _ = stop.send(());
     call.await.expect("device task");
     room.stop().await;
+}
+
+/// A network namespace held open by a sleeping child of its own.
+struct Netns {
+    holder: Child,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let ours = std::fs::read_link("/proc/self/ns/net").expect("our namespace");
+        let holder = Command::new("unshare")
+            .args(["--net", "sleep", "300"])
+            .spawn()
+            .expect("unshare");
+        let ns = Netns { holder };
+        // Until unshare has moved, the child is still in ours.
+        for _ in 0..200 {
+            if std::fs::read_link(ns.path()).is_ok_and(|l| l != ours) {
+                return ns;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the namespace holder did not unshare");
+    }
+
+    fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    fn path(&self) -> String {
+        format!("/proc/{}/ns/net", self.pid())
+    }
+
+    /// Run a shell command in the namespace.
+    fn sh(&self, cmd: &str) -> bool {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .args(["sh", "-ec", cmd])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// A device call on a thread in this namespace (a thread's sockets are
+    /// made in its namespace, and the threads it starts inherit it).
+    fn device(
+        &self,
+        config: callbox::device::config::DeviceConfig,
+        link: CallLink,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+        std::sync::Arc<callbox::device::stats::MediaStats>,
+    ) {
+        let ns = std::fs::File::open(self.path()).expect("namespace file");
+        let (stats_tx, stats_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on an open namespace file moves only this thread.
+            let moved = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(moved, 0, "setns: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async move {
+                let mut device = Device::open(config, Instant::now()).expect("device opens");
+                let _ = stats_tx.send(device.stats());
+                let hangup = async {
+                    let _ = stopped.await;
+                };
+                let r = device.call(hangup, link).await;
+                assert!(r.is_ok(), "call ended with {r:?}");
+            });
+        });
+        let stats = stats_rx.recv().expect("device opened");
+        let done = tokio::task::spawn_blocking(move || thread.join().expect("device thread"));
+        let done = tokio::spawn(async move { done.await.expect("device thread") });
+        (stop, done, stats)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// The room's side of a NAT: the test's namespace is the internet
+/// (10.77.0.1), a router namespace masquerades for a LAN namespace
+/// (192.168.77.0/24) where the device lives and drops all the UDP the LAN
+/// sends out. Returns the router and the LAN, or `None` where namespaces
+/// or iptables cannot be set up.
+const WAN_IP: &str = "10.77.0.1";
+const LAN_DEVICE_IP: &str = "192.168.77.2";
+
+fn nat_without_udp() -> Option<(Netns, Netns)> {
+    let (router, lan) = (Netns::new(), Netns::new());
+    let here = |cmd: &str| {
+        Command::new("sh")
+            .args(["-ec", cmd])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let ok = here(&format!(
+        "ip link add wan0 type veth peer name rwan; ip link set rwan netns {r}
+         ip link add lan0 type veth peer name rlan; ip link set rlan netns {r}; ip link set lan0 netns {l}
+         ip addr add {WAN_IP}/24 dev wan0; ip link set wan0 up",
+        r = router.pid(),
+        l = lan.pid()
+    )) && router.sh(
+        "ip link set lo up; ip addr add 10.77.0.2/24 dev rwan; ip link set rwan up
+         ip addr add 192.168.77.1/24 dev rlan; ip link set rlan up
+         sysctl -qw net.ipv4.ip_forward=1
+         iptables -t nat -A POSTROUTING -o rwan -j MASQUERADE
+         iptables -A FORWARD -i rlan -p udp -j DROP",
+    ) && lan.sh(&format!(
+        "ip link set lo up; ip addr add {LAN_DEVICE_IP}/24 dev lan0; ip link set lan0 up
+         ip route add default via 192.168.77.1"
+    ));
+    if !ok {
+        println!("network: SKIPPED: the NAT namespaces cannot be set up here (scripts/deps.sh installs iptables)");
+        return None;
+    }
+    Some((router, lan))
+}
+
+/// The room on the NAT's internet side, with ICE-TCP or without.
+async fn room_on_wan(turn: bool, ice_tcp: bool) -> LocalRoom {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mut config = loopback_config(None, false);
+    let any = |ip: &str| format!("{ip}:0").parse().ok();
+    config.server.listen = any(WAN_IP).expect("address");
+    config.media.udp_listen = any(WAN_IP).expect("address");
+    config.media.tcp_listen = if ice_tcp { any(WAN_IP) } else { None };
+    if turn {
+        config.turn = Some(
+            toml::from_str::<TurnConfig>(&format!(
+                "urls = [\"turn:{WAN_IP}:{TURN_PORT}?transport=udp\", \"turn:{WAN_IP}:{TURN_PORT}?transport=tcp\"]\nshared_secret = \"{SECRET}\""
+            ))
+            .expect("turn config"),
+        );
+    }
+    LocalRoom::start(config).await.expect("room starts")
+}
+
+/// Behind a NAT that drops all outbound UDP, with TURN credentials from
+/// the room's join reply: the device's media goes through coturn over TCP.
+#[test]
+fn behind_a_nat_without_udp_a_device_relays_through_turn_over_tcp() {
+    if !in_own_netns("behind_a_nat_without_udp_a_device_relays_through_turn_over_tcp") {
+        return;
+    }
+    let Some((_router, lan)) = nat_without_udp() else {
+        return;
+    };
+    let Some(mut turn) = coturn_on(WAN_IP, None) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let room = room_on_wan(true, false).await;
+        let in_lan = |d: DeviceToml| in_the_lan(d);
+        let what = "behind a NAT without UDP, the room's credentials, TURN over TCP";
+        call_through_from(Some(&lan), room, what, "relay/tcp", in_lan).await;
+    });
+    let _ = turn.kill();
+    let _ = turn.wait();
+}
+
+/// The same NAT, `turns:` (TLS) with the device's own credentials and the
+/// TURN server's CA in `room.ca_file`.
+#[test]
+fn behind_a_nat_without_udp_a_device_relays_through_turn_over_tls() {
+    if !in_own_netns("behind_a_nat_without_udp_a_device_relays_through_turn_over_tls") {
+        return;
+    }
+    let Some((_router, lan)) = nat_without_udp() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("callbox-turns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cert = rcgen::generate_simple_self_signed(vec![WAN_IP.to_owned()]).expect("certificate");
+    let (cert_pem, key_pem) = (dir.join("turn.pem"), dir.join("turn.key"));
+    std::fs::write(&cert_pem, cert.cert.pem()).expect("write certificate");
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).expect("write key");
+    let Some(mut turn) = coturn_on(WAN_IP, Some((&cert_pem, &key_pem))) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let room = room_on_wan(false, false).await;
+        let now_s = pattern::now_us() / 1_000_000;
+        let url = format!("turns:{WAN_IP}:{TURN_TLS_PORT}?transport=tcp");
+        let own =
+            callbox::room::turn::ice_server(&[url], SECRET.as_bytes(), "device-t", now_s, 600);
+        let entry = format!(
+            "[{{ urls = {:?}, username = {:?}, credential = {:?} }}]",
+            own.urls,
+            own.username.unwrap_or_default(),
+            own.credential.unwrap_or_default()
+        );
+        let ca = cert_pem.display().to_string();
+        let own = move |d: DeviceToml| {
+            in_the_lan(d)
+                .set("room", "ca_file", ca)
+                .set_toml("network", "ice_servers", &entry)
+                .expect("ice_servers")
+        };
+        let what = "behind a NAT without UDP, its own credentials, TURN over TLS";
+        call_through_from(Some(&lan), room, what, "relay/tls", own).await;
+    });
+    let _ = turn.kill();
+    let _ = turn.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same NAT and no TURN at all: the device reaches the room's passive
+/// ICE-TCP candidate through the NAT.
+#[test]
+fn behind_a_nat_without_udp_a_device_reaches_the_room_over_ice_tcp() {
+    if !in_own_netns("behind_a_nat_without_udp_a_device_reaches_the_room_over_ice_tcp") {
+        return;
+    }
+    let Some((_router, lan)) = nat_without_udp() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let room = room_on_wan(false, true).await;
+        let in_lan = |d: DeviceToml| in_the_lan(d);
+        let what = "behind a NAT without UDP, no TURN, ICE-TCP";
+        call_through_from(Some(&lan), room, what, "host/tcp", in_lan).await;
+    });
+}
+
+/// A device in the LAN: its address, and plain `ws://` to the room (a
+/// test network, closed).
+fn in_the_lan(d: DeviceToml) -> DeviceToml {
+    d.set("network", "bind", LAN_DEVICE_IP)
+        .set("room", "allow_insecure_ws", true)
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod keyframe;
 pub mod liveness;
 pub mod peer;
 pub mod signaling;
+pub mod turn_stream;
 
 /// Where to join: the protocol's room id, numeric or string.
 pub use crate::protocol::RoomId;
@@ -39,7 +40,7 @@ pub enum ClientError {
     #[error("media: {0}")]
     Media(String),
     /// Relay-only, and no TURN server gave a relay address.
-    #[error("no TURN relay from {0}: wrong credentials, or the server is unreachable over UDP")]
+    #[error("no TURN relay from {0}: wrong credentials, or the server is unreachable")]
     NoRelay(String),
     #[error("invalid operation: {0}")]
     InvalidOperation(&'static str),
@@ -75,7 +76,7 @@ pub struct ClientConfig {
     pub user_id: String,
     pub user_sig: String,
     pub net: NetConfig,
-    /// Extra CA certificates (PEM) trusted for `wss://`, besides the system's.
+    /// Extra CA certificates (PEM) trusted for `wss://` and `turns:`, besides the system's.
     pub tls_ca_pem: Option<Vec<u8>>,
 }
 
@@ -190,8 +191,11 @@ pub struct Client {
 
 impl Client {
     /// Open the signaling channel (TRTC's `createClient` + the connection `join` uses).
-    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+    pub async fn connect(mut config: ClientConfig) -> Result<Client, ClientError> {
         let activity = RoomActivity::default();
+        if config.net.tls.is_none() {
+            config.net.tls = Some(signaling::tls_config(config.tls_ca_pem.as_deref())?);
+        }
         let (signaling, events) =
             Signaling::connect(&config.url, config.tls_ca_pem.as_deref(), activity.clone()).await?;
         Ok(Client {

@@ -6,6 +6,7 @@
 
 use crate::client::keyframe::{is_keyframe_request, KeyframeRequestForwarder};
 use crate::client::liveness::RoomActivity;
+use crate::client::turn_stream::{self, Bridge};
 use crate::client::ClientError;
 use crate::protocol::{IceServer, MediaKind};
 use bytes::Bytes;
@@ -45,8 +46,10 @@ use webrtc::peer_connection::{
 /// H.264 as browsers decode it: constrained baseline, packetization mode 1.
 const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 
-/// How long ICE gathering and connection setup may take.
+/// How long connection setup may take.
 const ICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the offer waits for ICE gathering to finish.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Network settings shared by all of a client's connections.
 #[derive(Debug, Clone)]
@@ -62,6 +65,9 @@ pub struct NetConfig {
     pub relay_only: bool,
     /// Send-side congestion control (TWCC feedback + GCC) on the uplink.
     pub congestion: Option<Congestion>,
+    /// TLS for `turns:` servers; `Client::connect` fills it (the system's
+    /// roots and the config's extra CAs).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Bounds for the congestion controller's estimate, in bits per second.
@@ -119,6 +125,7 @@ impl Default for NetConfig {
             room_ice_servers: Vec::new(),
             relay_only: false,
             congestion: None,
+            tls: None,
         }
     }
 }
@@ -133,12 +140,53 @@ fn tcp_passive_candidates(sdp: &str) -> Vec<String> {
         .collect()
 }
 
-fn rtc_ice_server(s: &IceServer) -> RTCIceServer {
-    RTCIceServer {
-        urls: s.urls.clone(),
-        username: s.username.clone().unwrap_or_default(),
-        credential: s.credential.clone().unwrap_or_default(),
+/// The ICE servers for the crate: TURN over TCP or TLS goes through a
+/// bridge each (the crate allocates over UDP only); a server that cannot
+/// be reached is logged and left out, so a relay-only call fails naming it.
+async fn bridged_servers(net: &NetConfig) -> (Vec<RTCIceServer>, Vec<Bridge>) {
+    let servers: Vec<&IceServer> = net
+        .ice_servers
+        .iter()
+        .chain(&net.room_ice_servers)
+        .collect();
+    let streamed = servers
+        .iter()
+        .flat_map(|s| &s.urls)
+        .filter(|u| turn_stream::stream_target(u).is_some());
+    let opened = futures_util::future::join_all(
+        streamed.map(|u| async move { (u, turn_stream::open(u, net.tls.as_ref()).await) }),
+    )
+    .await;
+    let mut local = std::collections::HashMap::new();
+    let mut bridges = Vec::new();
+    for (url, bridge) in opened {
+        match bridge {
+            Ok(b) => {
+                local.insert(url.as_str(), b.local_url.clone());
+                bridges.push(b);
+            }
+            Err(e) => log::error!("E_TURN_UNREACHABLE: {e}"),
+        }
     }
+    let rtc_servers = servers
+        .into_iter()
+        .filter_map(|s| {
+            let urls: Vec<String> = s
+                .urls
+                .iter()
+                .filter_map(|u| match turn_stream::stream_target(u) {
+                    None => Some(u.clone()),
+                    Some(_) => local.get(u.as_str()).cloned(),
+                })
+                .collect();
+            (!urls.is_empty()).then(|| RTCIceServer {
+                urls,
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+            })
+        })
+        .collect();
+    (rtc_servers, bridges)
 }
 
 fn opus() -> RTCRtpCodec {
@@ -197,6 +245,8 @@ pub struct Peer {
     pub target_bitrate: Option<Arc<AtomicU64>>,
     /// Relay-only: the TURN URLs that must give a relay address.
     relay_from: Option<String>,
+    /// TURN over TCP/TLS bridges, alive as long as the connection.
+    bridges: Vec<Bridge>,
 }
 
 fn rtc_err(what: &str) -> impl Fn(webrtc::error::Error) -> ClientError + '_ {
@@ -242,9 +292,12 @@ impl Peer {
             }
             _ => None,
         })?;
+        // A relay reached through a bridge: the way to the TURN server is
+        // the bridge's, not the loopback UDP the crate sees.
+        let bridged = self.bridges.iter().find(|b| local.url == b.local_url);
         Some(IcePath {
             candidate: local.candidate_type.to_string(),
-            protocol: local.protocol.clone(),
+            protocol: bridged.map_or(local.protocol.clone(), |b| b.kind.as_str().to_owned()),
         })
     }
 
@@ -306,12 +359,13 @@ impl Peer {
                 .collect();
             urls.join(", ")
         });
+        let (servers, bridges) = bridged_servers(net).await;
         let policy = match net.relay_only {
             true => RTCIceTransportPolicy::Relay,
             false => RTCIceTransportPolicy::All,
         };
         let config = RTCConfigurationBuilder::new()
-            .with_ice_servers(servers.map(rtc_ice_server).collect())
+            .with_ice_servers(servers)
             .with_ice_transport_policy(policy)
             .build();
         let (gathered_tx, gathered) = watch::channel(false);
@@ -345,6 +399,7 @@ impl Peer {
             tracks: Some(tracks),
             target_bitrate,
             relay_from,
+            bridges,
         })
     }
 
@@ -359,11 +414,21 @@ impl Peer {
             .set_local_description(offer)
             .await
             .map_err(rtc_err("set local description"))?;
+        // A TURN server that does not answer (UDP dropped) holds gathering
+        // up for its whole retransmission schedule; the offer goes with
+        // what has been gathered by then.
         let gathered = self.gathered.wait_for(|g| *g);
-        tokio::time::timeout(ICE_CONNECT_TIMEOUT, gathered)
-            .await
-            .map_err(|_| ClientError::Media("ICE gathering did not finish".into()))?
-            .map_err(|_| ClientError::Media("peer connection closed while gathering".into()))?;
+        match tokio::time::timeout(GATHER_TIMEOUT, gathered).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                return Err(ClientError::Media(
+                    "peer connection closed while gathering".into(),
+                ))
+            }
+            Err(_) => log::info!(
+                "ICE gathering unfinished after {GATHER_TIMEOUT:?}; offering the candidates gathered so far"
+            ),
+        }
         let sdp = self
             .pc
             .local_description()
@@ -374,6 +439,9 @@ impl Peer {
         match &self.relay_from {
             Some(servers) if !sdp.contains(" typ relay") => {
                 Err(ClientError::NoRelay(servers.clone()))
+            }
+            _ if !sdp.contains("a=candidate:") => {
+                Err(ClientError::Media("no ICE candidates gathered".into()))
             }
             _ => Ok(sdp),
         }

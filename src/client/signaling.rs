@@ -22,9 +22,9 @@ const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 type AwaitingReply = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
 
-/// TLS for `wss://`: system roots plus the given PEM CAs, aws-lc-rs crypto
-/// chosen explicitly (several providers are linked in).
-fn tls_connector(extra_ca_pem: Option<&[u8]>) -> Result<tokio_tungstenite::Connector, ClientError> {
+/// TLS for `wss://` and `turns:`: system roots plus the given PEM CAs,
+/// aws-lc-rs crypto chosen explicitly (several providers are linked in).
+pub fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
@@ -46,7 +46,7 @@ fn tls_connector(extra_ca_pem: Option<&[u8]>) -> Result<tokio_tungstenite::Conne
         .map_err(|e| ClientError::SignalSetup(format!("TLS: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// A connected signaling channel. Dropping it closes the WebSocket.
@@ -70,7 +70,9 @@ impl Signaling {
         activity: RoomActivity,
     ) -> Result<(Signaling, mpsc::UnboundedReceiver<ServerMessage>), ClientError> {
         let connector = if url.starts_with("wss:") {
-            Some(tls_connector(extra_ca_pem)?)
+            Some(tokio_tungstenite::Connector::Rustls(tls_config(
+                extra_ca_pem,
+            )?))
         } else {
             None
         };

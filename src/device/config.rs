@@ -43,7 +43,7 @@ pub struct RoomSection {
     pub user_sig_file: Option<PathBuf>,
     pub room_id: Option<u32>,
     pub str_room_id: Option<String>,
-    /// Extra CA (PEM) to trust for `wss://`.
+    /// Extra CA (PEM) to trust for `wss://` and `turns:`.
     pub ca_file: Option<PathBuf>,
     /// TRTC's privateMapKey for this room, or a file holding it, where the
     /// app requires one (it is checked by the room service).

@@ -354,6 +354,7 @@ impl Device {
                     start_bps: v.bitrate_start_kbps as f64 * 1000.0,
                     max_bps: v.bitrate_max_kbps as f64 * 1000.0,
                 }),
+                tls: None,
             },
             tls_ca_pem,
         })
