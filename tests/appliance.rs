@@ -115,6 +115,7 @@ impl Room {
                 ..Default::default()
             },
             tls_ca_pem: None,
+            janus: None,
         }
     }
 }

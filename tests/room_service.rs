@@ -316,7 +316,12 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let mut c = Client::connect(room.client_config("mallory"))
         .await
         .unwrap();
-    let raw = |c: &Client, s: &str| c.signaling().send_text(s.to_owned()).unwrap();
+    let raw = |c: &Client, s: &str| {
+        c.signaling()
+            .expect("callbox signaling")
+            .send_text(s.to_owned())
+            .unwrap()
+    };
 
     let err = |m: &ServerMessage| matches!(m, ServerMessage::Error { .. });
     raw(&c, "{not json");

@@ -4,6 +4,8 @@
 //! Signaling follows `crate::protocol`; media goes over the `webrtc` crate.
 //! The device daemon and the tests build on it.
 
+pub mod janus;
+pub mod janus_videoroom;
 pub mod keyframe;
 pub mod liveness;
 pub mod peer;
@@ -42,6 +44,13 @@ pub enum ClientError {
     /// Relay-only, and no TURN server gave a relay address.
     #[error("no TURN relay from {0}: wrong credentials, or the server is unreachable")]
     NoRelay(String),
+    /// Janus (its core or the VideoRoom plugin) refused a request.
+    #[error("refused by Janus ({code}): {message}")]
+    Janus {
+        code: u32,
+        refusal: janus_videoroom::Refusal,
+        message: String,
+    },
     #[error("invalid operation: {0}")]
     InvalidOperation(&'static str),
     #[error("internal: {0}")]
@@ -57,6 +66,7 @@ impl ClientError {
             ClientError::Timeout => code::SERVER_TIMEOUT,
             ClientError::Refused { code, .. } => *code,
             ClientError::Media(_) | ClientError::NoRelay(_) => code::ICE_TRANSPORT_ERROR,
+            ClientError::Janus { .. } => code::JOIN_ROOM_FAILED,
             ClientError::InvalidOperation(_) => code::INVALID_OPERATION,
             ClientError::Internal(_) => code::UNKNOWN,
         }
@@ -78,6 +88,9 @@ pub struct ClientConfig {
     pub net: NetConfig,
     /// Extra CA certificates (PEM) trusted for `wss://` and `turns:`, besides the system's.
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// A Janus VideoRoom at `url` instead of a callbox room service (then
+    /// `sdk_app_id` and `user_sig` are not used).
+    pub janus: Option<janus::JanusRoom>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -181,12 +194,21 @@ impl RemoteStream {
 pub struct Client {
     config: ClientConfig,
     // Shared with subscriptions negotiated off the caller's loop.
-    signaling: std::sync::Arc<Signaling>,
+    engine: Engine,
     events: mpsc::UnboundedReceiver<ServerMessage>,
     local: Option<LocalStream>,
     downlinks: HashMap<String, Downlink>,
     joined: bool,
     activity: RoomActivity,
+}
+
+/// The room engine a client speaks to: the two implementations of the
+/// client's signaling (join, publish, subscribe, unsubscribe, mute, leave,
+/// events in TRTC's names).
+#[derive(Clone)]
+enum Engine {
+    Callbox(std::sync::Arc<Signaling>),
+    Janus(std::sync::Arc<janus::Janus>),
 }
 
 impl Client {
@@ -196,11 +218,28 @@ impl Client {
         if config.net.tls.is_none() {
             config.net.tls = Some(signaling::tls_config(config.tls_ca_pem.as_deref())?);
         }
-        let (signaling, events) =
-            Signaling::connect(&config.url, config.tls_ca_pem.as_deref(), activity.clone()).await?;
+        let (engine, events) = match &config.janus {
+            Some(room) => {
+                let (j, events) = janus::Janus::connect(
+                    &config.url,
+                    config.net.tls.clone(),
+                    room,
+                    &config.user_id,
+                    activity.clone(),
+                )
+                .await?;
+                (Engine::Janus(std::sync::Arc::new(j)), events)
+            }
+            None => {
+                let (signaling, events) =
+                    Signaling::connect(&config.url, config.tls_ca_pem.as_deref(), activity.clone())
+                        .await?;
+                (Engine::Callbox(std::sync::Arc::new(signaling)), events)
+            }
+        };
         Ok(Client {
             config,
-            signaling: std::sync::Arc::new(signaling),
+            engine,
             events,
             local: None,
             downlinks: HashMap::new(),
@@ -213,8 +252,12 @@ impl Client {
         &self.config.user_id
     }
 
-    pub fn signaling(&self) -> &Signaling {
-        &self.signaling
+    /// The callbox room service's signaling channel (`None` on Janus).
+    pub fn signaling(&self) -> Option<&Signaling> {
+        match &self.engine {
+            Engine::Callbox(s) => Some(s),
+            Engine::Janus(_) => None,
+        }
     }
 
     /// How long nothing has arrived from the room (signaling, RTP, RTCP);
@@ -234,37 +277,41 @@ impl Client {
         room: RoomId,
         private_map_key: Option<String>,
     ) -> Result<Vec<StreamInfo>, ClientError> {
-        let (room_id, str_room_id) = match room {
-            RoomId::Num(n) => (Some(n as i64), None),
-            RoomId::Str(s) => (None, Some(s)),
-        };
-        let c = &self.config;
-        let reply = self
-            .signaling
-            .request(|id| ClientMessage::Join {
-                id,
-                version: PROTOCOL_VERSION,
-                sdk_app_id: c.sdk_app_id,
-                user_id: c.user_id.clone(),
-                user_sig: c.user_sig.clone(),
-                room_id,
-                str_room_id,
-                private_map_key,
-            })
-            .await?;
-        match reply {
-            ServerMessage::Joined {
-                streams,
-                ice_servers,
-                ..
-            } => {
-                self.joined = true;
+        let streams = match &self.engine {
+            Engine::Janus(j) => j.join().await?,
+            Engine::Callbox(signaling) => {
+                let (room_id, str_room_id) = match room {
+                    RoomId::Num(n) => (Some(n as i64), None),
+                    RoomId::Str(s) => (None, Some(s)),
+                };
+                let c = &self.config;
+                let reply = signaling
+                    .request(|id| ClientMessage::Join {
+                        id,
+                        version: PROTOCOL_VERSION,
+                        sdk_app_id: c.sdk_app_id,
+                        user_id: c.user_id.clone(),
+                        user_sig: c.user_sig.clone(),
+                        room_id,
+                        str_room_id,
+                        private_map_key,
+                    })
+                    .await?;
+                let ServerMessage::Joined {
+                    streams,
+                    ice_servers,
+                    ..
+                } = reply
+                else {
+                    return Err(unexpected(reply));
+                };
                 // The room's TURN servers, for the connections made from now on.
                 self.config.net.room_ice_servers = ice_servers;
-                Ok(streams)
+                streams
             }
-            other => Err(unexpected(other)),
-        }
+        };
+        self.joined = true;
+        Ok(streams)
     }
 
     /// Publish audio and/or video; returns once media can flow.
@@ -275,19 +322,24 @@ impl Client {
         let (mut uplink, sdp) =
             Uplink::offer(&self.config.net, audio, video, &self.activity).await?;
         let negotiated = async {
-            let reply = self
-                .signaling
-                .request(|id| ClientMessage::Publish {
-                    id,
-                    sdp,
-                    audio,
-                    video,
-                })
-                .await?;
-            let ServerMessage::Published { stream_id, sdp, .. } = reply else {
-                return Err(unexpected(reply));
+            let (stream_id, answer) = match &self.engine {
+                Engine::Janus(j) => j.publish(sdp).await?,
+                Engine::Callbox(signaling) => {
+                    let reply = signaling
+                        .request(|id| ClientMessage::Publish {
+                            id,
+                            sdp,
+                            audio,
+                            video,
+                        })
+                        .await?;
+                    let ServerMessage::Published { stream_id, sdp, .. } = reply else {
+                        return Err(unexpected(reply));
+                    };
+                    (stream_id, sdp)
+                }
             };
-            uplink.finish(sdp).await?;
+            uplink.finish(answer).await?;
             Ok(stream_id)
         }
         .await;
@@ -311,10 +363,13 @@ impl Client {
             .take()
             .ok_or(ClientError::InvalidOperation("not publishing"))?;
         local.uplink.peer.close().await;
-        self.signaling
-            .request(|id| ClientMessage::Unpublish { id })
-            .await
-            .map(|_| ())
+        match &self.engine {
+            Engine::Janus(j) => j.unpublish().await,
+            Engine::Callbox(signaling) => signaling
+                .request(|id| ClientMessage::Unpublish { id })
+                .await
+                .map(|_| ()),
+        }
     }
 
     /// Subscribe to a remote stream's audio and video (from `stream-added`
@@ -343,32 +398,20 @@ impl Client {
         receive: Receive,
     ) -> impl std::future::Future<Output = Result<Subscription, ClientError>> + Send + 'static {
         let (net, activity) = (self.config.net.clone(), self.activity.clone());
-        let signaling = std::sync::Arc::clone(&self.signaling);
+        let engine = self.engine.clone();
         let info = info.clone();
         async move {
-            let (mut downlink, sdp) = Downlink::offer(&net, &activity, receive).await?;
-            let stream_id = info.stream_id.clone();
-            let negotiated = async {
-                let reply = signaling
-                    .request(|id| ClientMessage::Subscribe { id, stream_id, sdp })
-                    .await?;
-                let ServerMessage::Subscribed { sdp, .. } = reply else {
-                    return Err(unexpected(reply));
-                };
-                downlink.finish(sdp).await
-            }
-            .await;
-            match negotiated {
-                Ok(packets) => Ok(Subscription {
-                    downlink,
-                    info,
-                    packets,
-                }),
-                Err(e) => {
-                    downlink.peer.close().await;
-                    Err(e)
+            let (downlink, packets) = match engine {
+                Engine::Janus(j) => j.subscribe(&info, receive, &net, &activity).await?,
+                Engine::Callbox(signaling) => {
+                    offer_subscription(&signaling, &info, receive, &net, &activity).await?
                 }
-            }
+            };
+            Ok(Subscription {
+                downlink,
+                info,
+                packets,
+            })
         }
     }
 
@@ -389,17 +432,23 @@ impl Client {
             d.peer.close().await;
         }
         let stream_id = stream_id.to_owned();
-        self.signaling
-            .request(|id| ClientMessage::Unsubscribe { id, stream_id })
-            .await
-            .map(|_| ())
+        match &self.engine {
+            Engine::Janus(j) => j.unsubscribe(&stream_id).await,
+            Engine::Callbox(signaling) => signaling
+                .request(|id| ClientMessage::Unsubscribe { id, stream_id })
+                .await
+                .map(|_| ()),
+        }
     }
 
     pub async fn mute(&mut self, kind: MediaKind, muted: bool) -> Result<(), ClientError> {
-        self.signaling
-            .request(|id| ClientMessage::Mute { id, kind, muted })
-            .await
-            .map(|_| ())
+        match &self.engine {
+            Engine::Janus(j) => j.mute(kind, muted).await,
+            Engine::Callbox(signaling) => signaling
+                .request(|id| ClientMessage::Mute { id, kind, muted })
+                .await
+                .map(|_| ()),
+        }
     }
 
     /// Close all media connections (after leaving or being pushed out).
@@ -418,10 +467,13 @@ impl Client {
             return Err(ClientError::InvalidOperation("not in a room"));
         }
         self.joined = false;
-        self.signaling
-            .request(|id| ClientMessage::Leave { id })
-            .await
-            .map(|_| ())
+        match &self.engine {
+            Engine::Janus(j) => j.leave().await,
+            Engine::Callbox(signaling) => signaling
+                .request(|id| ClientMessage::Leave { id })
+                .await
+                .map(|_| ()),
+        }
     }
 
     /// The next room event; `None` once signaling has closed. After
@@ -437,5 +489,35 @@ impl Client {
             self.joined = false;
         }
         Some(ev)
+    }
+}
+
+/// A subscription on the callbox room service: the client offers, the
+/// room answers.
+async fn offer_subscription(
+    signaling: &Signaling,
+    info: &StreamInfo,
+    receive: Receive,
+    net: &NetConfig,
+    activity: &RoomActivity,
+) -> Result<(Downlink, mpsc::Receiver<RemotePacket>), ClientError> {
+    let (mut downlink, sdp) = Downlink::offer(net, activity, receive).await?;
+    let stream_id = info.stream_id.clone();
+    let negotiated = async {
+        let reply = signaling
+            .request(|id| ClientMessage::Subscribe { id, stream_id, sdp })
+            .await?;
+        let ServerMessage::Subscribed { sdp, .. } = reply else {
+            return Err(unexpected(reply));
+        };
+        downlink.finish(sdp).await
+    }
+    .await;
+    match negotiated {
+        Ok(packets) => Ok((downlink, packets)),
+        Err(e) => {
+            downlink.peer.close().await;
+            Err(e)
+        }
     }
 }

@@ -414,6 +414,22 @@ impl Peer {
             .set_local_description(offer)
             .await
             .map_err(rtc_err("set local description"))?;
+        let sdp = self.gathered_sdp().await?;
+        // Fail now, naming the servers, rather than after the ICE timeout.
+        match &self.relay_from {
+            Some(servers) if !sdp.contains(" typ relay") => {
+                Err(ClientError::NoRelay(servers.clone()))
+            }
+            _ if !sdp.contains("a=candidate:") => {
+                Err(ClientError::Media("no ICE candidates gathered".into()))
+            }
+            _ => Ok(sdp),
+        }
+    }
+
+    /// The local description once ICE gathering has finished, or after
+    /// [`GATHER_TIMEOUT`] with what has been gathered by then.
+    async fn gathered_sdp(&mut self) -> Result<String, ClientError> {
         // A TURN server that does not answer (UDP dropped) holds gathering
         // up for its whole retransmission schedule; the offer goes with
         // what has been gathered by then.
@@ -435,16 +451,28 @@ impl Peer {
             .await
             .map(|d| d.sdp)
             .ok_or_else(|| ClientError::Media("no local description".into()))?;
-        // Fail now, naming the servers, rather than after the ICE timeout.
-        match &self.relay_from {
-            Some(servers) if !sdp.contains(" typ relay") => {
-                Err(ClientError::NoRelay(servers.clone()))
-            }
-            _ if !sdp.contains("a=candidate:") => {
-                Err(ClientError::Media("no ICE candidates gathered".into()))
-            }
-            _ => Ok(sdp),
-        }
+        Ok(sdp)
+    }
+
+    /// Answer an engine's offer (Janus offers subscriptions), with every
+    /// candidate gathered in the answer, like [`Peer::offer`].
+    async fn answer(&mut self, offer: String) -> Result<String, ClientError> {
+        let offer = RTCSessionDescription::offer(offer)
+            .map_err(|e| ClientError::Media(format!("offer: {e}")))?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(rtc_err("set remote description"))?;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .map_err(rtc_err("create answer"))?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(rtc_err("set local description"))?;
+        self.gathered_sdp().await
     }
 
     async fn accept_answer(&self, sdp: String) -> Result<(), ClientError> {
@@ -704,12 +732,38 @@ impl Downlink {
         self.keyframe_tx.clone()
     }
 
-    /// Apply the answer; received packets of every track go to the returned channel.
+    /// A downlink the engine offers (Janus): our answer to `offer`; then
+    /// [`Downlink::start`].
+    pub async fn answer(
+        net: &NetConfig,
+        activity: &RoomActivity,
+        offer: String,
+    ) -> Result<(Downlink, String), ClientError> {
+        let mut peer = Peer::new(net, None, activity).await?;
+        let sdp = peer.answer(offer).await?;
+        let (keyframe_tx, keyframe_rx) = mpsc::unbounded_channel();
+        Ok((
+            Downlink {
+                peer,
+                keyframe_tx,
+                keyframe_rx: Some(keyframe_rx),
+            },
+            sdp,
+        ))
+    }
+
+    /// Apply the answer, then [`Downlink::start`].
     pub async fn finish(
         &mut self,
         answer: String,
     ) -> Result<mpsc::Receiver<RemotePacket>, ClientError> {
         self.peer.accept_answer(answer).await?;
+        self.start().await
+    }
+
+    /// Once negotiated: received packets of every track go to the returned
+    /// channel, when the connection is up.
+    pub async fn start(&mut self) -> Result<mpsc::Receiver<RemotePacket>, ClientError> {
         let (tx, rx) = mpsc::channel(RECEIVED_QUEUE);
         let mut keyframe_rx = self
             .keyframe_rx

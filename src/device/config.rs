@@ -34,8 +34,14 @@ pub struct DeviceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomSection {
-    /// Signaling URL of the room service, `ws://` or `wss://.../ws`.
+    /// Which room engine: the callbox room service or a Janus VideoRoom.
+    #[serde(default)]
+    pub backend: Backend,
+    /// Signaling URL of the room service (`ws://` or `wss://.../ws`), or
+    /// Janus's WebSocket transport.
     pub url: String,
+    /// callbox only (as the userSig).
+    #[serde(default)]
     pub sdk_app_id: u64,
     pub user_id: String,
     /// The userSig itself, or `user_sig_file` holding it.
@@ -53,6 +59,22 @@ pub struct RoomSection {
     /// refused unless this says it is meant (a closed network, a test rig).
     #[serde(default)]
     pub allow_insecure_ws: bool,
+    /// Janus only: the room's pin, a stored token, the room's secret (lets
+    /// the device kick its own stale session), the display name (the user
+    /// id when unset).
+    pub pin: Option<Secret>,
+    pub token: Option<Secret>,
+    pub room_secret: Option<Secret>,
+    pub display: Option<String>,
+}
+
+/// The room engine a device joins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Callbox,
+    Janus,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -507,11 +529,9 @@ impl RoomSection {
             "room.url",
             "must start with ws:// or wss://",
         );
-        match (&self.user_sig, &self.user_sig_file) {
-            (Some(_), Some(_)) => p.add("room.user_sig", "set user_sig or user_sig_file, not both"),
-            (None, None) => p.add("room.user_sig", "set user_sig or user_sig_file"),
-            (None, Some(f)) => p.check_file("room.user_sig_file", f),
-            _ => {}
+        match self.backend {
+            Backend::Callbox => self.validate_callbox(p),
+            Backend::Janus => self.validate_janus(p),
         }
         if let Err(e) = crate::protocol::validate_user_id(&self.user_id) {
             p.add("room.user_id", e.to_string());
@@ -530,6 +550,17 @@ impl RoomSection {
             "room.url",
             "ws:// to a host other than loopback sends the userSig in clear: use wss:// (or set room.allow_insecure_ws = true on a closed network)",
         );
+    }
+
+    /// The userSig and privateMapKey, which only the callbox room service takes.
+    fn validate_callbox(&self, p: &mut Problems) {
+        p.check(self.sdk_app_id != 0, "room.sdk_app_id", "required");
+        match (&self.user_sig, &self.user_sig_file) {
+            (Some(_), Some(_)) => p.add("room.user_sig", "set user_sig or user_sig_file, not both"),
+            (None, None) => p.add("room.user_sig", "set user_sig or user_sig_file"),
+            (None, Some(f)) => p.check_file("room.user_sig_file", f),
+            _ => {}
+        }
         match (&self.private_map_key, &self.private_map_key_file) {
             (Some(_), Some(_)) => p.add(
                 "room.private_map_key",
@@ -538,6 +569,44 @@ impl RoomSection {
             (None, Some(f)) => p.check_file("room.private_map_key_file", f),
             _ => {}
         }
+        for (key, set) in [
+            ("room.pin", self.pin.is_some()),
+            ("room.token", self.token.is_some()),
+            ("room.room_secret", self.room_secret.is_some()),
+            ("room.display", self.display.is_some()),
+        ] {
+            p.check(!set, key, "only for backend = \"janus\"");
+        }
+    }
+
+    /// Janus rooms are numbers; a userSig means nothing to Janus.
+    fn validate_janus(&self, p: &mut Problems) {
+        p.check(
+            self.room_id.is_some(),
+            "room.room_id",
+            "a Janus VideoRoom is a number: set room_id",
+        );
+        for (key, set) in [
+            ("room.str_room_id", self.str_room_id.is_some()),
+            (
+                "room.private_map_key",
+                self.private_map_key.is_some() || self.private_map_key_file.is_some(),
+            ),
+        ] {
+            p.check(!set, key, "not for backend = \"janus\"");
+        }
+    }
+
+    /// The Janus room to join, for `backend = "janus"`.
+    pub fn janus(&self) -> Option<crate::client::janus::JanusRoom> {
+        let expose = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_owned());
+        (self.backend == Backend::Janus).then(|| crate::client::janus::JanusRoom {
+            room: self.room_id.map_or(0, u64::from),
+            pin: expose(&self.pin),
+            token: expose(&self.token),
+            room_secret: expose(&self.room_secret),
+            display: self.display.clone(),
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use crate::client::{
     Subscription,
 };
 use crate::device::audio::{AudioError, AudioProcessor, NoProcessing, OpusEncoder};
-use crate::device::config::{DeviceConfig, DisplayKind, IceTransportPolicy};
+use crate::device::config::{Backend, DeviceConfig, DisplayKind, IceTransportPolicy};
 use crate::device::display::decode::{Links, VideoDecoder};
 use crate::device::display::kms::{KmsSettings, KmsSink};
 use crate::device::display::screen::{self, CallState, Screen, ScreenThread, Style};
@@ -343,7 +343,10 @@ impl Device {
             url: c.room.url.clone(),
             sdk_app_id: c.room.sdk_app_id,
             user_id: c.room.user_id.clone(),
-            user_sig: c.room.user_sig()?,
+            user_sig: match c.room.backend {
+                Backend::Callbox => c.room.user_sig()?,
+                Backend::Janus => String::new(),
+            },
             net: NetConfig {
                 bind: c.network.bind,
                 ice_servers: c.network.ice_servers()?,
@@ -357,6 +360,7 @@ impl Device {
                 tls: None,
             },
             tls_ca_pem,
+            janus: c.room.janus(),
         })
     }
 

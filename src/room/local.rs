@@ -213,6 +213,7 @@ impl LocalRoom {
                 ..Default::default()
             },
             tls_ca_pem: None,
+            janus: None,
         }
     }
 

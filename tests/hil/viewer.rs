@@ -20,6 +20,7 @@ impl Viewer {
                 ..Default::default()
             },
             tls_ca_pem: None,
+            janus: None,
         };
         let mut client = Client::connect(config).await?;
         let existing = client.join(RoomId::Num(ROOM_ID)).await?;
