@@ -17,10 +17,8 @@
 mod common;
 
 use callbox::client::ClientError;
-use callbox::device::audio::{OpusDecoder, FRAME_SAMPLES, SAMPLE_RATE};
 use callbox::device::daemon::{CallLink, Device, DeviceError};
-use callbox::device::h264::H264Decoder;
-use callbox::device::{pattern, tone};
+use callbox::device::pattern;
 use callbox::room::local::{loopback_config, DeviceToml, LocalRoom};
 use callbox::room::turn::TurnConfig;
 use common::*;
@@ -32,26 +30,6 @@ const ROOM: u32 = 3600;
 const SECRET: &str = "turn-shared-secret-for-tests";
 const TURN_PORT: u16 = 3478;
 const TURN_TLS_PORT: u16 = 5349;
-
-/// Run `test` in a fresh loopback-only network namespace: re-execute this
-/// test binary there for just that test.
-fn in_own_netns(test: &str) -> bool {
-    if std::env::var_os("CALLBOX_NET_NETNS").is_some() {
-        return true;
-    }
-    let me = std::env::current_exe().expect("test binary");
-    let status = in_loopback_netns("exec \"$0\" \"$@\"")
-        .arg(me)
-        .args([test, "--exact", "--nocapture"])
-        .env("CALLBOX_NET_NETNS", "1")
-        .status()
-        .expect("unshare");
-    assert!(
-        status.success(),
-        "{test} in its network namespace: {status}"
-    );
-    false
-}
 
 /// coturn on 127.0.0.1, long-term credentials from the shared secret,
 /// relaying to loopback peers (the room is one), no TLS.
@@ -242,21 +220,7 @@ async fn call_through_from(
         Duration::from_secs(3),
     )
     .await;
-    let mut dec = H264Decoder::new().expect("decoder");
-    let stamps = got
-        .video_frames
-        .iter()
-        .filter_map(|au| dec.decode(au, pattern::read).ok().flatten().flatten())
-        .count();
-    let mut opus = OpusDecoder::new().expect("opus");
-    let mut pcm = Vec::new();
-    let mut buf = vec![0i16; FRAME_SAMPLES * 6];
-    for p in &got.audio_payloads {
-        if let Ok(n) = opus.decode(p, &mut buf) {
-            pcm.extend_from_slice(&buf[..n]);
-        }
-    }
-    let hz = tone::frequency(&pcm[pcm.len().min(SAMPLE_RATE as usize / 2)..], SAMPLE_RATE);
+    let (stamps, hz) = pattern_frames_and_tone(&got);
     println!(
         "network: {what}: device in call {:.2} s after start, path {}; subscriber: {stamps} pattern frames and the tone at {:.1} Hz in 3 s",
         joined_after.as_secs_f64(),

@@ -15,6 +15,7 @@ use crate::appliance::gpio::{Edge, Gpio, GpioError};
 use crate::appliance::leds::{Leds, Pattern};
 use crate::appliance::notify::{stalled, Notifier};
 use crate::appliance::status::{CommandDone, LedLevels, RoomStatus, Status};
+use crate::device::config::Backend;
 use crate::device::daemon::{CallLink, Device, DeviceError, Muted};
 use crate::device::display::screen::Screen;
 use crate::device::pipeline::Heartbeats;
@@ -534,6 +535,10 @@ impl Daemon {
                 error: lit(self.shown.leds.error),
             },
             room: RoomStatus {
+                backend: match room.backend {
+                    Backend::Callbox => "callbox",
+                    Backend::Janus => "janus",
+                },
                 url: room.url.clone(),
                 user_id: room.user_id.clone(),
                 room_id: room.room_id,

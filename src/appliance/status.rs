@@ -48,6 +48,8 @@ pub struct LedLevels {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RoomStatus {
+    /// `callbox` or `janus`.
+    pub backend: &'static str,
     pub url: String,
     pub user_id: String,
     pub room_id: Option<u32>,

@@ -8,6 +8,7 @@
 //! `Call` whose methods are its steps. Call control (buttons,
 //! reconnect, banned state) is the appliance's, around it.
 
+use crate::client::janus_videoroom::Refusal;
 use crate::client::{
     Client, ClientConfig, ClientError, Congestion, LocalTrack, NetConfig, Receive, RemoteStream,
     Subscription,
@@ -110,6 +111,12 @@ impl DeviceError {
     pub fn retryable(&self) -> bool {
         match self {
             DeviceError::Client(ClientError::Refused { reason, .. }) => !reason.is_usersig(),
+            // A wrong pin or token, or our own id held by another session
+            // (without the room secret to kick it): retrying cannot help. A
+            // missing room may come back (Janus restarted).
+            DeviceError::Client(ClientError::Janus { refusal, .. }) => {
+                !matches!(refusal, Refusal::Unauthorized | Refusal::IdExists)
+            }
             DeviceError::Config { .. }
             | DeviceError::Secret(_)
             | DeviceError::Display(_)

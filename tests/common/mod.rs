@@ -50,6 +50,27 @@ pub fn in_loopback_netns(script: &str) -> std::process::Command {
     cmd
 }
 
+/// Run `test` in a fresh loopback-only network namespace: re-execute this
+/// test binary there for just that test.
+#[allow(dead_code)]
+pub fn in_own_netns(test: &str) -> bool {
+    if std::env::var_os("CALLBOX_TEST_NETNS").is_some() {
+        return true;
+    }
+    let me = std::env::current_exe().expect("test binary");
+    let status = in_loopback_netns("exec \"$0\" \"$@\"")
+        .arg(me)
+        .args([test, "--exact", "--nocapture"])
+        .env("CALLBOX_TEST_NETNS", "1")
+        .status()
+        .expect("unshare");
+    assert!(
+        status.success(),
+        "{test} in its network namespace: {status}"
+    );
+    false
+}
+
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`); this
 /// process's own with `None`.
 pub fn proc_kib(pid: Option<u32>, field: &str) -> Option<u64> {
@@ -237,6 +258,30 @@ pub async fn receive(
         }
     }
     r
+}
+
+/// Pattern frames decoded from what a subscriber received, and the
+/// frequency of its audio's tone (after its first half second).
+#[allow(dead_code)]
+pub fn pattern_frames_and_tone(got: &Received) -> (usize, Option<f64>) {
+    use callbox::device::audio::{OpusDecoder, FRAME_SAMPLES, SAMPLE_RATE};
+    use callbox::device::{h264::H264Decoder, pattern, tone};
+    let mut dec = H264Decoder::new().expect("decoder");
+    let stamps = got
+        .video_frames
+        .iter()
+        .filter_map(|au| dec.decode(au, pattern::read).ok().flatten().flatten())
+        .count();
+    let mut opus = OpusDecoder::new().expect("opus");
+    let mut pcm = Vec::new();
+    let mut buf = vec![0i16; FRAME_SAMPLES * 6];
+    for p in &got.audio_payloads {
+        if let Ok(n) = opus.decode(p, &mut buf) {
+            pcm.extend_from_slice(&buf[..n]);
+        }
+    }
+    let hz = tone::frequency(&pcm[pcm.len().min(SAMPLE_RATE as usize / 2)..], SAMPLE_RATE);
+    (stamps, hz)
 }
 
 /// The shared loopback device config for `room_id`, as `tweak` changes it.

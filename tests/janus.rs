@@ -1,0 +1,592 @@
+//! The device on Janus VideoRoom: Debian's `janus` started by each test in
+//! a network namespace of its own (with a veth pair: on `lo` alone Janus
+//! fails ICE), the videoroom plugin, and a room in its config (room 1234,
+//! H.264 constrained baseline and Opus, a secret for kick and destroy).
+//!
+//! - The device publishes; a Rust client speaking Janus decodes its
+//!   pattern and its 440 Hz tone; a remote publisher's 660 Hz tone reaches
+//!   the device's speaker.
+//! - An admin kick pushes the device out as `banned`, a room destroyed as
+//!   `room-disband`; a second session with the device's feed id is refused
+//!   (436) without the room secret, and kicks the stale one with it.
+
+mod common;
+
+use bytes::Bytes;
+use callbox::appliance::control::{request, Request};
+use callbox::client::janus::JanusRoom;
+use callbox::client::janus_videoroom::{feed_id, Refusal};
+use callbox::client::{Client, ClientConfig, ClientError, NetConfig, RoomId};
+use callbox::device::audio::{OpusEncoder, FRAME, FRAME_SAMPLES, SAMPLE_RATE};
+use callbox::device::config::DeviceConfig;
+use callbox::device::daemon::{CallLink, Device, DeviceError};
+use callbox::device::tone;
+use callbox::protocol::BanReason;
+use callbox::room::local::DeviceToml;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IP: &str = "10.78.0.1";
+const PORT: u16 = 8188;
+const ROOM: u32 = 1234;
+const SECRET: &str = "room-secret";
+
+/// Janus in this namespace, on a veth address, with its own config files.
+struct Janus {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Janus {
+    /// Start Janus; `None` (the test skips) where it is not installed.
+    fn start() -> Option<Janus> {
+        let Some(lib) = janus_lib() else {
+            println!(
+                "janus: SKIPPED: Debian's janus is not installed (scripts/deps.sh installs it)"
+            );
+            return None;
+        };
+        let veth = format!(
+            "ip link add cbj0 type veth peer name cbj1 && ip addr add {IP}/24 dev cbj0 \
+             && ip link set cbj0 up && ip link set cbj1 up"
+        );
+        if !Path::new("/sys/class/net/cbj0").exists() {
+            assert!(sh(&veth), "a veth pair in the test's namespace");
+        }
+        let dir = std::env::temp_dir().join(format!("callbox-janus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("janus dir");
+        write_config(&dir, &lib);
+        Some(Janus {
+            child: Janus::spawn(&dir),
+            dir,
+        })
+    }
+
+    fn spawn(dir: &Path) -> Child {
+        let child = Command::new("janus")
+            .arg("-F")
+            .arg(dir)
+            .arg("-C")
+            .arg(dir.join("janus.jcfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("janus runs");
+        let up = (0..200).any(|_| {
+            let ok = std::net::TcpStream::connect((IP, PORT)).is_ok();
+            if !ok {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            ok
+        });
+        assert!(up, "janus listens on {IP}:{PORT} within 5 s");
+        child
+    }
+
+    /// Kill Janus and start it again (the room comes back from its config).
+    fn restart(&mut self) -> Instant {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Janus::spawn(&self.dir);
+        Instant::now()
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{IP}:{PORT}")
+    }
+}
+
+impl Drop for Janus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sh(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-ec", cmd])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Debian's Janus plugin directory (`/usr/lib/<triplet>/janus`).
+fn janus_lib() -> Option<PathBuf> {
+    Command::new("janus").arg("--version").output().ok()?;
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("janus"))
+        .find(|p| p.join("plugins/libjanus_videoroom.so").exists())
+}
+
+fn write_config(dir: &Path, lib: &Path) {
+    let lib = lib.display();
+    let files = [
+        (
+            "janus.jcfg",
+            format!(
+                "general: {{\n configs_folder = \"{dir}\"\n plugins_folder = \"{lib}/plugins\"\n \
+                 transports_folder = \"{lib}/transports\"\n events_folder = \"{lib}/events\"\n \
+                 loggers_folder = \"{lib}/loggers\"\n debug_level = 3\n}}\n\
+                 media: {{ rtp_port_range = \"40000-40200\" }}\n\
+                 nat: {{ ignore_mdns = true\n ice_enforce_list = \"cbj0\" }}\n\
+                 plugins: {{ disable = \"libjanus_audiobridge.so,libjanus_echotest.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_nosip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so,libjanus_lua.so,libjanus_duktape.so\" }}\n\
+                 transports: {{ disable = \"libjanus_http.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so\" }}\n\
+                 events: {{ broadcast = false }}\n",
+                dir = dir.display()
+            ),
+        ),
+        (
+            "janus.transport.websockets.jcfg",
+            format!("general: {{ ws = true\n ws_port = {PORT}\n ws_ip = \"{IP}\"\n wss = false }}\nadmin: {{ admin_ws = false }}\n"),
+        ),
+        (
+            "janus.plugin.videoroom.jcfg",
+            format!(
+                "general: {{ }}\nroom-{ROOM}: {{ description = \"callbox\"\n secret = \"{SECRET}\"\n publishers = 6\n \
+                 bitrate = 1500000\n audiocodec = \"opus\"\n videocodec = \"h264\"\n h264_profile = \"42e01f\"\n notify_joining = true }}\n"
+            ),
+        ),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).expect("janus config");
+    }
+}
+
+/// A device config for the Janus room, as `tweak` changes it.
+fn janus_device(
+    janus: &Janus,
+    user: &str,
+    tweak: impl FnOnce(DeviceToml) -> DeviceToml,
+) -> DeviceConfig {
+    let toml = DeviceToml::loopback(&janus.url(), user, ROOM, 3600)
+        .set("room", "backend", "janus")
+        .set("room", "allow_insecure_ws", true)
+        .set("network", "bind", IP);
+    let toml = tweak(toml);
+    DeviceConfig::parse(Path::new("janus-device.toml"), &toml.text()).expect("device config")
+}
+
+/// A Rust client of the same Janus room.
+fn janus_client(janus: &Janus, user: &str) -> ClientConfig {
+    ClientConfig {
+        url: janus.url(),
+        sdk_app_id: 0,
+        user_id: user.to_owned(),
+        user_sig: String::new(),
+        net: NetConfig {
+            bind: IP.parse().expect("address"),
+            ..Default::default()
+        },
+        tls_ca_pem: None,
+        janus: Some(JanusRoom {
+            room: u64::from(ROOM),
+            ..Default::default()
+        }),
+    }
+}
+
+/// One VideoRoom request on a session of its own (the operator's).
+async fn admin(janus: &Janus, body: Value) -> Value {
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(janus.url())
+            .expect("request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "janus-protocol".parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("janus ws");
+    let mut ask = async |msg: Value| -> Value {
+        ws.send(msg.to_string().into()).await.expect("send");
+        loop {
+            let frame = ws.next().await.expect("reply").expect("frame");
+            let v: Value = serde_json::from_str(frame.to_text().unwrap_or("{}")).expect("json");
+            if v["janus"] != "ack" {
+                return v;
+            }
+        }
+    };
+    let session = ask(json!({"janus": "create", "transaction": "a"})).await["data"]["id"].clone();
+    let handle = ask(json!({"janus": "attach", "session_id": session, "plugin": "janus.plugin.videoroom", "transaction": "b"}))
+        .await["data"]["id"]
+        .clone();
+    let reply = ask(json!({"janus": "message", "session_id": session, "handle_id": handle, "body": body, "transaction": "c"})).await;
+    reply["plugindata"]["data"].clone()
+}
+
+#[test]
+fn a_device_on_janus_publishes_and_plays_a_remote_publisher() {
+    if !in_own_netns("a_device_on_janus_publishes_and_plays_a_remote_publisher") {
+        return;
+    }
+    let Some(janus) = Janus::start() else { return };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let wav = janus.dir.join("speaker.wav");
+        let w = wav.display().to_string();
+        let config = janus_device(&janus, "device-j", |d| {
+            d.set("audio", "playback", "wav").set("audio", "wav_path", w)
+        });
+        let (joined, in_call) = tokio::sync::oneshot::channel();
+        let link = CallLink {
+            joined: Some(joined),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let (stop, call, stats) = start_linked_device(config, link);
+        tokio::time::timeout(Duration::from_secs(15), in_call)
+            .await
+            .expect("in the Janus room within 15 s")
+            .expect("joined");
+        let joined_after = t.elapsed();
+
+        // A subscriber speaking Janus decodes the device's pattern and tone.
+        let (mut viewer, frames, hz) = watch(&janus, "device-j", Duration::from_secs(3)).await;
+
+        // A caller's 660 Hz tone reaches the device's speaker.
+        let mut caller = Client::connect(janus_client(&janus, "caller")).await.expect("connect");
+        caller.join(RoomId::Num(ROOM)).await.expect("join");
+        let local = caller.publish(true, false).await.expect("publish");
+        let track = local.audio().cloned().expect("audio track");
+        let (mut enc, mut t660) = (OpusEncoder::new(32_000).expect("opus"), tone::Tone::new(660.0, SAMPLE_RATE, 0.3));
+        let mut frame = vec![0i16; FRAME_SAMPLES];
+        let mut tick = tokio::time::interval(FRAME);
+        for _ in 0..150 {
+            tick.tick().await;
+            t660.fill(&mut frame);
+            let packet = Bytes::copy_from_slice(enc.encode(&frame).expect("encode"));
+            track.write(packet, FRAME).await.expect("write");
+        }
+        let s = stats.snapshot();
+        let _ = stop.send(());
+        let device = call.await.expect("device task");
+        drop(device);
+        let heard = speaker_tone(&wav);
+        println!(
+            "janus: device in the room {:.2} s after start, first RTP {:?} ms; viewer decoded {frames} pattern frames, tone {:.1} Hz; \
+             the device played the caller at {:.1} Hz ({} packets received)",
+            joined_after.as_secs_f64(),
+            s.first_rtp_ms,
+            hz.unwrap_or(0.0),
+            heard.unwrap_or(0.0),
+            s.audio_packets_received
+        );
+        assert!(frames >= 30, "{frames} pattern frames in 3 s");
+        assert!(hz.is_some_and(|f| (f - 440.0).abs() <= 5.0), "{hz:?}");
+        assert!(heard.is_some_and(|f| (f - 660.0).abs() <= 5.0), "speaker: {heard:?}");
+        let _ = caller.leave().await;
+        let _ = viewer.leave().await;
+    });
+}
+
+/// A viewer speaking Janus subscribes to `user` for `secs`: the pattern
+/// frames it decoded and the tone it heard.
+async fn watch(janus: &Janus, user: &str, secs: Duration) -> (Client, usize, Option<f64>) {
+    let mut viewer = Client::connect(janus_client(janus, "viewer"))
+        .await
+        .expect("connect");
+    let streams = viewer.join(RoomId::Num(ROOM)).await.expect("join");
+    let stream = streams
+        .into_iter()
+        .find(|s| s.user_id == user)
+        .expect("the device is listed as a publisher");
+    let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
+    let got = receive(&mut remote.packets, Duration::from_secs(2), secs).await;
+    let (frames, hz) = pattern_frames_and_tone(&got);
+    (viewer, frames, hz)
+}
+
+/// The frequency of the loud stretch of a WAV file.
+fn speaker_tone(wav: &Path) -> Option<f64> {
+    let samples: Vec<i16> = hound::WavReader::open(wav)
+        .ok()?
+        .samples::<i16>()
+        .filter_map(Result::ok)
+        .collect();
+    let loud: Vec<usize> = (0..samples.len())
+        .filter(|i| samples[*i].unsigned_abs() > 3000)
+        .collect();
+    let (a, b) = (loud.first()? + 4800, loud.last()?.checked_sub(4800)?);
+    (b > a + SAMPLE_RATE as usize / 2).then_some(())?;
+    tone::frequency(&samples[a..b], SAMPLE_RATE)
+}
+
+/// A device in the room until the room pushes it out; the reason.
+async fn pushed_out_by(janus: &Janus, user: &str, body: Value) -> (DeviceError, Duration) {
+    let config = janus_device(janus, user, |d| d);
+    let mut device = Device::open(config, Instant::now()).expect("device opens");
+    let (joined, in_call) = tokio::sync::oneshot::channel();
+    let link = CallLink {
+        joined: Some(joined),
+        ..Default::default()
+    };
+    let call = device.call(std::future::pending(), link);
+    tokio::pin!(call);
+    tokio::select! {
+        r = &mut call => panic!("the call ended before joining: {r:?}"),
+        j = in_call => j.expect("joined"),
+    }
+    let reply = admin(janus, body).await;
+    assert!(reply["error_code"].is_null(), "janus refused: {reply}");
+    let t = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("the call ends within 5 s")
+        .expect_err("pushed out");
+    (e, t.elapsed())
+}
+
+#[test]
+fn a_kick_bans_the_device_and_a_destroyed_room_disbands_it() {
+    if !in_own_netns("a_kick_bans_the_device_and_a_destroyed_room_disbands_it") {
+        return;
+    }
+    let Some(janus) = Janus::start() else { return };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let kick =
+            json!({"request": "kick", "room": ROOM, "secret": SECRET, "id": feed_id("device-k")});
+        let (e, after) = pushed_out_by(&janus, "device-k", kick).await;
+        println!("janus: kick -> {e} after {after:.2?}");
+        assert!(matches!(e, DeviceError::Banned(BanReason::Banned)), "{e:?}");
+        assert!(!e.retryable(), "a kicked device does not rejoin by itself");
+        let destroy = json!({"request": "destroy", "room": ROOM, "secret": SECRET});
+        let (e, after) = pushed_out_by(&janus, "device-d", destroy).await;
+        println!("janus: destroy -> {e} after {after:.2?}");
+        assert!(
+            matches!(e, DeviceError::Banned(BanReason::RoomDisband)),
+            "{e:?}"
+        );
+    });
+}
+
+#[test]
+fn a_second_session_with_the_same_id_is_refused_or_kicks_the_stale_one() {
+    if !in_own_netns("a_second_session_with_the_same_id_is_refused_or_kicks_the_stale_one") {
+        return;
+    }
+    let Some(janus) = Janus::start() else { return };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let _ = env_logger::builder().is_test(true).try_init();
+        // The stale session: a client with the device's feed id.
+        let mut stale = Client::connect(janus_client(&janus, "device-s")).await.expect("connect");
+        stale.join(RoomId::Num(ROOM)).await.expect("join");
+        let mut device = Device::open(janus_device(&janus, "device-s", |d| d), Instant::now()).expect("device");
+        let e = device
+            .call(std::future::pending(), CallLink::default())
+            .await
+            .expect_err("refused while the stale session holds the id");
+        println!("janus: duplicate id without the room secret: {e} (retryable: {})", e.retryable());
+        assert!(
+            matches!(&e, DeviceError::Client(ClientError::Janus { refusal: Refusal::IdExists, .. })),
+            "{e:?}"
+        );
+        assert!(!e.retryable(), "no reconnect loop against our own id");
+        drop(device);
+
+        let with_secret = janus_device(&janus, "device-s", |d| d.set("room", "room_secret", SECRET));
+        let (joined, in_call) = tokio::sync::oneshot::channel();
+        let link = CallLink {
+            joined: Some(joined),
+            ..Default::default()
+        };
+        let (stop, call, _) = start_linked_device(with_secret, link);
+        tokio::time::timeout(Duration::from_secs(15), in_call)
+            .await
+            .expect("joined with the room secret")
+            .expect("joined");
+        let ev = tokio::time::timeout(Duration::from_secs(5), stale.next_event()).await;
+        println!("janus: duplicate id with the room secret: the device joined; the stale session got {ev:?}");
+        assert!(
+            matches!(ev, Ok(Some(callbox::protocol::ServerMessage::ClientBanned { .. }))),
+            "the stale session is pushed out"
+        );
+        let _ = stop.send(());
+        let _ = call.await;
+    });
+}
+
+#[test]
+fn after_janus_restarts_the_device_is_back_within_5_s() {
+    if !in_own_netns("after_janus_restarts_the_device_is_back_within_5_s") {
+        return;
+    }
+    let Some(mut janus) = Janus::start() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let mut device = Device::open(janus_device(&janus, "device-r", |d| d), Instant::now()).expect("device");
+        let (joined, in_call) = tokio::sync::oneshot::channel();
+        let link = CallLink {
+            joined: Some(joined),
+            dead_media: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let mut call = Box::pin(device.call(std::future::pending(), link));
+        tokio::select! {
+            r = &mut call => panic!("the call ended before joining: {r:?}"),
+            j = in_call => j.expect("joined"),
+        }
+        let up = janus.restart();
+        let e = tokio::time::timeout(Duration::from_secs(10), &mut call)
+            .await
+            .expect("the call sees Janus go")
+            .expect_err("lost");
+        drop(call);
+        assert!(e.retryable(), "{e}");
+        // What the appliance does next: join again, with its backoff (1 s first).
+        let t = Instant::now();
+        let (joined, in_call) = tokio::sync::oneshot::channel();
+        let link = CallLink {
+            joined: Some(joined),
+            ..Default::default()
+        };
+        let again = device.call(std::future::pending(), link);
+        tokio::pin!(again);
+        tokio::select! {
+            r = &mut again => panic!("the second call ended: {r:?}"),
+            j = in_call => j.expect("joined again"),
+        }
+        let (back, rejoin) = (up.elapsed(), t.elapsed());
+        let (_viewer, frames, hz) = tokio::select! {
+            r = &mut again => panic!("the second call ended: {r:?}"),
+            w = watch(&janus, "device-r", Duration::from_secs(2)) => w,
+        };
+        println!(
+            "janus: restarted; the call ended with: {e}; in the room again {:.2} s after Janus answered (the rejoin itself {:.2} s); \
+             a viewer then decoded {frames} pattern frames, tone {:.1} Hz",
+            back.as_secs_f64(),
+            rejoin.as_secs_f64(),
+            hz.unwrap_or(0.0)
+        );
+        assert!(back < Duration::from_secs(5));
+        assert!(frames >= 20 && hz.is_some_and(|f| (f - 440.0).abs() <= 5.0), "{frames} frames, {hz:?}");
+    });
+}
+
+/// The appliance on Janus, as on the callbox room service: the real
+/// `callbox device` daemon joins by itself, `ctl mute-audio` stops what a
+/// viewer hears, Janus restarted -> reconnecting -> in call (with the
+/// appliance's own backoff), an admin kick -> banned with its LED and no
+/// rejoin of its own.
+#[test]
+fn the_appliance_on_janus_mutes_reconnects_and_is_banned() {
+    if !in_own_netns("the_appliance_on_janus_mutes_reconnects_and_is_banned") {
+        return;
+    }
+    let Some(mut janus) = Janus::start() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let socket = janus.dir.join("control.sock");
+        let toml = DeviceToml::loopback(&janus.url(), "device-a", ROOM, 3600)
+            .set("room", "backend", "janus")
+            .set("room", "allow_insecure_ws", true)
+            .set("network", "bind", IP)
+            .set("video", "width", 320)
+            .set("video", "height", 240)
+            .set("call", "dead_media_ms", 3000)
+            .set("service", "control_socket", socket.display().to_string());
+        let config = janus.dir.join("device.toml");
+        std::fs::write(&config, toml.text()).expect("device.toml");
+        let mut daemon = Command::new(env!("CARGO_BIN_EXE_callbox"))
+            .args(["device", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("callbox device");
+        let joined = wait_state(&socket, "in-call", 15).await;
+        let s = status(&socket).await;
+        assert_eq!(s["room"]["backend"], "janus", "{s:#}");
+
+        let before = audio_heard(&janus, "device-a").await;
+        ctl(&socket, Request::MuteAudio).await;
+        let muted = audio_heard(&janus, "device-a").await;
+        ctl(&socket, Request::UnmuteAudio).await;
+        let after = audio_heard(&janus, "device-a").await;
+        println!("janus appliance: in call {joined:.2?} after start; audio packets in 2 s at a viewer: {before}, muted {muted}, unmuted {after}");
+        assert!(before > 50 && after > 50 && muted < 10, "{before} / {muted} / {after}");
+
+        let up = janus.restart();
+        wait_state(&socket, "reconnecting", 10).await;
+        wait_state(&socket, "in-call", 10).await;
+        let back = up.elapsed();
+        println!("janus appliance: Janus restarted; in call again {back:.2?} after it answered");
+        assert!(back < Duration::from_secs(5), "{back:?}");
+
+        let kick = json!({"request": "kick", "room": ROOM, "secret": SECRET, "id": feed_id("device-a")});
+        admin(&janus, kick).await;
+        let banned = wait_state(&socket, "banned", 5).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let s = status(&socket).await;
+        println!("janus appliance: kicked -> banned after {banned:.2?}; 2 s later: state {}, LEDs {}", s["state"], s["leds"]);
+        assert_eq!(s["state"], "banned", "no rejoin of its own");
+        assert_eq!((s["ban_reason"].as_str(), s["leds"]["banned"].as_bool()), (Some("banned"), Some(true)));
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    });
+}
+
+/// Audio packets a viewer gets from `user` in 2 s (after a moment to settle).
+async fn audio_heard(janus: &Janus, user: &str) -> usize {
+    let mut viewer = Client::connect(janus_client(janus, "ear"))
+        .await
+        .expect("connect");
+    let streams = viewer.join(RoomId::Num(ROOM)).await.expect("join");
+    let stream = streams
+        .into_iter()
+        .find(|s| s.user_id == user)
+        .expect("listed");
+    let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while remote.packets.try_recv().is_ok() {}
+    let got = receive(
+        &mut remote.packets,
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+    )
+    .await;
+    let _ = viewer.leave().await;
+    got.audio_payloads.len()
+}
+
+async fn status(socket: &Path) -> Value {
+    request(socket, Request::Status).await.expect("ctl status")
+}
+
+async fn ctl(socket: &Path, r: Request) {
+    let reply = request(socket, r).await.expect("ctl");
+    assert_eq!(reply["ok"], true, "{reply}");
+}
+
+/// Poll the daemon until its state is `state`; how long it took.
+async fn wait_state(socket: &Path, state: &str, secs: u64) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(s) = request(socket, Request::Status).await {
+            if s["state"] == state {
+                return t0.elapsed();
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "not {state} within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
