@@ -82,9 +82,11 @@ fn video_frame(i: u64) -> Bytes {
 }
 
 async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
-    let room = LocalRoom::start(loopback_config(None, false))
-        .await
-        .expect("room");
+    let mut config = loopback_config(None, false);
+    // Every subscriber comes from 127.0.0.1: lift the per-address cap.
+    config.limits.max_connections_per_ip = config.limits.max_connections;
+    config.limits.max_members_per_room = config.limits.max_members_per_room.max(n + 1);
+    let room = LocalRoom::start(config).await.expect("room");
     let mut publisher = Client::connect(room.client_config("pub"))
         .await
         .expect("connect");

@@ -5,7 +5,8 @@
 //! - [`protocol`]: the signaling protocol shared by server, Rust client and browser SDK;
 //!   [`network_quality`]: TRTC's 0-6 grades, and how the room measures them.
 //! - [`room`]: the room service (signaling, rooms, admin API, SFU).
-//! - [`client`]: the Rust TRTC-style client (signaling + WebRTC) the device builds on.
+//! - [`client`]: the Rust TRTC-style client (signaling + WebRTC) the device builds on,
+//!   on the callbox room service or on Janus VideoRoom.
 //! - [`device`]: the device's media: capture, encode, publish, subscribe, play.
 //! - [`appliance`]: the device as an appliance: call state machine, GPIO
 //!   buttons and LEDs, systemd, control socket, probe.
@@ -86,6 +87,17 @@
 //! `Call::on_network_quality` (log, `MediaStats::set_network_quality`) ->
 //! `Daemon::on_network` -> `Input::Network` -> `Controller::leds` (fast
 //! blink). The browser SDK emits it as `network-quality`.
+//!
+//! **Join on Janus** (`[room] backend = "janus"`): `Client::connect` ->
+//! `Janus::connect` (WebSocket, `create` session, `attach` the VideoRoom
+//! handle) -> `Client::join_with_key` -> `Janus::join`
+//! (`janus_videoroom::join_publisher`; a 436 with `room_secret` ->
+//! `kick` and join again) -> `Client::publish` -> `Janus::publish` (our
+//! offer, Janus's answer). A subscription: `Client::subscription` ->
+//! `Janus::subscribe` (a handle, `join_subscriber`, Janus's offer ->
+//! `Downlink::answer` -> `start`). Janus's events on the publisher handle:
+//! `janus::route` -> `janus_videoroom::translate` -> the same
+//! `ServerMessage`s the callbox room sends -> `Call::on_room_event`.
 //!
 //! **userSig -> verdict**: `Client::join` sends `ClientMessage::Join` ->
 //! `room::server::handle` -> `authenticate` -> `usersig::verify` (base64,

@@ -726,14 +726,7 @@ playback = "null"
 
     /// The keys of the problems in GOOD with `[name]` holding `body`.
     fn problems_in(name: &str, body: &str) -> Vec<String> {
-        let text = format!("{GOOD}\n[{name}]\n{body}\n");
-        match DeviceConfig::parse(Path::new("d.toml"), &text) {
-            Ok(_) => Vec::new(),
-            Err(ConfigError::Invalid { problems, .. }) => {
-                problems.into_iter().map(|p| p.key).collect()
-            }
-            Err(e) => vec![e.to_string()],
-        }
+        problem_keys(&format!("{GOOD}\n[{name}]\n{body}\n"))
     }
 
     fn display_problems(body: &str) -> Vec<String> {
@@ -806,6 +799,40 @@ playback = "null"
         let servers = c.network.ice_servers().expect("servers");
         assert_eq!(servers[0].credential.as_deref(), Some("s3cret"));
         assert!(!format!("{servers:?}").contains("s3cret"));
+    }
+
+    /// The keys of the problems in `text`.
+    fn problem_keys(text: &str) -> Vec<String> {
+        match DeviceConfig::parse(Path::new("d.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| p.key).collect()
+            }
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn janus_needs_a_numeric_room_and_no_usersig_and_its_keys_are_janus_only() {
+        let janus = GOOD
+            .replace(
+                "sdk_app_id = 1400000000\n",
+                "backend = \"janus\"\npin = \"42\"\n",
+            )
+            .replace("user_sig = \"sig\"\n", "");
+        let c = DeviceConfig::parse(Path::new("d.toml"), &janus).unwrap();
+        let room = c.room.janus().expect("a Janus room");
+        assert_eq!((room.room, room.pin.as_deref()), (1234, Some("42")));
+        assert!(!format!("{c:?}").contains("\"42\""), "the pin is a secret");
+        let by_name = janus.replace("room_id = 1234", "str_room_id = \"door\"");
+        assert_eq!(problem_keys(&by_name), ["room.room_id", "room.str_room_id"]);
+        let callbox_with_pin = GOOD.replace("room_id = 1234", "room_id = 1234\npin = \"42\"");
+        assert_eq!(problem_keys(&callbox_with_pin), ["room.pin"]);
+        assert!(DeviceConfig::parse(Path::new("d.toml"), GOOD)
+            .unwrap()
+            .room
+            .janus()
+            .is_none());
     }
 
     #[test]
