@@ -14,9 +14,8 @@ mod common;
 
 use bytes::Bytes;
 use callbox::appliance::control::{request, Request};
-use callbox::client::janus::JanusRoom;
 use callbox::client::janus_videoroom::{feed_id, Refusal};
-use callbox::client::{Client, ClientConfig, ClientError, NetConfig, RoomId};
+use callbox::client::{Client, ClientError, RoomId};
 use callbox::device::audio::{OpusEncoder, FRAME, FRAME_SAMPLES, SAMPLE_RATE};
 use callbox::device::config::DeviceConfig;
 use callbox::device::daemon::{CallLink, Device, DeviceError};
@@ -26,138 +25,11 @@ use callbox::room::local::DeviceToml;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const IP: &str = "10.78.0.1";
-const PORT: u16 = 8188;
-const ROOM: u32 = 1234;
-const SECRET: &str = "room-secret";
-
-/// Janus in this namespace, on a veth address, with its own config files.
-struct Janus {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Janus {
-    /// Start Janus; `None` (the test skips) where it is not installed.
-    fn start() -> Option<Janus> {
-        let Some(lib) = janus_lib() else {
-            println!(
-                "janus: SKIPPED: Debian's janus is not installed (scripts/deps.sh installs it)"
-            );
-            return None;
-        };
-        let veth = format!(
-            "ip link add cbj0 type veth peer name cbj1 && ip addr add {IP}/24 dev cbj0 \
-             && ip link set cbj0 up && ip link set cbj1 up"
-        );
-        if !Path::new("/sys/class/net/cbj0").exists() {
-            assert!(sh(&veth), "a veth pair in the test's namespace");
-        }
-        let dir = std::env::temp_dir().join(format!("callbox-janus-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("janus dir");
-        write_config(&dir, &lib);
-        Some(Janus {
-            child: Janus::spawn(&dir),
-            dir,
-        })
-    }
-
-    fn spawn(dir: &Path) -> Child {
-        let child = Command::new("janus")
-            .arg("-F")
-            .arg(dir)
-            .arg("-C")
-            .arg(dir.join("janus.jcfg"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("janus runs");
-        let up = (0..200).any(|_| {
-            let ok = std::net::TcpStream::connect((IP, PORT)).is_ok();
-            if !ok {
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            ok
-        });
-        assert!(up, "janus listens on {IP}:{PORT} within 5 s");
-        child
-    }
-
-    /// Kill Janus and start it again (the room comes back from its config).
-    fn restart(&mut self) -> Instant {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Janus::spawn(&self.dir);
-        Instant::now()
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{IP}:{PORT}")
-    }
-}
-
-impl Drop for Janus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn sh(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-ec", cmd])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Debian's Janus plugin directory (`/usr/lib/<triplet>/janus`).
-fn janus_lib() -> Option<PathBuf> {
-    Command::new("janus").arg("--version").output().ok()?;
-    std::fs::read_dir("/usr/lib")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("janus"))
-        .find(|p| p.join("plugins/libjanus_videoroom.so").exists())
-}
-
-fn write_config(dir: &Path, lib: &Path) {
-    let lib = lib.display();
-    let files = [
-        (
-            "janus.jcfg",
-            format!(
-                "general: {{\n configs_folder = \"{dir}\"\n plugins_folder = \"{lib}/plugins\"\n \
-                 transports_folder = \"{lib}/transports\"\n events_folder = \"{lib}/events\"\n \
-                 loggers_folder = \"{lib}/loggers\"\n debug_level = 3\n}}\n\
-                 media: {{ rtp_port_range = \"40000-40200\" }}\n\
-                 nat: {{ ignore_mdns = true\n ice_enforce_list = \"cbj0\" }}\n\
-                 plugins: {{ disable = \"libjanus_audiobridge.so,libjanus_echotest.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_nosip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so,libjanus_lua.so,libjanus_duktape.so\" }}\n\
-                 transports: {{ disable = \"libjanus_http.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so\" }}\n\
-                 events: {{ broadcast = false }}\n",
-                dir = dir.display()
-            ),
-        ),
-        (
-            "janus.transport.websockets.jcfg",
-            format!("general: {{ ws = true\n ws_port = {PORT}\n ws_ip = \"{IP}\"\n wss = false }}\nadmin: {{ admin_ws = false }}\n"),
-        ),
-        (
-            "janus.plugin.videoroom.jcfg",
-            format!(
-                "general: {{ }}\nroom-{ROOM}: {{ description = \"callbox\"\n secret = \"{SECRET}\"\n publishers = 6\n \
-                 bitrate = 1500000\n audiocodec = \"opus\"\n videocodec = \"h264\"\n h264_profile = \"42e01f\"\n notify_joining = true }}\n"
-            ),
-        ),
-    ];
-    for (name, text) in files {
-        std::fs::write(dir.join(name), text).expect("janus config");
-    }
-}
+use common::janus::{Janus, IP, ROOM, SECRET};
 
 /// A device config for the Janus room, as `tweak` changes it.
 fn janus_device(
@@ -171,25 +43,6 @@ fn janus_device(
         .set("network", "bind", IP);
     let toml = tweak(toml);
     DeviceConfig::parse(Path::new("janus-device.toml"), &toml.text()).expect("device config")
-}
-
-/// A Rust client of the same Janus room.
-fn janus_client(janus: &Janus, user: &str) -> ClientConfig {
-    ClientConfig {
-        url: janus.url(),
-        sdk_app_id: 0,
-        user_id: user.to_owned(),
-        user_sig: String::new(),
-        net: NetConfig {
-            bind: IP.parse().expect("address"),
-            ..Default::default()
-        },
-        tls_ca_pem: None,
-        janus: Some(JanusRoom {
-            room: u64::from(ROOM),
-            ..Default::default()
-        }),
-    }
 }
 
 /// One VideoRoom request on a session of its own (the operator's).
@@ -253,7 +106,7 @@ fn a_device_on_janus_publishes_and_plays_a_remote_publisher() {
         let (mut viewer, frames, hz) = watch(&janus, "device-j", Duration::from_secs(3)).await;
 
         // A caller's 660 Hz tone reaches the device's speaker.
-        let mut caller = Client::connect(janus_client(&janus, "caller")).await.expect("connect");
+        let mut caller = Client::connect(janus.client_config("caller")).await.expect("connect");
         caller.join(RoomId::Num(ROOM)).await.expect("join");
         let local = caller.publish(true, false).await.expect("publish");
         let track = local.audio().cloned().expect("audio track");
@@ -291,7 +144,7 @@ fn a_device_on_janus_publishes_and_plays_a_remote_publisher() {
 /// A viewer speaking Janus subscribes to `user` for `secs`: the pattern
 /// frames it decoded and the tone it heard.
 async fn watch(janus: &Janus, user: &str, secs: Duration) -> (Client, usize, Option<f64>) {
-    let mut viewer = Client::connect(janus_client(janus, "viewer"))
+    let mut viewer = Client::connect(janus.client_config("viewer"))
         .await
         .expect("connect");
     let streams = viewer.join(RoomId::Num(ROOM)).await.expect("join");
@@ -380,7 +233,7 @@ fn a_second_session_with_the_same_id_is_refused_or_kicks_the_stale_one() {
     rt.block_on(async {
         let _ = env_logger::builder().is_test(true).try_init();
         // The stale session: a client with the device's feed id.
-        let mut stale = Client::connect(janus_client(&janus, "device-s")).await.expect("connect");
+        let mut stale = Client::connect(janus.client_config("device-s")).await.expect("connect");
         stale.join(RoomId::Num(ROOM)).await.expect("join");
         let mut device = Device::open(janus_device(&janus, "device-s", |d| d), Instant::now()).expect("device");
         let e = device
@@ -544,7 +397,7 @@ fn the_appliance_on_janus_mutes_reconnects_and_is_banned() {
 
 /// Audio packets a viewer gets from `user` in 2 s (after a moment to settle).
 async fn audio_heard(janus: &Janus, user: &str) -> usize {
-    let mut viewer = Client::connect(janus_client(janus, "ear"))
+    let mut viewer = Client::connect(janus.client_config("ear"))
         .await
         .expect("connect");
     let streams = viewer.join(RoomId::Num(ROOM)).await.expect("join");

@@ -2,6 +2,8 @@
 //! with valid userSigs, media of known content and its checks.
 #![allow(dead_code)]
 
+pub mod janus;
+
 use bytes::Bytes;
 use callbox::client::peer::RemotePacket;
 use callbox::client::{Client, ClientConfig, LocalTrack, RoomId};
