@@ -12,7 +12,9 @@
 //! - glass-to-glass latency, capture stamp -> decoded at a subscriber
 //!   (p50/p99): device -> Rust subscriber (OpenH264 decode), device ->
 //!   Chromium, and the baseline Chromium -> Chromium through the same room
-//!   service, the publishing page drawing the same pattern on a canvas.
+//!   service, the publishing page drawing the same pattern on a canvas;
+//! - the same device on Janus VideoRoom (Debian's `janus`, full runs only):
+//!   CPU, RSS, first RTP and glass-to-glass beside the room service's.
 //!
 //! Everything runs in a fresh network namespace with only `lo` (the bench
 //! re-executes itself under `unshare --net`), so Chromium's candidates are
@@ -22,7 +24,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use callbox::client::{Client, RoomId};
+use callbox::client::{Client, ClientConfig, RoomId};
 use callbox::device::frame::i420_len;
 use callbox::device::h264::{EncoderSettings, H264Decoder, OpenH264Encoder, VideoEncoder};
 use callbox::device::pattern::{self, Stamp};
@@ -81,11 +83,13 @@ fn proc_cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// Subscribe to the device and measure capture -> decoded for `window`.
-async fn rust_glass(room: &LocalRoom, warmup: Duration, window: Duration) -> (usize, f64, f64) {
-    let mut c = Client::connect(room.client_config("bench-viewer"))
-        .await
-        .expect("connect");
-    let existing = c.join(RoomId::Num(ROOM)).await.expect("join");
+async fn rust_glass(
+    viewer: (ClientConfig, u32),
+    warmup: Duration,
+    window: Duration,
+) -> (usize, f64, f64) {
+    let mut c = Client::connect(viewer.0).await.expect("connect");
+    let existing = c.join(RoomId::Num(viewer.1)).await.expect("join");
     let stream = match existing.into_iter().find(|s| s.user_id == "bench-device") {
         Some(s) => s,
         None => loop {
@@ -268,13 +272,13 @@ struct DeviceRun {
 
 fn measure(
     rt: &tokio::runtime::Runtime,
-    room: &LocalRoom,
+    viewer: (ClientConfig, u32),
     pid: u32,
     warmup: Duration,
     window: Duration,
 ) -> DeviceRun {
     let cpu_start = (Instant::now(), proc_cpu_ticks(pid));
-    let glass = rt.block_on(rust_glass(room, warmup, window));
+    let glass = rt.block_on(rust_glass(viewer, warmup, window));
     let cpu_end = (Instant::now(), proc_cpu_ticks(pid));
     let cpu_pct = match (cpu_start.1, cpu_end.1) {
         (Some(a), Some(b)) => {
@@ -288,6 +292,34 @@ fn measure(
         hwm_kb: common::proc_kib(Some(pid), "VmHWM:").unwrap_or(0),
         glass,
     }
+}
+
+/// The plain device on Janus: its CPU, memory and glass-to-glass at a
+/// Rust subscriber speaking Janus, and its first RTP packet.
+fn janus_run(
+    rt: &tokio::runtime::Runtime,
+    plain: &DeviceToml,
+    dir: &Path,
+    warmup: Duration,
+    window: Duration,
+) -> Option<(DeviceRun, String)> {
+    let janus = common::janus::Janus::start()?;
+    let toml = plain
+        .clone()
+        .set("room", "backend", "janus")
+        .set("room", "url", janus.url())
+        .set("room", "room_id", i64::from(common::janus::ROOM))
+        .set("room", "allow_insecure_ws", true)
+        .set("network", "bind", common::janus::IP);
+    let (mut child, first_rx) = start_device(&dir.join("device-janus.toml"), &toml);
+    let viewer = (janus.client_config("bench-viewer"), common::janus::ROOM);
+    let run = measure(rt, viewer, child.id(), warmup, window);
+    let first = first_rx
+        .recv_timeout(Duration::from_secs(1))
+        .unwrap_or_else(|_| "?".into());
+    let _ = child.kill();
+    let _ = child.wait();
+    Some((run, first))
 }
 
 fn main() {
@@ -322,7 +354,13 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("tmp");
     let plain = DeviceToml::loopback(&room.ws_url(), "bench-device", ROOM, 3600);
     let (mut child, first_rx) = start_device(&dir.join("device.toml"), &plain);
-    let run = measure(&rt, &room, child.id(), warmup, window);
+    let run = measure(
+        &rt,
+        (room.client_config("bench-viewer"), ROOM),
+        child.id(),
+        warmup,
+        window,
+    );
     let (n, g50, g99) = run.glass;
     let first = first_rx
         .recv_timeout(Duration::from_secs(1))
@@ -354,7 +392,13 @@ fn main() {
         )
         .expect("processing keys");
     let (mut with_processing, _) = start_device(&dir.join("device-processing.toml"), &processed);
-    let on = measure(&rt, &room, with_processing.id(), warmup, window);
+    let on = measure(
+        &rt,
+        (room.client_config("bench-viewer"), ROOM),
+        with_processing.id(),
+        warmup,
+        window,
+    );
     let _ = with_processing.kill();
     let _ = with_processing.wait();
     // A two-way call with the screen on: a caller publishes the stamped
@@ -363,6 +407,7 @@ fn main() {
     // the device.
     let screen = dir.join("screen.y4m");
     let two_way_toml = plain
+        .clone()
         .set("display", "sink", "y4m")
         .set("display", "path", screen.display().to_string())
         .set("display", "fps", 15);
@@ -373,12 +418,25 @@ fn main() {
         let screen = screen.clone();
         std::thread::spawn(move || glass_to_display(&screen, warmup, window))
     };
-    let both = measure(&rt, &room, two_way.id(), warmup, window);
+    let both = measure(
+        &rt,
+        (room.client_config("bench-viewer"), ROOM),
+        two_way.id(),
+        warmup,
+        window,
+    );
     let mut shown = follow.join().unwrap_or_default();
     caller.abort();
     let _ = two_way.kill();
     let _ = two_way.wait();
     rt.block_on(room.stop());
+    // The same device on Janus VideoRoom, in the same run (needs the
+    // bench's own namespace for Janus's veth, so full runs only).
+    let on_janus = if full {
+        janus_run(&rt, &plain, &dir, warmup, window)
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
@@ -423,6 +481,29 @@ fn main() {
         pct(&mut shown, 0.99),
         shown.len()
     );
+    match &on_janus {
+        Some((j, jfirst)) => {
+            println!("  the same device on the callbox room service / on Janus VideoRoom (Debian's janus):");
+            println!(
+                "    CPU                          {:.1} % / {:.1} % of one core",
+                run.cpu_pct, j.cpu_pct
+            );
+            println!(
+                "    RSS                          {:.1} MB / {:.1} MB",
+                run.rss_kb as f64 / 1024.0,
+                j.rss_kb as f64 / 1024.0
+            );
+            println!("    start -> first RTP packet    {first} ms / {jfirst} ms");
+            println!(
+                "    glass-to-glass p50 / p99     {g50:.1} / {g99:.1} ms / {:.1} / {:.1} ms ({} frames on Janus)",
+                j.glass.1, j.glass.2, j.glass.0
+            );
+        }
+        None if full => {
+            println!("  Janus: skipped (Debian's janus is not installed: scripts/deps.sh)")
+        }
+        None => {}
+    }
     assert!(n > 0, "the subscriber decoded no pattern frames");
     assert!(!shown.is_empty(), "the device's screen showed no caller");
 }

@@ -158,4 +158,3 @@ fn write_config(dir: &Path, lib: &Path) {
         std::fs::write(dir.join(name), text).expect("janus config");
     }
 }
-
