@@ -325,16 +325,8 @@ fn janus_run(
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     // Re-run inside a loopback-only network namespace (Chromium then gathers 127.0.0.1).
-    if full && std::env::var_os("CALLBOX_BENCH_NS").is_none() {
-        let me = std::env::current_exe().expect("exe");
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let status = common::in_loopback_netns("exec \"$0\" \"$@\"")
-            .arg(&me)
-            .args(&args)
-            .env("CALLBOX_BENCH_NS", "1")
-            .status()
-            .expect("unshare");
-        std::process::exit(status.code().unwrap_or(1));
+    if full {
+        common::bench_in_own_netns();
     }
     let (warmup, window) = if full {
         (Duration::from_secs(3), Duration::from_secs(10))

@@ -28,7 +28,7 @@ use callbox::device::pattern;
 use callbox::protocol::{MediaKind, StreamInfo};
 use callbox::room::local::{loopback_config, DeviceToml, LocalRoom};
 use callbox::room::turn::TurnConfig;
-use common::percentile;
+use common::{percentile, thread_cpu_ticks, thread_named};
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
 use std::process::{Child, Command, Stdio};
@@ -70,26 +70,6 @@ struct Outcome {
     glass_p99: f64,
     sfu_cpu: f64,
     forwarded_streams: usize,
-}
-
-fn thread_cpu_ticks(tid: u64) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// The newest thread of this process with the given name.
-fn thread_named(name: &str) -> Option<u64> {
-    std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|tid| {
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-                .is_ok_and(|c| c.trim() == name)
-        })
-        .max()
 }
 
 fn sh(cmd: &str) -> bool {
@@ -291,17 +271,7 @@ fn drop_udp_of_clients() -> bool {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    if std::env::var_os("CALLBOX_BENCH_NS").is_none() {
-        let me = std::env::current_exe().expect("exe");
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let status = common::in_loopback_netns("exec \"$0\" \"$@\"")
-            .arg(&me)
-            .args(&args)
-            .env("CALLBOX_BENCH_NS", "1")
-            .status()
-            .expect("unshare");
-        std::process::exit(status.code().unwrap_or(1));
-    }
+    common::bench_in_own_netns();
     let _ = env_logger::builder().try_init();
     let (viewers, warmup, window) = if full {
         (4, Duration::from_secs(3), Duration::from_secs(10))

@@ -15,7 +15,7 @@ mod common;
 use bytes::Bytes;
 use callbox::client::{Client, RoomId};
 use callbox::room::local::{loopback_config, LocalRoom};
-use common::percentile;
+use common::{percentile, thread_cpu_ticks, thread_named};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,26 +43,6 @@ impl Outcome {
             format!("{:.0}", self.n as f64 / self.cpu_cores)
         }
     }
-}
-
-fn thread_cpu_ticks(tid: u64) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// The newest thread of this process with the given name.
-fn thread_named(name: &str) -> Option<u64> {
-    std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|tid| {
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-                .is_ok_and(|c| c.trim() == name)
-        })
-        .max()
 }
 
 /// The traffic of one 640x480@30 camera call: (payload size, is_video) per tick of 1 ms.

@@ -31,6 +31,18 @@ use std::time::{Duration, Instant};
 
 use common::janus::{Janus, IP, ROOM, SECRET};
 
+/// Run `body` in a network namespace of its own, with a Janus of its own
+/// (the test skips where Janus is not installed).
+fn with_janus<F: std::future::Future<Output = ()>>(test: &str, body: impl FnOnce(Janus) -> F) {
+    if !in_own_netns(test) {
+        return;
+    }
+    let Some(janus) = Janus::start() else { return };
+    let _ = env_logger::builder().is_test(true).try_init();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(body(janus));
+}
+
 /// A device config for the Janus room, as `tweak` changes it.
 fn janus_device(
     janus: &Janus,
@@ -77,54 +89,56 @@ async fn admin(janus: &Janus, body: Value) -> Value {
 
 #[test]
 fn a_device_on_janus_publishes_and_plays_a_remote_publisher() {
-    if !in_own_netns("a_device_on_janus_publishes_and_plays_a_remote_publisher") {
-        return;
-    }
-    let Some(janus) = Janus::start() else { return };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let wav = janus.dir.join("speaker.wav");
-        let w = wav.display().to_string();
-        let config = janus_device(&janus, "device-j", |d| {
-            d.set("audio", "playback", "wav").set("audio", "wav_path", w)
-        });
-        let (joined, in_call) = tokio::sync::oneshot::channel();
-        let link = CallLink {
-            joined: Some(joined),
-            ..Default::default()
-        };
-        let t = Instant::now();
-        let (stop, call, stats) = start_linked_device(config, link);
-        tokio::time::timeout(Duration::from_secs(15), in_call)
-            .await
-            .expect("in the Janus room within 15 s")
-            .expect("joined");
-        let joined_after = t.elapsed();
+    with_janus(
+        "a_device_on_janus_publishes_and_plays_a_remote_publisher",
+        |janus| async move {
+            let wav = janus.dir.join("speaker.wav");
+            let w = wav.display().to_string();
+            let config = janus_device(&janus, "device-j", |d| {
+                d.set("audio", "playback", "wav")
+                    .set("audio", "wav_path", w)
+            });
+            let (joined, in_call) = tokio::sync::oneshot::channel();
+            let link = CallLink {
+                joined: Some(joined),
+                ..Default::default()
+            };
+            let t = Instant::now();
+            let (stop, call, stats) = start_linked_device(config, link);
+            tokio::time::timeout(Duration::from_secs(15), in_call)
+                .await
+                .expect("in the Janus room within 15 s")
+                .expect("joined");
+            let joined_after = t.elapsed();
 
-        // A subscriber speaking Janus decodes the device's pattern and tone.
-        let (mut viewer, frames, hz) = watch(&janus, "device-j", Duration::from_secs(3)).await;
+            // A subscriber speaking Janus decodes the device's pattern and tone.
+            let (mut viewer, frames, hz) = watch(&janus, "device-j", Duration::from_secs(3)).await;
 
-        // A caller's 660 Hz tone reaches the device's speaker.
-        let mut caller = Client::connect(janus.client_config("caller")).await.expect("connect");
-        caller.join(RoomId::Num(ROOM)).await.expect("join");
-        let local = caller.publish(true, false).await.expect("publish");
-        let track = local.audio().cloned().expect("audio track");
-        let (mut enc, mut t660) = (OpusEncoder::new(32_000).expect("opus"), tone::Tone::new(660.0, SAMPLE_RATE, 0.3));
-        let mut frame = vec![0i16; FRAME_SAMPLES];
-        let mut tick = tokio::time::interval(FRAME);
-        for _ in 0..150 {
-            tick.tick().await;
-            t660.fill(&mut frame);
-            let packet = Bytes::copy_from_slice(enc.encode(&frame).expect("encode"));
-            track.write(packet, FRAME).await.expect("write");
-        }
-        let s = stats.snapshot();
-        let _ = stop.send(());
-        let device = call.await.expect("device task");
-        drop(device);
-        let heard = speaker_tone(&wav);
-        println!(
+            // A caller's 660 Hz tone reaches the device's speaker.
+            let mut caller = Client::connect(janus.client_config("caller"))
+                .await
+                .expect("connect");
+            caller.join(RoomId::Num(ROOM)).await.expect("join");
+            let local = caller.publish(true, false).await.expect("publish");
+            let track = local.audio().cloned().expect("audio track");
+            let (mut enc, mut t660) = (
+                OpusEncoder::new(32_000).expect("opus"),
+                tone::Tone::new(660.0, SAMPLE_RATE, 0.3),
+            );
+            let mut frame = vec![0i16; FRAME_SAMPLES];
+            let mut tick = tokio::time::interval(FRAME);
+            for _ in 0..150 {
+                tick.tick().await;
+                t660.fill(&mut frame);
+                let packet = Bytes::copy_from_slice(enc.encode(&frame).expect("encode"));
+                track.write(packet, FRAME).await.expect("write");
+            }
+            let s = stats.snapshot();
+            let _ = stop.send(());
+            let device = call.await.expect("device task");
+            drop(device);
+            let heard = speaker_tone(&wav);
+            println!(
             "janus: device in the room {:.2} s after start, first RTP {:?} ms; viewer decoded {frames} pattern frames, tone {:.1} Hz; \
              the device played the caller at {:.1} Hz ({} packets received)",
             joined_after.as_secs_f64(),
@@ -133,12 +147,16 @@ fn a_device_on_janus_publishes_and_plays_a_remote_publisher() {
             heard.unwrap_or(0.0),
             s.audio_packets_received
         );
-        assert!(frames >= 30, "{frames} pattern frames in 3 s");
-        assert!(hz.is_some_and(|f| (f - 440.0).abs() <= 5.0), "{hz:?}");
-        assert!(heard.is_some_and(|f| (f - 660.0).abs() <= 5.0), "speaker: {heard:?}");
-        let _ = caller.leave().await;
-        let _ = viewer.leave().await;
-    });
+            assert!(frames >= 30, "{frames} pattern frames in 3 s");
+            assert!(hz.is_some_and(|f| (f - 440.0).abs() <= 5.0), "{hz:?}");
+            assert!(
+                heard.is_some_and(|f| (f - 660.0).abs() <= 5.0),
+                "speaker: {heard:?}"
+            );
+            let _ = caller.leave().await;
+            let _ = viewer.leave().await;
+        },
+    );
 }
 
 /// A viewer speaking Janus subscribes to `user` for `secs`: the pattern
@@ -173,21 +191,32 @@ fn speaker_tone(wav: &Path) -> Option<f64> {
     tone::frequency(&samples[a..b], SAMPLE_RATE)
 }
 
+/// A call on `device`, once it is in the room (the call still running).
+async fn in_the_room(
+    device: &mut Device,
+    dead_media: Option<Duration>,
+) -> std::pin::Pin<Box<impl std::future::Future<Output = Result<(), DeviceError>> + '_>> {
+    let (joined, in_call) = tokio::sync::oneshot::channel();
+    let link = CallLink {
+        joined: Some(joined),
+        dead_media,
+        ..Default::default()
+    };
+    let mut call = Box::pin(device.call(std::future::pending(), link));
+    tokio::select! {
+        r = &mut call => panic!("the call ended before joining: {r:?}"),
+        j = tokio::time::timeout(Duration::from_secs(15), in_call) => {
+            j.expect("in the room within 15 s").expect("joined")
+        }
+    }
+    call
+}
+
 /// A device in the room until the room pushes it out; the reason.
 async fn pushed_out_by(janus: &Janus, user: &str, body: Value) -> (DeviceError, Duration) {
     let config = janus_device(janus, user, |d| d);
     let mut device = Device::open(config, Instant::now()).expect("device opens");
-    let (joined, in_call) = tokio::sync::oneshot::channel();
-    let link = CallLink {
-        joined: Some(joined),
-        ..Default::default()
-    };
-    let call = device.call(std::future::pending(), link);
-    tokio::pin!(call);
-    tokio::select! {
-        r = &mut call => panic!("the call ended before joining: {r:?}"),
-        j = in_call => j.expect("joined"),
-    }
+    let call = in_the_room(&mut device, None).await;
     let reply = admin(janus, body).await;
     assert!(reply["error_code"].is_null(), "janus refused: {reply}");
     let t = Instant::now();
@@ -200,134 +229,122 @@ async fn pushed_out_by(janus: &Janus, user: &str, body: Value) -> (DeviceError, 
 
 #[test]
 fn a_kick_bans_the_device_and_a_destroyed_room_disbands_it() {
-    if !in_own_netns("a_kick_bans_the_device_and_a_destroyed_room_disbands_it") {
-        return;
-    }
-    let Some(janus) = Janus::start() else { return };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let kick =
-            json!({"request": "kick", "room": ROOM, "secret": SECRET, "id": feed_id("device-k")});
-        let (e, after) = pushed_out_by(&janus, "device-k", kick).await;
-        println!("janus: kick -> {e} after {after:.2?}");
-        assert!(matches!(e, DeviceError::Banned(BanReason::Banned)), "{e:?}");
-        assert!(!e.retryable(), "a kicked device does not rejoin by itself");
-        let destroy = json!({"request": "destroy", "room": ROOM, "secret": SECRET});
-        let (e, after) = pushed_out_by(&janus, "device-d", destroy).await;
-        println!("janus: destroy -> {e} after {after:.2?}");
-        assert!(
-            matches!(e, DeviceError::Banned(BanReason::RoomDisband)),
-            "{e:?}"
-        );
-    });
+    with_janus(
+        "a_kick_bans_the_device_and_a_destroyed_room_disbands_it",
+        |janus| async move {
+            let kick = json!({"request": "kick", "room": ROOM, "secret": SECRET, "id": feed_id("device-k")});
+            let (e, after) = pushed_out_by(&janus, "device-k", kick).await;
+            println!("janus: kick -> {e} after {after:.2?}");
+            assert!(matches!(e, DeviceError::Banned(BanReason::Banned)), "{e:?}");
+            assert!(!e.retryable(), "a kicked device does not rejoin by itself");
+            let destroy = json!({"request": "destroy", "room": ROOM, "secret": SECRET});
+            let (e, after) = pushed_out_by(&janus, "device-d", destroy).await;
+            println!("janus: destroy -> {e} after {after:.2?}");
+            assert!(
+                matches!(e, DeviceError::Banned(BanReason::RoomDisband)),
+                "{e:?}"
+            );
+        },
+    );
 }
 
 #[test]
 fn a_second_session_with_the_same_id_is_refused_or_kicks_the_stale_one() {
-    if !in_own_netns("a_second_session_with_the_same_id_is_refused_or_kicks_the_stale_one") {
-        return;
-    }
-    let Some(janus) = Janus::start() else { return };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let _ = env_logger::builder().is_test(true).try_init();
-        // The stale session: a client with the device's feed id.
-        let mut stale = Client::connect(janus.client_config("device-s")).await.expect("connect");
-        stale.join(RoomId::Num(ROOM)).await.expect("join");
-        let mut device = Device::open(janus_device(&janus, "device-s", |d| d), Instant::now()).expect("device");
-        let e = device
-            .call(std::future::pending(), CallLink::default())
-            .await
-            .expect_err("refused while the stale session holds the id");
-        println!("janus: duplicate id without the room secret: {e} (retryable: {})", e.retryable());
-        assert!(
-            matches!(&e, DeviceError::Client(ClientError::Janus { refusal: Refusal::IdExists, .. })),
-            "{e:?}"
-        );
-        assert!(!e.retryable(), "no reconnect loop against our own id");
-        drop(device);
+    with_janus(
+        "a_second_session_with_the_same_id_is_refused_or_kicks_the_stale_one",
+        |janus| async move {
+            // The stale session: a client with the device's feed id.
+            let mut stale = Client::connect(janus.client_config("device-s"))
+                .await
+                .expect("connect");
+            stale.join(RoomId::Num(ROOM)).await.expect("join");
+            let mut device = Device::open(janus_device(&janus, "device-s", |d| d), Instant::now())
+                .expect("device");
+            let e = device
+                .call(std::future::pending(), CallLink::default())
+                .await
+                .expect_err("refused while the stale session holds the id");
+            println!(
+                "janus: duplicate id without the room secret: {e} (retryable: {})",
+                e.retryable()
+            );
+            assert!(
+                matches!(
+                    &e,
+                    DeviceError::Client(ClientError::Janus {
+                        refusal: Refusal::IdExists,
+                        ..
+                    })
+                ),
+                "{e:?}"
+            );
+            assert!(!e.retryable(), "no reconnect loop against our own id");
+            drop(device);
 
-        let with_secret = janus_device(&janus, "device-s", |d| d.set("room", "room_secret", SECRET));
-        let (joined, in_call) = tokio::sync::oneshot::channel();
-        let link = CallLink {
-            joined: Some(joined),
-            ..Default::default()
-        };
-        let (stop, call, _) = start_linked_device(with_secret, link);
-        tokio::time::timeout(Duration::from_secs(15), in_call)
-            .await
-            .expect("joined with the room secret")
-            .expect("joined");
-        let ev = tokio::time::timeout(Duration::from_secs(5), stale.next_event()).await;
-        println!("janus: duplicate id with the room secret: the device joined; the stale session got {ev:?}");
-        assert!(
-            matches!(ev, Ok(Some(callbox::protocol::ServerMessage::ClientBanned { .. }))),
-            "the stale session is pushed out"
-        );
-        let _ = stop.send(());
-        let _ = call.await;
-    });
+            let with_secret =
+                janus_device(&janus, "device-s", |d| d.set("room", "room_secret", SECRET));
+            let (joined, in_call) = tokio::sync::oneshot::channel();
+            let link = CallLink {
+                joined: Some(joined),
+                ..Default::default()
+            };
+            let (stop, call, _) = start_linked_device(with_secret, link);
+            tokio::time::timeout(Duration::from_secs(15), in_call)
+                .await
+                .expect("joined with the room secret")
+                .expect("joined");
+            let ev = tokio::time::timeout(Duration::from_secs(5), stale.next_event()).await;
+            println!("janus: duplicate id with the room secret: the device joined; the stale session got {ev:?}");
+            assert!(
+                matches!(
+                    ev,
+                    Ok(Some(callbox::protocol::ServerMessage::ClientBanned { .. }))
+                ),
+                "the stale session is pushed out"
+            );
+            let _ = stop.send(());
+            let _ = call.await;
+        },
+    );
 }
 
 #[test]
 fn after_janus_restarts_the_device_is_back_within_5_s() {
-    if !in_own_netns("after_janus_restarts_the_device_is_back_within_5_s") {
-        return;
-    }
-    let Some(mut janus) = Janus::start() else {
-        return;
-    };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let mut device = Device::open(janus_device(&janus, "device-r", |d| d), Instant::now()).expect("device");
-        let (joined, in_call) = tokio::sync::oneshot::channel();
-        let link = CallLink {
-            joined: Some(joined),
-            dead_media: Some(Duration::from_secs(2)),
-            ..Default::default()
-        };
-        let mut call = Box::pin(device.call(std::future::pending(), link));
-        tokio::select! {
-            r = &mut call => panic!("the call ended before joining: {r:?}"),
-            j = in_call => j.expect("joined"),
-        }
-        let up = janus.restart();
-        let e = tokio::time::timeout(Duration::from_secs(10), &mut call)
-            .await
-            .expect("the call sees Janus go")
-            .expect_err("lost");
-        drop(call);
-        assert!(e.retryable(), "{e}");
-        // What the appliance does next: join again, with its backoff (1 s first).
-        let t = Instant::now();
-        let (joined, in_call) = tokio::sync::oneshot::channel();
-        let link = CallLink {
-            joined: Some(joined),
-            ..Default::default()
-        };
-        let again = device.call(std::future::pending(), link);
-        tokio::pin!(again);
-        tokio::select! {
-            r = &mut again => panic!("the second call ended: {r:?}"),
-            j = in_call => j.expect("joined again"),
-        }
-        let (back, rejoin) = (up.elapsed(), t.elapsed());
-        let (_viewer, frames, hz) = tokio::select! {
-            r = &mut again => panic!("the second call ended: {r:?}"),
-            w = watch(&janus, "device-r", Duration::from_secs(2)) => w,
-        };
-        println!(
+    with_janus(
+        "after_janus_restarts_the_device_is_back_within_5_s",
+        |mut janus| async move {
+            let mut device = Device::open(janus_device(&janus, "device-r", |d| d), Instant::now())
+                .expect("device");
+            let mut call = in_the_room(&mut device, Some(Duration::from_secs(2))).await;
+            let up = janus.restart();
+            let e = tokio::time::timeout(Duration::from_secs(10), &mut call)
+                .await
+                .expect("the call sees Janus go")
+                .expect_err("lost");
+            drop(call);
+            assert!(e.retryable(), "{e}");
+            // What the appliance does next: join again (it waits out its backoff first).
+            let t = Instant::now();
+            let mut again = in_the_room(&mut device, None).await;
+            let (back, rejoin) = (up.elapsed(), t.elapsed());
+            let (_viewer, frames, hz) = tokio::select! {
+                r = &mut again => panic!("the second call ended: {r:?}"),
+                w = watch(&janus, "device-r", Duration::from_secs(2)) => w,
+            };
+            println!(
             "janus: restarted; the call ended with: {e}; in the room again {:.2} s after Janus answered (the rejoin itself {:.2} s); \
              a viewer then decoded {frames} pattern frames, tone {:.1} Hz",
             back.as_secs_f64(),
             rejoin.as_secs_f64(),
             hz.unwrap_or(0.0)
         );
-        assert!(back < Duration::from_secs(5));
-        assert!(frames >= 20 && hz.is_some_and(|f| (f - 440.0).abs() <= 5.0), "{frames} frames, {hz:?}");
-    });
+            assert!(back < Duration::from_secs(5));
+            assert!(
+                frames >= 20 && hz.is_some_and(|f| (f - 440.0).abs() <= 5.0),
+                "{frames} frames, {hz:?}"
+            );
+        },
+    );
 }
 
 /// The appliance on Janus, as on the callbox room service: the real
@@ -337,62 +354,65 @@ fn after_janus_restarts_the_device_is_back_within_5_s() {
 /// rejoin of its own.
 #[test]
 fn the_appliance_on_janus_mutes_reconnects_and_is_banned() {
-    if !in_own_netns("the_appliance_on_janus_mutes_reconnects_and_is_banned") {
-        return;
-    }
-    let Some(mut janus) = Janus::start() else {
-        return;
-    };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let socket = janus.dir.join("control.sock");
-        let toml = DeviceToml::loopback(&janus.url(), "device-a", ROOM, 3600)
-            .set("room", "backend", "janus")
-            .set("room", "allow_insecure_ws", true)
-            .set("network", "bind", IP)
-            .set("video", "width", 320)
-            .set("video", "height", 240)
-            .set("call", "dead_media_ms", 3000)
-            .set("service", "control_socket", socket.display().to_string());
-        let config = janus.dir.join("device.toml");
-        std::fs::write(&config, toml.text()).expect("device.toml");
-        let mut daemon = Command::new(env!("CARGO_BIN_EXE_callbox"))
-            .args(["device", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("callbox device");
-        let joined = wait_state(&socket, "in-call", 15).await;
-        let s = status(&socket).await;
-        assert_eq!(s["room"]["backend"], "janus", "{s:#}");
+    with_janus(
+        "the_appliance_on_janus_mutes_reconnects_and_is_banned",
+        |mut janus| async move {
+            let socket = janus.dir.join("control.sock");
+            let toml = DeviceToml::loopback(&janus.url(), "device-a", ROOM, 3600)
+                .set("room", "backend", "janus")
+                .set("room", "allow_insecure_ws", true)
+                .set("network", "bind", IP)
+                .set("video", "width", 320)
+                .set("video", "height", 240)
+                .set("call", "dead_media_ms", 3000)
+                .set("service", "control_socket", socket.display().to_string());
+            let config = janus.dir.join("device.toml");
+            std::fs::write(&config, toml.text()).expect("device.toml");
+            let mut daemon = Command::new(env!("CARGO_BIN_EXE_callbox"))
+                .args(["device", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .spawn()
+                .expect("callbox device");
+            let joined = wait_state(&socket, "in-call", 15).await;
+            let s = status(&socket).await;
+            assert_eq!(s["room"]["backend"], "janus", "{s:#}");
 
-        let before = audio_heard(&janus, "device-a").await;
-        ctl(&socket, Request::MuteAudio).await;
-        let muted = audio_heard(&janus, "device-a").await;
-        ctl(&socket, Request::UnmuteAudio).await;
-        let after = audio_heard(&janus, "device-a").await;
-        println!("janus appliance: in call {joined:.2?} after start; audio packets in 2 s at a viewer: {before}, muted {muted}, unmuted {after}");
-        assert!(before > 50 && after > 50 && muted < 10, "{before} / {muted} / {after}");
+            let before = audio_heard(&janus, "device-a").await;
+            ctl(&socket, Request::MuteAudio).await;
+            let muted = audio_heard(&janus, "device-a").await;
+            ctl(&socket, Request::UnmuteAudio).await;
+            let after = audio_heard(&janus, "device-a").await;
+            println!("janus appliance: in call {joined:.2?} after start; audio packets in 2 s at a viewer: {before}, muted {muted}, unmuted {after}");
+            assert!(
+                before > 50 && after > 50 && muted < 10,
+                "{before} / {muted} / {after}"
+            );
 
-        let up = janus.restart();
-        wait_state(&socket, "reconnecting", 10).await;
-        wait_state(&socket, "in-call", 10).await;
-        let back = up.elapsed();
-        println!("janus appliance: Janus restarted; in call again {back:.2?} after it answered");
-        assert!(back < Duration::from_secs(5), "{back:?}");
+            let up = janus.restart();
+            wait_state(&socket, "reconnecting", 10).await;
+            wait_state(&socket, "in-call", 10).await;
+            let back = up.elapsed();
+            println!(
+                "janus appliance: Janus restarted; in call again {back:.2?} after it answered"
+            );
+            assert!(back < Duration::from_secs(5), "{back:?}");
 
-        let kick = json!({"request": "kick", "room": ROOM, "secret": SECRET, "id": feed_id("device-a")});
-        admin(&janus, kick).await;
-        let banned = wait_state(&socket, "banned", 5).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let s = status(&socket).await;
-        println!("janus appliance: kicked -> banned after {banned:.2?}; 2 s later: state {}, LEDs {}", s["state"], s["leds"]);
-        assert_eq!(s["state"], "banned", "no rejoin of its own");
-        assert_eq!((s["ban_reason"].as_str(), s["leds"]["banned"].as_bool()), (Some("banned"), Some(true)));
-        let _ = daemon.kill();
-        let _ = daemon.wait();
-    });
+            let kick = json!({"request": "kick", "room": ROOM, "secret": SECRET, "id": feed_id("device-a")});
+            admin(&janus, kick).await;
+            let banned = wait_state(&socket, "banned", 5).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let s = status(&socket).await;
+            println!("janus appliance: kicked -> banned after {banned:.2?}; 2 s later: state {}, LEDs {}", s["state"], s["leds"]);
+            assert_eq!(s["state"], "banned", "no rejoin of its own");
+            assert_eq!(
+                (s["ban_reason"].as_str(), s["leds"]["banned"].as_bool()),
+                (Some("banned"), Some(true))
+            );
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        },
+    );
 }
 
 /// Audio packets a viewer gets from `user` in 2 s (after a moment to settle).

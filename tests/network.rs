@@ -94,15 +94,19 @@ fn coturn_on(ip: &str, tls: Option<(&Path, &Path)>) -> Option<Child> {
     Some(child)
 }
 
+/// The room's `[turn]`: `urls`, and the secret it shares with coturn.
+fn turn_config(urls: &[String], secret: &str) -> TurnConfig {
+    let text = format!("urls = {urls:?}\nshared_secret = \"{secret}\"");
+    toml::from_str(&text).expect("turn config")
+}
+
 async fn room_with_turn(secret: &str) -> LocalRoom {
     let _ = env_logger::builder().is_test(true).try_init();
     let mut config = loopback_config(None, false);
-    config.turn = Some(
-        toml::from_str::<TurnConfig>(&format!(
-            "urls = [\"turn:127.0.0.1:{TURN_PORT}?transport=udp\"]\nshared_secret = \"{secret}\""
-        ))
-        .expect("turn config"),
-    );
+    config.turn = Some(turn_config(
+        &[format!("turn:127.0.0.1:{TURN_PORT}?transport=udp")],
+        secret,
+    ));
     LocalRoom::start(config).await.expect("room starts")
 }
 
@@ -366,12 +370,8 @@ async fn room_on_wan(turn: bool, ice_tcp: bool) -> LocalRoom {
     config.media.udp_listen = any(WAN_IP).expect("address");
     config.media.tcp_listen = if ice_tcp { any(WAN_IP) } else { None };
     if turn {
-        config.turn = Some(
-            toml::from_str::<TurnConfig>(&format!(
-                "urls = [\"turn:{WAN_IP}:{TURN_PORT}?transport=udp\", \"turn:{WAN_IP}:{TURN_PORT}?transport=tcp\"]\nshared_secret = \"{SECRET}\""
-            ))
-            .expect("turn config"),
-        );
+        let urls = ["udp", "tcp"].map(|t| format!("turn:{WAN_IP}:{TURN_PORT}?transport={t}"));
+        config.turn = Some(turn_config(&urls, SECRET));
     }
     LocalRoom::start(config).await.expect("room starts")
 }

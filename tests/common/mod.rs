@@ -73,6 +73,45 @@ pub fn in_own_netns(test: &str) -> bool {
     false
 }
 
+/// A bench's `main`: unless already there, run this executable again with
+/// the same arguments in a loopback-only network namespace, and exit with
+/// its status.
+pub fn bench_in_own_netns() {
+    if std::env::var_os("CALLBOX_BENCH_NS").is_some() {
+        return;
+    }
+    let me = std::env::current_exe().expect("exe");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let status = in_loopback_netns("exec \"$0\" \"$@\"")
+        .arg(&me)
+        .args(&args)
+        .env("CALLBOX_BENCH_NS", "1")
+        .status()
+        .expect("unshare");
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// CPU clock ticks (user + system) of thread `tid` of this process.
+pub fn thread_cpu_ticks(tid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The newest thread of this process with the given name.
+pub fn thread_named(name: &str) -> Option<u64> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim() == name)
+        })
+        .max()
+}
+
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`); this
 /// process's own with `None`.
 pub fn proc_kib(pid: Option<u32>, field: &str) -> Option<u64> {
