@@ -22,7 +22,11 @@ const RATE: usize = 48_000;
 fn speech(voice: &str, text: &str, peak: f64) -> Vec<f64> {
     let dir = std::env::temp_dir().join(format!("callbox-echo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let file = dir.join(format!("{voice}.wav"));
+    // A file per call: tests run in parallel, and two speaking with the
+    // same voice must not read each other's half-written file.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = dir.join(format!("{voice}-{n}.wav"));
     let status = std::process::Command::new("espeak-ng")
         .args(["-v", voice, "-s", "165", "-w"])
         .arg(&file)
