@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 # coturn: the TURN server the network tests relay calls through; iptables:
 # those tests block UDP inside network namespaces they make.
 # janus: the SFU engine the device's Janus backend is tested against.
+# ffmpeg: stands in for a board's capture program (video.source = "command").
 # qemu ... make: the hardware-in-the-loop test (tests/hil/) boots a Debian
 # kernel with vivid, snd-aloop and an out-of-tree gpio-sim under qemu.
 pkgs=(libasound2-dev cmake libclang-dev nasm pkg-config chromium iproute2 systemd
       qemu-system-x86 qemu-system-arm busybox-static cpio xz-utils kmod alsa-utils gcc make binutils
-      espeak-ng coturn iptables janus)
+      espeak-ng coturn iptables janus ffmpeg)
 command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)
 sudo=""

@@ -20,12 +20,14 @@
 //! **Camera frame -> RTP** (thread `callbox-video`, then the call task):
 //! `device::sources::open_camera` -> `VideoSource::next_frame` (a `Frame`
 //! borrowing the driver's buffer, or one conversion pass into a pooled
-//! buffer) -> `VideoEncoder::encode` in `pipeline::video_loop` ->
+//! buffer; or, for `source = "command"`, a capture program's H.264 cut
+//! into access units by `AnnexBSplitter` on thread `camera-command`) -> `VideoEncoder::encode` in `pipeline::video_loop` ->
 //! `EncodedVideo` on `Outputs::video` -> `daemon::Call::on_video` ->
 //! `LocalTrack::write` (the webrtc crate packetizes H.264, SRTP) -> room.
 //! Back-channels into the same loop: a PLI/FIR from the room ->
 //! `LocalTrack::keyframe_requested` (task started in `Call::start`) ->
-//! `Pipeline::keyframe` -> the next frame is an IDR; congestion control
+//! `Pipeline::keyframe` -> `VideoSource::keyframe_requested` (a capture
+//! program is restarted) and the next frame is an IDR; congestion control
 //! (TWCC + GCC) -> `LocalStream::target_bitrate` -> `Call::follow_bitrate`
 //! -> `Pipeline::bitrate` -> `VideoEncoder::set_bitrate`.
 //!

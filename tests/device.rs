@@ -334,3 +334,166 @@ async fn silent_publishers_do_not_starve_the_devices_own_media() {
     );
     room.stop().await;
 }
+
+/// `video.source = "command"`: a capture program's H.264 (Debian's ffmpeg
+/// standing in for `rpicam-vid`) goes out through the passthrough path and
+/// a subscriber decodes it; the program exits after 1 s and is restarted;
+/// a program that does not exist is a startup error naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_program_is_the_camera_and_is_restarted_when_it_exits() {
+    if std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
+        println!("command camera: SKIPPED: ffmpeg is not installed (scripts/deps.sh installs it)");
+        return;
+    }
+    let room = room().await;
+    let argv = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x480:rate=30",
+        "-t",
+        "1",
+        "-c:v",
+        "libx264",
+        "-profile:v",
+        "baseline",
+        "-preset",
+        "ultrafast",
+        "-tune",
+        "zerolatency",
+        "-g",
+        "15",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "h264",
+        "-",
+    ];
+    let command = format!("{argv:?}");
+    let config = device_config(&room, "device-cmd", |d| {
+        d.set("video", "source", "command")
+            .set("video", "encoder", "passthrough")
+            .set_toml("video", "command", &command)
+            .expect("command")
+    });
+    let (stop, task) = start_device(config);
+    let (mut viewer, stream) =
+        joined_with_stream(room.client_config("viewer"), ROOM, "device-cmd", 10).await;
+    let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
+    let got = receive(
+        &mut remote.packets,
+        Duration::from_secs(2),
+        Duration::from_secs(4),
+    )
+    .await;
+    let _ = stop.send(());
+    let device = task.await.expect("device task");
+    let s = device.stats().snapshot();
+    let mut dec = H264Decoder::new().expect("decoder");
+    let sizes: Vec<(usize, usize)> = got
+        .video_frames
+        .iter()
+        .filter_map(|au| dec.decode(au, |p| (p.width, p.height)).ok().flatten())
+        .collect();
+    println!(
+        "command camera: {} access units sent, {} decoded at {:?} in 4 s, {} keyframes; ffmpeg makes 30 per run, restarted 1 s after each",
+        got.video_frames.len(),
+        sizes.len(),
+        sizes.first(),
+        task_stats_keyframes(&got)
+    );
+    // One run of the program makes 30 pictures: more means it was restarted.
+    assert!(
+        sizes.len() > 30,
+        "{} pictures decoded over 4 s of 1 s runs",
+        sizes.len()
+    );
+    assert!(sizes.iter().all(|s| *s == (640, 480)));
+    assert!(s.video_frames_encoded > 30, "{s:?}");
+
+    let missing = DeviceToml::loopback("ws://127.0.0.1:1/ws", "d", 1, 60)
+        .set("video", "source", "command")
+        .set("video", "encoder", "passthrough")
+        .set_toml(
+            "video",
+            "command",
+            r#"["no-such-camera-program", "-o", "-"]"#,
+        )
+        .expect("command");
+    let e = DeviceConfig::parse(Path::new("d.toml"), &missing.text()).unwrap_err();
+    println!("command camera: a missing program: {e}");
+    assert!(e.to_string().contains("video.command: "), "{e}");
+    room.stop().await;
+}
+
+/// `command_keyframe = "restart"`: the program makes one IDR every 10 s,
+/// and a subscriber that arrives later still decodes at once, because its
+/// keyframe request restarts the program (which starts with an IDR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyframe_request_restarts_the_capture_program() {
+    if std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
+        println!("command camera: SKIPPED: ffmpeg is not installed (scripts/deps.sh installs it)");
+        return;
+    }
+    let room = room().await;
+    let command = r#"["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-c:v", "libx264", "-profile:v", "baseline", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "300", "-pix_fmt", "yuv420p", "-f", "h264", "-"]"#;
+    let config = device_config(&room, "device-kf", |d| {
+        d.set("video", "source", "command")
+            .set("video", "encoder", "passthrough")
+            .set("video", "command_keyframe", "restart")
+            .set_toml("video", "command", command)
+            .expect("command")
+    });
+    let (stop, task) = start_device(config);
+    // Past the program's first IDR: the next would be 10 s away.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    let (mut viewer, stream) =
+        joined_with_stream(room.client_config("viewer"), ROOM, "device-kf", 10).await;
+    let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
+    let mut dec = H264Decoder::new().expect("decoder");
+    let mut depack = rtc::rtp::codec::h264::H264Packet::default();
+    let mut au = Vec::new();
+    let first = loop {
+        let p = tokio::time::timeout(Duration::from_secs(5), remote.packets.recv())
+            .await
+            .expect("video within 5 s")
+            .expect("packets");
+        if p.kind != callbox::protocol::MediaKind::Video {
+            continue;
+        }
+        if let Ok(b) =
+            rtc::rtp::packetizer::Depacketizer::depacketize(&mut depack, &p.packet.payload)
+        {
+            au.extend_from_slice(&b);
+        }
+        if p.packet.header.marker {
+            if let Ok(Some(size)) = dec.decode(&au, |pic| (pic.width, pic.height)) {
+                break (t.elapsed(), size);
+            }
+            au.clear();
+        }
+    };
+    println!(
+        "command camera: a subscriber 2 s in decoded its first picture ({:?}) {:.2} s after joining (the program's own next IDR: 10 s)",
+        first.1,
+        first.0.as_secs_f64()
+    );
+    assert!(first.0 < Duration::from_secs(3), "{:?}", first.0);
+    let _ = stop.send(());
+    let _ = task.await;
+    room.stop().await;
+}

@@ -186,6 +186,19 @@ impl Default for NetworkSection {
 pub enum VideoSourceKind {
     V4l2,
     Synthetic,
+    /// A capture program's H.264 on its standard output (`video.command`).
+    Command,
+}
+
+/// What a keyframe request does to a `command` camera.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandKeyframe {
+    /// Restart the program: it starts with an IDR.
+    Restart,
+    /// Wait for the program's next IDR (noted once in the log).
+    #[default]
+    Ignore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -214,6 +227,9 @@ pub struct VideoSection {
     pub bitrate_start_kbps: u32,
     pub bitrate_max_kbps: u32,
     pub keyframe_interval_s: u32,
+    /// `source = "command"`: the capture program and its arguments.
+    pub command: Vec<String>,
+    pub command_keyframe: CommandKeyframe,
 }
 
 impl Default for VideoSection {
@@ -232,6 +248,8 @@ impl Default for VideoSection {
             bitrate_start_kbps: 800,
             bitrate_max_kbps: 1500,
             keyframe_interval_s: 2,
+            command: Vec::new(),
+            command_keyframe: CommandKeyframe::Ignore,
         }
     }
 }
@@ -653,7 +671,41 @@ impl VideoSection {
         if let Some(lib) = &self.openh264_library {
             p.check_file("video.openh264_library", lib);
         }
+        if self.source == VideoSourceKind::Command {
+            self.validate_command(p);
+        }
     }
+
+    /// A `command` camera: a program that exists, and the passthrough
+    /// encoder for its H.264.
+    fn validate_command(&self, p: &mut Problems) {
+        p.check(
+            self.encoder == EncoderKind::Passthrough,
+            "video.encoder",
+            "source = \"command\" delivers H.264: set encoder = \"passthrough\"",
+        );
+        match self.command.first() {
+            None => p.add("video.command", "the capture program and its arguments, e.g. [\"rpicam-vid\", \"-t\", \"0\", \"--inline\", \"--codec\", \"h264\", \"-o\", \"-\"]"),
+            Some(program) if find_program(program).is_none() => p.add(
+                "video.command",
+                format!("program {program} not found (not a file, nor on PATH)"),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Where `program` is: itself when it names a file, else the first PATH entry holding it.
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
 }
 
 impl AudioSection {

@@ -176,13 +176,11 @@ pub fn nal_types(au: &[u8]) -> impl Iterator<Item = u8> + '_ {
 }
 
 /// An H.264 camera's stream, sent as it comes.
-pub struct Passthrough {
-    warned: bool,
-}
+pub struct Passthrough;
 
 impl Passthrough {
     pub fn new() -> Self {
-        Passthrough { warned: false }
+        Passthrough
     }
 }
 
@@ -205,10 +203,9 @@ impl VideoEncoder for Passthrough {
                     .into(),
             ));
         };
-        if keyframe && !self.warned {
-            self.warned = true;
-            log::warn!("keyframe requested, but an H.264 camera's stream cannot be asked for one; waiting for its next IDR");
-        }
+        // The source was told of a keyframe request (it may restart its
+        // program, or note that it cannot); this only passes the stream on.
+        let _ = keyframe;
         out.clear();
         out.extend_from_slice(au);
         Ok(Some(nal_types(au).any(|t| t == 5)))

@@ -19,8 +19,10 @@
 
 pub mod active_speaker;
 pub mod alsa_io;
+pub mod annexb;
 pub mod audio;
 pub mod audio_tool;
+pub mod command_camera;
 pub mod config;
 pub mod convert;
 pub mod daemon;

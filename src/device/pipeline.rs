@@ -343,6 +343,13 @@ fn video_loop(
             continue;
         };
         let duration = Duration::from_secs(1) / cam.fps().max(1);
+        // A request applies to the next frame taken; a source that makes its
+        // own H.264 hears of it before that frame is read.
+        let key = next_keyframe || keyframe.swap(false, Relaxed);
+        next_keyframe = false;
+        if key {
+            cam.keyframe_requested();
+        }
         let frame = match cam.next_frame() {
             Ok(f) => f,
             Err(e) => {
@@ -362,8 +369,6 @@ fn video_loop(
         if target > 0 {
             encoder.set_bitrate(target as u32);
         }
-        let key = next_keyframe || keyframe.swap(false, Relaxed);
-        next_keyframe = false;
         let started = Instant::now();
         let encoded = encoder.encode(&frame, key, &mut out);
         stats.record_encode(started.elapsed().as_micros() as u32);

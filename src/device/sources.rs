@@ -5,6 +5,7 @@
 
 use crate::device::alsa_io::{AlsaCapture, AlsaPlayback};
 use crate::device::audio::{AudioError, AudioSink, AudioSource, NullSink, ToneSource, WavSink};
+use crate::device::command_camera::CommandCamera;
 use crate::device::config::{
     AudioSection, CaptureKind, EncoderKind, PlaybackKind, VideoSection, VideoSourceKind,
 };
@@ -48,6 +49,12 @@ pub fn open_camera(v: &VideoSection) -> Result<Box<dyn VideoSource>, VideoError>
                 &v.device, &formats, v.width, v.height, v.fps,
             )?)
         }
+        VideoSourceKind::Command => Box::new(CommandCamera::start(
+            &v.command,
+            (v.width as usize, v.height as usize),
+            v.fps,
+            v.command_keyframe,
+        )?),
     })
 }
 

@@ -195,6 +195,8 @@ pub struct V4l2Camera {
     fps: u32,
     pool: BufferPool,
     converted: Option<PooledBuffer>,
+    /// An H.264 camera was asked for a keyframe it cannot give (logged once).
+    keyframe_noted: bool,
 }
 
 /// Every format the camera offers with its sizes. `fallback` stands in
@@ -367,11 +369,19 @@ impl V4l2Camera {
             fps: got_fps,
             pool: BufferPool::new(i420_len(w, h)),
             converted: None,
+            keyframe_noted: false,
         })
     }
 }
 
 impl VideoSource for V4l2Camera {
+    fn keyframe_requested(&mut self) {
+        if matches!(self.layout, Layout::H264) && !self.keyframe_noted {
+            self.keyframe_noted = true;
+            log::warn!("keyframe requested, but an H.264 camera's stream cannot be asked for one; waiting for its next IDR");
+        }
+    }
+
     fn next_frame(&mut self) -> Result<Frame<'_>, VideoError> {
         let (data, meta) = self.stream.next().map_err(|source| VideoError::Gone {
             device: self.path.clone(),

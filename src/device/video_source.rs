@@ -52,6 +52,9 @@ pub trait VideoSource: Send {
     fn fps(&self) -> u32;
     /// One line for the log: what was opened and in which format.
     fn describe(&self) -> String;
+    /// A subscriber asked for a keyframe; a source that makes its own
+    /// H.264 may act on it (an encoder on raw frames does).
+    fn keyframe_requested(&mut self) {}
 }
 
 /// The test pattern with `stamp`, drawn into `buf` (tightly packed I420 at
