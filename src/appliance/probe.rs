@@ -1,5 +1,5 @@
 //! `callbox probe`: what the board offers (V4L2 cameras with formats, sizes
-//! and rates; ALSA capture and playback devices; GPIO chips and lines with
+//! and rates; V4L2 M2M hardware video encoders; ALSA capture and playback devices; GPIO chips and lines with
 //! name, consumer and direction) and, given a config, whether each thing
 //! it names is there and usable: the TRTC guide's pre-call device check.
 //! With `--echo`, the echo self-test on the configured speaker and
@@ -14,6 +14,7 @@ use crate::device::display::drm_sysfs::{self, DrmCard};
 use crate::device::display::kms::{KmsSettings, KmsSink};
 use crate::device::display::DisplaySink;
 use crate::device::echo_probe::EchoMeasurement;
+use crate::device::m2m::{self, M2mEncoder};
 use crate::device::sources;
 use crate::device::v4l2::{self, Sizes};
 use serde::Serialize;
@@ -69,6 +70,8 @@ pub struct Check {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub cameras: Vec<Camera>,
+    /// Hardware (V4L2 M2M) video encoders.
+    pub encoders: Vec<M2mEncoder>,
     pub pcms: Vec<Pcm>,
     pub gpio_chips: Vec<GpioChip>,
     pub displays: Vec<DrmCard>,
@@ -304,6 +307,7 @@ pub fn probe(config: Option<&Path>, echo: bool) -> Result<Report, ConfigError> {
     }
     Ok(Report {
         cameras: cameras(want),
+        encoders: m2m::find_encoders(),
         pcms: pcms(),
         gpio_chips: gpio_chips(),
         displays: drm_sysfs::cards(Path::new(drm_sysfs::SYSFS)),
@@ -330,6 +334,21 @@ impl Report {
                 let fps: Vec<String> = f.fps.iter().map(|r| format!("{r:.0}")).collect();
                 let _ = writeln!(t, "    {}: {}; fps {}", f.fourcc, f.sizes, fps.join("/"));
             }
+        }
+        let _ = writeln!(t, "Video encoders (V4L2 M2M):");
+        if self.encoders.is_empty() {
+            let _ = writeln!(t, "  none");
+        }
+        for e in &self.encoders {
+            let _ = writeln!(
+                t,
+                "  {}: {} ({}): makes {} from {}",
+                e.path.display(),
+                e.card,
+                e.driver,
+                e.coded.join(", "),
+                e.raw.join(", ")
+            );
         }
         let _ = writeln!(t, "Audio (ALSA PCMs):");
         if self.pcms.is_empty() {

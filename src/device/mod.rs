@@ -32,6 +32,7 @@ pub mod echo_probe;
 pub mod frame;
 pub mod h264;
 pub mod jitter;
+pub mod m2m;
 pub mod pattern;
 pub mod pipeline;
 pub mod processing;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the guest's initramfs: busybox, the kernel modules the board would have
-# (vivid, snd-aloop, gpio-sim, virtio net + 9p), the callbox binary with the
+# (vivid, snd-aloop, gpio-sim, vicodec, virtio net + 9p), the callbox binary with the
 # shared libraries it needs, aplay/arecord, and tests/hil/guest/* as /init and
 # helpers.
 # Usage: tests/hil/initramfs.sh ARCH PREPARED_DIR CALLBOX_BINARY OUT
@@ -25,7 +25,10 @@ cp "$P/busybox" "$S/bin/busybox"
 # The modules and what they depend on, decompressed (busybox modprobe reads
 # plain .ko), with a module database for the guest's modprobe.
 declare -A seen=()
-for name in configfs vivid snd-aloop virtio_pci virtio_net 9pnet_virtio 9p bochs; do
+mods="configfs vivid snd-aloop virtio_pci virtio_net 9pnet_virtio 9p bochs"
+# vicodec's v4l2-mem2mem: in Debian's arm64 tree, built beside vicodec for amd64.
+[ -f "$P/v4l2-mem2mem.ko" ] || mods="$mods v4l2-mem2mem"
+for name in $mods; do
   while read -r cmd path _; do
     [ "$cmd" = insmod ] || continue
     rel=${path#"$MODDIR/"}
@@ -40,11 +43,13 @@ for name in configfs vivid snd-aloop virtio_pci virtio_net 9pnet_virtio 9p bochs
     esac
   done < <(modprobe -d "$KROOT" -S "$KV" --show-depends "$name")
 done
-cp "$P/gpio-sim.ko" "$S/lib/modules/$KV/extra/"
+cp "$P/gpio-sim.ko" "$P/vicodec.ko" "$S/lib/modules/$KV/extra/"
+[ -f "$P/v4l2-mem2mem.ko" ] && cp "$P/v4l2-mem2mem.ko" "$S/lib/modules/$KV/extra/"
 mkdir -p "$S/etc/modprobe.d"
 cat > "$S/etc/modprobe.d/hil.conf" <<'CONF'
 options vivid n_devs=1 node_types=0x1
 options snd-aloop index=0 id=Loopback pcm_substreams=2
+options vicodec multiplanar=1
 CONF
 cp "$MODDIR"/modules.{order,builtin,builtin.modinfo} "$S/lib/modules/$KV/" 2>/dev/null || true
 depmod -b "$S" "$KV"   # so the guest's modprobe can load vivid again after rmmod

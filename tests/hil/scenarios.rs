@@ -486,6 +486,20 @@ impl Rig {
                 && line.contains("none of the configured formats H264"),
             "passthrough probe exited {code}: {out}"
         );
+        // vicodec, loaded after vivid, is the board's M2M encoder.
+        let encoder = out
+            .lines()
+            .skip_while(|l| !l.starts_with("Video encoders"))
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        ensure!(
+            encoder.contains("(vicodec)")
+                && encoder.contains("makes FWHT from")
+                && encoder.contains("YU12"),
+            "the probe's encoders: {out}"
+        );
         let (ok_code, ok_out) = self
             .guest
             .sh("callbox probe --config /etc/callbox/device-yuyv.toml")
@@ -493,7 +507,7 @@ impl Rig {
         ensure!(ok_code == 0, "YUYV probe exited {ok_code}: {ok_out}");
         self.start_device("/etc/callbox/device.toml").await?;
         Ok(format!(
-            "passthrough on vivid: exit 1, \"{line}\"; openh264 on YUYV: exit 0; daemon back in call"
+            "passthrough on vivid: exit 1, \"{line}\"; openh264 on YUYV: exit 0; daemon back in call; encoders: \"{encoder}\""
         ))
     }
 
