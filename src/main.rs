@@ -73,6 +73,11 @@ enum Command {
         /// stopped: it holds the devices).
         #[arg(long, requires = "config")]
         echo: bool,
+        /// Also encode the configured camera for 60 frames on the board's
+        /// V4L2 M2M encoder that makes this format (H264; FWHT on vicodec)
+        /// and report fps, keyframes, bytes and copies per frame.
+        #[arg(long, requires = "config", value_name = "FOURCC")]
+        encoder: Option<String>,
     },
     /// Offline audio tools for integrators.
     Audio {
@@ -438,8 +443,14 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             command,
             file,
         } => return ctl(&socket, command, file.as_deref()),
-        Command::Probe { config, json, echo } => {
-            let report = callbox::appliance::probe::probe(config.as_deref(), echo)?;
+        Command::Probe {
+            config,
+            json,
+            echo,
+            encoder,
+        } => {
+            let report =
+                callbox::appliance::probe::probe(config.as_deref(), echo, encoder.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

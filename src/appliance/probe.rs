@@ -15,6 +15,7 @@ use crate::device::display::kms::{KmsSettings, KmsSink};
 use crate::device::display::DisplaySink;
 use crate::device::echo_probe::EchoMeasurement;
 use crate::device::m2m::{self, M2mEncoder};
+use crate::device::m2m_encoder::{self, EncodeTest};
 use crate::device::sources;
 use crate::device::v4l2::{self, Sizes};
 use serde::Serialize;
@@ -79,7 +80,13 @@ pub struct Report {
     /// The echo self-test's numbers, when it ran and heard the probe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub echo: Option<EchoMeasurement>,
+    /// The encoder test's numbers, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encode: Option<EncodeTest>,
 }
+
+/// Frames the encoder test encodes.
+const ENCODE_TEST_FRAMES: usize = 60;
 
 fn sizes_text(s: &Sizes) -> String {
     match s {
@@ -293,7 +300,13 @@ fn check_echo(c: &ApplianceConfig) -> (Check, Option<EchoMeasurement>) {
 
 /// Probe the board; with `config`, also check that config against it, and
 /// with `echo` run the echo self-test on its speaker and microphone.
-pub fn probe(config: Option<&Path>, echo: bool) -> Result<Report, ConfigError> {
+/// With `encoder` (a coded fourcc, e.g. H264), also encode the configured
+/// camera on the board's M2M encoder that makes it.
+pub fn probe(
+    config: Option<&Path>,
+    echo: bool,
+    encoder: Option<&str>,
+) -> Result<Report, ConfigError> {
     let config = config.map(ApplianceConfig::load).transpose()?;
     let want = config
         .as_ref()
@@ -305,6 +318,18 @@ pub fn probe(config: Option<&Path>, echo: bool) -> Result<Report, ConfigError> {
         checks.push(line);
         numbers = m;
     }
+    let mut encode = None;
+    if let (Some(coded), Some(c)) = (encoder, &config) {
+        let result = m2m_encoder::encode_test(&c.video, coded, ENCODE_TEST_FRAMES);
+        checks.push(Check::new(
+            "video.encoder",
+            result
+                .as_ref()
+                .map(EncodeTest::line)
+                .map_err(|e| e.to_string()),
+        ));
+        encode = result.ok();
+    }
     Ok(Report {
         cameras: cameras(want),
         encoders: m2m::find_encoders(),
@@ -313,6 +338,7 @@ pub fn probe(config: Option<&Path>, echo: bool) -> Result<Report, ConfigError> {
         displays: drm_sysfs::cards(Path::new(drm_sysfs::SYSFS)),
         checks,
         echo: numbers,
+        encode,
     })
 }
 

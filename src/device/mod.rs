@@ -33,6 +33,7 @@ pub mod frame;
 pub mod h264;
 pub mod jitter;
 pub mod m2m;
+pub mod m2m_encoder;
 pub mod pattern;
 pub mod pipeline;
 pub mod processing;

@@ -505,9 +505,28 @@ impl Rig {
             .sh("callbox probe --config /etc/callbox/device-yuyv.toml")
             .await?;
         ensure!(ok_code == 0, "YUYV probe exited {ok_code}: {ok_out}");
+        // The camera through vicodec's encoder (FWHT): every frame coded,
+        // keyframes among them, one copy per frame from a YU12 camera.
+        let (enc_code, enc_out) = self
+            .guest
+            .sh("callbox probe --config /etc/callbox/device.toml --encoder FWHT")
+            .await?;
+        let encoded = enc_out
+            .lines()
+            .find(|l| l.contains("video.encoder"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        ensure!(
+            enc_code == 0
+                && encoded.contains("60 frames in, 60 coded")
+                && !encoded.contains("(0 keyframes)")
+                && encoded.contains("1.0 copies per frame"),
+            "probe --encoder FWHT exited {enc_code}: {enc_out}"
+        );
         self.start_device("/etc/callbox/device.toml").await?;
         Ok(format!(
-            "passthrough on vivid: exit 1, \"{line}\"; openh264 on YUYV: exit 0; daemon back in call; encoders: \"{encoder}\""
+            "passthrough on vivid: exit 1, \"{line}\"; openh264 on YUYV: exit 0; daemon back in call; encoders: \"{encoder}\"; \"{encoded}\""
         ))
     }
 
