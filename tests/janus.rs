@@ -15,7 +15,7 @@ mod common;
 use bytes::Bytes;
 use callbox::appliance::control::{request, Request};
 use callbox::client::janus_videoroom::{feed_id, Refusal};
-use callbox::client::{Client, ClientError, RoomId};
+use callbox::client::{Client, ClientError, RemoteStream, RoomId};
 use callbox::device::audio::{OpusEncoder, FRAME, FRAME_SAMPLES, SAMPLE_RATE};
 use callbox::device::config::DeviceConfig;
 use callbox::device::daemon::{CallLink, Device, DeviceError};
@@ -159,10 +159,9 @@ fn a_device_on_janus_publishes_and_plays_a_remote_publisher() {
     );
 }
 
-/// A viewer speaking Janus subscribes to `user` for `secs`: the pattern
-/// frames it decoded and the tone it heard.
-async fn watch(janus: &Janus, user: &str, secs: Duration) -> (Client, usize, Option<f64>) {
-    let mut viewer = Client::connect(janus.client_config("viewer"))
+/// A client `me` in the Janus room, subscribed to `user`'s publication.
+async fn subscribed(janus: &Janus, me: &str, user: &str) -> (Client, RemoteStream) {
+    let mut viewer = Client::connect(janus.client_config(me))
         .await
         .expect("connect");
     let streams = viewer.join(RoomId::Num(ROOM)).await.expect("join");
@@ -170,7 +169,14 @@ async fn watch(janus: &Janus, user: &str, secs: Duration) -> (Client, usize, Opt
         .into_iter()
         .find(|s| s.user_id == user)
         .expect("the device is listed as a publisher");
-    let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
+    let remote = viewer.subscribe(&stream).await.expect("subscribe");
+    (viewer, remote)
+}
+
+/// A viewer speaking Janus subscribes to `user` for `secs`: the pattern
+/// frames it decoded and the tone it heard.
+async fn watch(janus: &Janus, user: &str, secs: Duration) -> (Client, usize, Option<f64>) {
+    let (viewer, mut remote) = subscribed(janus, "viewer", user).await;
     let got = receive(&mut remote.packets, Duration::from_secs(2), secs).await;
     let (frames, hz) = pattern_frames_and_tone(&got);
     (viewer, frames, hz)
@@ -417,15 +423,7 @@ fn the_appliance_on_janus_mutes_reconnects_and_is_banned() {
 
 /// Audio packets a viewer gets from `user` in 2 s (after a moment to settle).
 async fn audio_heard(janus: &Janus, user: &str) -> usize {
-    let mut viewer = Client::connect(janus.client_config("ear"))
-        .await
-        .expect("connect");
-    let streams = viewer.join(RoomId::Num(ROOM)).await.expect("join");
-    let stream = streams
-        .into_iter()
-        .find(|s| s.user_id == user)
-        .expect("listed");
-    let mut remote = viewer.subscribe(&stream).await.expect("subscribe");
+    let (mut viewer, mut remote) = subscribed(janus, "ear", user).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     while remote.packets.try_recv().is_ok() {}
     let got = receive(
