@@ -31,7 +31,7 @@ use callbox::room::turn::TurnConfig;
 use common::{percentile, thread_cpu_ticks, thread_named};
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,7 +79,7 @@ fn sh(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn coturn() -> Option<Child> {
+fn coturn() -> Option<common::KillOnDrop> {
     let child = Command::new("turnserver")
         .args([
             "-n",
@@ -106,6 +106,7 @@ fn coturn() -> Option<Child> {
         }
         ok
     });
+    let child = common::KillOnDrop(child);
     up.then_some(child)
 }
 
@@ -325,10 +326,7 @@ fn main() {
         assert!(o.frames > 0, "{}: no frame decoded", path.name());
         outcomes.push((path, o));
     }
-    if let Some(mut t) = turn {
-        let _ = t.kill();
-        let _ = t.wait();
-    }
+    drop(turn);
     let udp = outcomes
         .iter()
         .find(|(p, _)| *p == Path::Udp)

@@ -374,12 +374,14 @@ fn the_appliance_on_janus_mutes_reconnects_and_is_banned() {
                 .set("service", "control_socket", socket.display().to_string());
             let config = janus.dir.join("device.toml");
             std::fs::write(&config, toml.text()).expect("device.toml");
-            let mut daemon = Command::new(env!("CARGO_BIN_EXE_callbox"))
-                .args(["device", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "warn")
-                .spawn()
-                .expect("callbox device");
+            let _daemon = KillOnDrop(
+                Command::new(env!("CARGO_BIN_EXE_callbox"))
+                    .args(["device", "--config"])
+                    .arg(&config)
+                    .env("RUST_LOG", "warn")
+                    .spawn()
+                    .expect("callbox device"),
+            );
             let joined = wait_state(&socket, "in-call", 15).await;
             let s = status(&socket).await;
             assert_eq!(s["room"]["backend"], "janus", "{s:#}");
@@ -415,8 +417,6 @@ fn the_appliance_on_janus_mutes_reconnects_and_is_banned() {
                 (s["ban_reason"].as_str(), s["leds"]["banned"].as_bool()),
                 (Some("banned"), Some(true))
             );
-            let _ = daemon.kill();
-            let _ = daemon.wait();
         },
     );
 }

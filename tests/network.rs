@@ -33,13 +33,13 @@ const TURN_TLS_PORT: u16 = 5349;
 
 /// coturn on 127.0.0.1, long-term credentials from the shared secret,
 /// relaying to loopback peers (the room is one), no TLS.
-fn coturn() -> Option<Child> {
+fn coturn() -> Option<KillOnDrop> {
     coturn_on("127.0.0.1", None)
 }
 
 /// coturn listening (UDP and TCP, and TLS on 5349 with `tls`: certificate
 /// and key files) and relaying on `ip`.
-fn coturn_on(ip: &str, tls: Option<(&Path, &Path)>) -> Option<Child> {
+fn coturn_on(ip: &str, tls: Option<(&Path, &Path)>) -> Option<KillOnDrop> {
     let mut args = vec![
         "-n".to_owned(),
         format!("--listening-ip={ip}"),
@@ -90,6 +90,7 @@ fn coturn_on(ip: &str, tls: Option<(&Path, &Path)>) -> Option<Child> {
         }
         up
     });
+    let child = KillOnDrop(child);
     assert!(listening, "coturn listens on {ip}:{port} within 5 s");
     Some(child)
 }
@@ -115,14 +116,12 @@ fn a_device_relays_its_call_through_turn_with_the_rooms_credentials() {
     if !in_own_netns("a_device_relays_its_call_through_turn_with_the_rooms_credentials") {
         return;
     }
-    let Some(mut turn) = coturn() else { return };
+    let Some(_turn) = coturn() else { return };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let room = room_with_turn(SECRET).await;
         relayed_call(room, "the room's", |d| d).await;
     });
-    let _ = turn.kill();
-    let _ = turn.wait();
 }
 
 /// A room without `[turn]`; the device has TURN credentials of its own.
@@ -131,7 +130,7 @@ fn a_device_relays_its_call_through_turn_with_credentials_of_its_own() {
     if !in_own_netns("a_device_relays_its_call_through_turn_with_credentials_of_its_own") {
         return;
     }
-    let Some(mut turn) = coturn() else { return };
+    let Some(_turn) = coturn() else { return };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let _ = env_logger::builder().is_test(true).try_init();
@@ -154,8 +153,6 @@ fn a_device_relays_its_call_through_turn_with_credentials_of_its_own() {
         };
         relayed_call(room, "its own", own_server).await;
     });
-    let _ = turn.kill();
-    let _ = turn.wait();
 }
 
 /// A relay-only device with `tweak` in `room`: in call through TURN, and a
@@ -386,7 +383,7 @@ fn behind_a_nat_without_udp_a_device_relays_through_turn_over_tcp() {
     let Some((_router, lan)) = nat_without_udp() else {
         return;
     };
-    let Some(mut turn) = coturn_on(WAN_IP, None) else {
+    let Some(_turn) = coturn_on(WAN_IP, None) else {
         return;
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -396,8 +393,6 @@ fn behind_a_nat_without_udp_a_device_relays_through_turn_over_tcp() {
         let what = "behind a NAT without UDP, the room's credentials, TURN over TCP";
         call_through_from(Some(&lan), room, what, "relay/tcp", in_lan).await;
     });
-    let _ = turn.kill();
-    let _ = turn.wait();
 }
 
 /// The same NAT, `turns:` (TLS) with the device's own credentials and the
@@ -416,7 +411,7 @@ fn behind_a_nat_without_udp_a_device_relays_through_turn_over_tls() {
     let (cert_pem, key_pem) = (dir.join("turn.pem"), dir.join("turn.key"));
     std::fs::write(&cert_pem, cert.cert.pem()).expect("write certificate");
     std::fs::write(&key_pem, cert.signing_key.serialize_pem()).expect("write key");
-    let Some(mut turn) = coturn_on(WAN_IP, Some((&cert_pem, &key_pem))) else {
+    let Some(_turn) = coturn_on(WAN_IP, Some((&cert_pem, &key_pem))) else {
         return;
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -442,8 +437,6 @@ fn behind_a_nat_without_udp_a_device_relays_through_turn_over_tls() {
         let what = "behind a NAT without UDP, its own credentials, TURN over TLS";
         call_through_from(Some(&lan), room, what, "relay/tls", own).await;
     });
-    let _ = turn.kill();
-    let _ = turn.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -478,7 +471,7 @@ fn wrong_turn_credentials_fail_the_call_at_once_naming_the_server() {
     if !in_own_netns("wrong_turn_credentials_fail_the_call_at_once_naming_the_server") {
         return;
     }
-    let Some(mut turn) = coturn() else { return };
+    let Some(_turn) = coturn() else { return };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         // The room signs with a secret coturn does not share.
@@ -513,8 +506,6 @@ fn wrong_turn_credentials_fail_the_call_at_once_naming_the_server() {
         assert!(e.retryable(), "another try may meet a fixed server");
         room.stop().await;
     });
-    let _ = turn.kill();
-    let _ = turn.wait();
 }
 
 /// The device's own address in the test's namespace (on a veth end): the

@@ -73,6 +73,17 @@ pub fn in_own_netns(test: &str) -> bool {
     false
 }
 
+/// A server process a test started: killed when dropped, so a failing
+/// test leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A bench's `main`: unless already there, run this executable again with
 /// the same arguments in a loopback-only network namespace, and exit with
 /// its status.
