@@ -461,3 +461,40 @@ async fn wait_state(socket: &Path, state: &str, secs: u64) -> Duration {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A room Janus does not have: a clear error with Janus's code (426), and
+/// retryable (a restarted Janus may bring the room back).
+#[test]
+fn a_room_janus_does_not_have_is_a_clear_retryable_error() {
+    with_janus(
+        "a_room_janus_does_not_have_is_a_clear_retryable_error",
+        |janus| async move {
+            let config = janus_device(&janus, "device-n", |d| d.set("room", "room_id", 9999));
+            let mut device = Device::open(config, Instant::now()).expect("device");
+            let e = tokio::time::timeout(
+                Duration::from_secs(10),
+                device.call(std::future::pending(), CallLink::default()),
+            )
+            .await
+            .expect("no hang")
+            .expect_err("no such room");
+            println!(
+                "janus: room 9999: {e} (code {:#06x}, retryable: {})",
+                e.code(),
+                e.retryable()
+            );
+            assert!(
+                matches!(
+                    &e,
+                    DeviceError::Client(ClientError::Janus {
+                        code: 426,
+                        refusal: Refusal::NoSuchRoom,
+                        ..
+                    })
+                ),
+                "{e:?}"
+            );
+            assert!(e.retryable());
+        },
+    );
+}
