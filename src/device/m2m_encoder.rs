@@ -38,7 +38,8 @@ type Running = Encoder<Encoding<Handles, MmapProvider, InputDone, OutputReady>>;
 type Coded = (Vec<u8>, bool);
 
 pub struct M2mVideoEncoder {
-    encoder: Running,
+    /// Taken by [`M2mVideoEncoder::drain`] (or on drop).
+    encoder: Option<Running>,
     coded_rx: Receiver<Coded>,
     /// Bytes per line of the OUTPUT (raw) plane, its rows (the frame's,
     /// padded by the driver) and its size.
@@ -121,7 +122,7 @@ impl M2mVideoEncoder {
             .start(input_done, on_coded)
             .map_err(|e| err(path, "start")(e.to_string()))?;
         Ok(M2mVideoEncoder {
-            encoder,
+            encoder: Some(encoder),
             coded_rx,
             stride,
             rows,
@@ -135,6 +136,29 @@ impl M2mVideoEncoder {
                 size.0
             ),
         })
+    }
+}
+
+impl M2mVideoEncoder {
+    /// Stop the encoder the way the stateful API asks (`V4L2_ENC_CMD_STOP`:
+    /// the driver finishes what it holds and marks its last buffer), and
+    /// wait for its capture thread to end.
+    pub fn drain(&mut self) -> Result<(), VideoError> {
+        match self.encoder.take() {
+            Some(e) => e
+                .stop()
+                .map(|_| ())
+                .map_err(|e| VideoError::Encoder(format!("M2M drain: {e}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for M2mVideoEncoder {
+    fn drop(&mut self) {
+        if let Err(e) = self.drain() {
+            log::warn!("{e}");
+        }
     }
 }
 
@@ -200,8 +224,11 @@ impl VideoEncoder for M2mVideoEncoder {
             )));
         }
         let failed = |what: &str, e: String| VideoError::Encoder(format!("M2M {what}: {e}"));
-        let buf = self
+        let encoder = self
             .encoder
+            .as_mut()
+            .ok_or_else(|| failed("encoder", "drained".into()))?;
+        let buf = encoder
             .get_buffer()
             .map_err(|e| failed("no OUTPUT buffer", e.to_string()))?;
         {
@@ -249,7 +276,7 @@ pub struct EncodeTest {
 impl EncodeTest {
     pub fn line(&self) -> String {
         format!(
-            "{}: {} frames in, {} coded ({} keyframes), {:.1} fps, {:.0} bytes per frame, {:.1} copies per frame",
+            "{}: {} frames in, {} coded ({} keyframes), {:.1} fps, {:.0} bytes per frame, {:.1} copies per frame; drained",
             self.encoder,
             self.frames,
             self.coded_frames,
@@ -287,6 +314,7 @@ pub fn encode_test(
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    enc.drain()?;
     Ok(EncodeTest {
         encoder: enc.describe(),
         frames,
