@@ -15,12 +15,12 @@
 use crate::device::h264::VideoEncoder;
 use crate::device::video_source::{Frame, Pixels, VideoError};
 use std::path::Path;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 use v4l2r::device::queue::direction::Capture;
 use v4l2r::device::queue::dqbuf::DqBuffer;
 use v4l2r::device::queue::handles_provider::MmapProvider;
-use v4l2r::encoder::{CompletedOutputBuffer, Encoder, Encoding};
+use v4l2r::encoder::{CompletedOutputBuffer, Encoder, Encoding, ReadyToEncode};
 use v4l2r::ioctl::BufferFlags;
 use v4l2r::memory::MmapHandle;
 use v4l2r::Format;
@@ -34,6 +34,7 @@ type Handles = Vec<MmapHandle>;
 type InputDone = fn(CompletedOutputBuffer<Handles>);
 type OutputReady = Box<dyn FnMut(DqBuffer<Capture, Handles>) + Send>;
 type Running = Encoder<Encoding<Handles, MmapProvider, InputDone, OutputReady>>;
+type Stopped = Encoder<ReadyToEncode<Handles, MmapProvider>>;
 
 /// One coded frame, and whether the driver flagged it a keyframe.
 type Coded = (Vec<u8>, bool);
@@ -41,7 +42,11 @@ type Coded = (Vec<u8>, bool);
 pub struct M2mVideoEncoder {
     /// Taken by [`M2mVideoEncoder::drain`] (or on drop).
     encoder: Option<Running>,
+    /// A drained encoder, ready to start again.
+    stopped: Option<Stopped>,
     coded_rx: Receiver<Coded>,
+    /// The coded fourcc.
+    kind: String,
     /// Bytes per line of the OUTPUT (raw) plane, its rows (the frame's,
     /// padded by the driver) and its size.
     stride: usize,
@@ -100,31 +105,17 @@ impl M2mVideoEncoder {
             .ok_or_else(|| err(path, "raw format")("no plane".into()))?;
         let (stride, sizeimage) = (plane.bytesperline as usize, plane.sizeimage as usize);
         let rows = raw.height as usize;
-        let (tx, coded_rx) = channel::<Coded>();
-        let kind = coded.to_owned();
-        let on_coded: OutputReady = Box::new(move |dq: DqBuffer<Capture, Handles>| {
-            let used = *dq.data.get_first_plane().bytesused as usize;
-            if used == 0 {
-                return;
-            }
-            let flagged = dq.data.flags().contains(BufferFlags::KEYFRAME);
-            if let Some(map) = dq.get_plane_mapping(0) {
-                let data = map.as_ref()[..used.min(map.len())].to_vec();
-                let key = is_keyframe(&kind, &data, flagged);
-                let _ = tx.send((data, key));
-            }
-        });
-        let input_done: InputDone = |_| {};
-        let encoder = e
+        let ready = e
             .allocate_output_buffers::<Handles>(BUFFERS)
             .map_err(|e| err(path, "OUTPUT buffers")(e.to_string()))?
             .allocate_capture_buffers(BUFFERS, MmapProvider::new(&coded_format))
-            .map_err(|e| err(path, "CAPTURE buffers")(e.to_string()))?
-            .start(input_done, on_coded)
-            .map_err(|e| err(path, "start")(e.to_string()))?;
+            .map_err(|e| err(path, "CAPTURE buffers")(e.to_string()))?;
+        let (encoder, coded_rx) = start(ready, coded)?;
         Ok(M2mVideoEncoder {
             encoder: Some(encoder),
+            stopped: None,
             coded_rx,
+            kind: coded.to_owned(),
             stride,
             rows,
             sizeimage,
@@ -145,14 +136,52 @@ impl M2mVideoEncoder {
     /// the driver finishes what it holds and marks its last buffer), and
     /// wait for its capture thread to end.
     pub fn drain(&mut self) -> Result<(), VideoError> {
-        match self.encoder.take() {
-            Some(e) => e
+        if let Some(e) = self.encoder.take() {
+            let stopped = e
                 .stop()
-                .map(|_| ())
-                .map_err(|e| VideoError::Encoder(format!("M2M drain: {e}"))),
-            None => Ok(()),
+                .map_err(|e| VideoError::Encoder(format!("M2M drain: {e}")))?;
+            self.stopped = Some(stopped);
         }
+        Ok(())
     }
+
+    /// Start a drained encoder again (it begins with a keyframe).
+    pub fn restart(&mut self) -> Result<(), VideoError> {
+        let stopped = self
+            .stopped
+            .take()
+            .ok_or_else(|| VideoError::Encoder("M2M restart: not drained".into()))?;
+        let (encoder, coded_rx) = start(stopped, &self.kind)?;
+        (self.encoder, self.coded_rx) = (Some(encoder), coded_rx);
+        Ok(())
+    }
+}
+
+/// Start streaming; coded frames arrive on the receiver.
+fn start(ready: Stopped, coded: &str) -> Result<(Running, Receiver<Coded>), VideoError> {
+    let (tx, rx) = channel::<Coded>();
+    let input_done: InputDone = |_| {};
+    let running = ready
+        .start(input_done, on_coded(coded.to_owned(), tx))
+        .map_err(|e| VideoError::Encoder(format!("M2M start: {e}")))?;
+    Ok((running, rx))
+}
+
+/// What v4l2r's capture thread does with each coded buffer: copy it out
+/// with whether it is a keyframe.
+fn on_coded(kind: String, tx: Sender<Coded>) -> OutputReady {
+    Box::new(move |dq: DqBuffer<Capture, Handles>| {
+        let used = *dq.data.get_first_plane().bytesused as usize;
+        if used == 0 {
+            return;
+        }
+        let flagged = dq.data.flags().contains(BufferFlags::KEYFRAME);
+        if let Some(map) = dq.get_plane_mapping(0) {
+            let data = map.as_ref()[..used.min(map.len())].to_vec();
+            let key = is_keyframe(&kind, &data, flagged);
+            let _ = tx.send((data, key));
+        }
+    })
 }
 
 impl Drop for M2mVideoEncoder {
@@ -272,19 +301,27 @@ pub struct EncodeTest {
     pub bytes_per_frame: f64,
     /// Pixel copies per frame from the camera's buffer to the encoder's.
     pub copies_per_frame: f64,
+    /// Frames coded after a drain and restart, and whether the first was a keyframe.
+    pub after_restart: usize,
+    pub restart_keyframe: bool,
 }
+
+/// Frames encoded after the drain and restart.
+const RESTART_FRAMES: usize = 10;
 
 impl EncodeTest {
     pub fn line(&self) -> String {
         format!(
-            "{}: {} frames in, {} coded ({} keyframes), {:.1} fps, {:.0} bytes per frame, {:.1} copies per frame; drained",
+            "{}: {} frames in, {} coded ({} keyframes), {:.1} fps, {:.0} bytes per frame, {:.1} copies per frame; drained, restarted: {} of {RESTART_FRAMES} coded, {}",
             self.encoder,
             self.frames,
             self.coded_frames,
             self.keyframes,
             self.fps,
             self.bytes_per_frame,
-            self.copies_per_frame
+            self.copies_per_frame,
+            self.after_restart,
+            if self.restart_keyframe { "the first a keyframe" } else { "the first not a keyframe" }
         )
     }
 }
@@ -316,6 +353,13 @@ pub fn encode_test(
     }
     let secs = start.elapsed().as_secs_f64();
     enc.drain()?;
+    enc.restart()?;
+    let mut again = Vec::new();
+    for _ in 0..RESTART_FRAMES {
+        let frame = camera.next_frame()?;
+        again.extend(enc.encode(&frame, false, &mut out)?);
+    }
+    enc.drain()?;
     Ok(EncodeTest {
         encoder: enc.describe(),
         frames,
@@ -324,6 +368,8 @@ pub fn encode_test(
         fps: frames as f64 / secs.max(1e-6),
         bytes_per_frame: bytes as f64 / coded_frames.max(1) as f64,
         copies_per_frame: copies as f64 / frames.max(1) as f64,
+        after_restart: again.len(),
+        restart_keyframe: again.first().copied().unwrap_or(false),
     })
 }
 

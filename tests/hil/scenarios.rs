@@ -521,7 +521,7 @@ impl Rig {
             enc_code == 0
                 && encoded.contains("60 frames in, 60 coded")
                 && !encoded.contains("(0 keyframes)")
-                && encoded.contains("1.0 copies per frame; drained"),
+                && encoded.contains("1.0 copies per frame; drained, restarted: 10 of 10 coded, the first a keyframe"),
             "probe --encoder FWHT exited {enc_code}: {enc_out}"
         );
         self.start_device("/etc/callbox/device.toml").await?;
