@@ -5,10 +5,10 @@
 //! thread, and `encode` waits for the one its frame made. The coded
 //! format is a parameter: H.264 on a board, FWHT on the test rig's vicodec.
 //!
-//! It drains with `V4L2_ENC_CMD_STOP` when done or dropped. Not yet here:
-//! DMABUF import of the camera's buffers (zero copy), the H.264 controls
-//! (profile, level, bitrate, forced keyframes, repeated SPS/PPS), restart
-//! after a drain, and the fallback to OpenH264 at run time.
+//! It drains with `V4L2_ENC_CMD_STOP` when done or dropped, and starts
+//! again after a drain. Not yet here: DMABUF import of the camera's
+//! buffers (zero copy), the H.264 controls (profile, level, bitrate, forced
+//! keyframes, repeated SPS/PPS), and the fallback to OpenH264 at run time.
 //! Until they are, `encoder = "v4l2m2m"` stays refused in the config, and
 //! this encoder is reached through `callbox probe --encoder` only.
 
