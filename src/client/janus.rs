@@ -10,9 +10,10 @@
 use crate::client::janus_videoroom::{self as vr, Publisher, Refusal, RoomTarget};
 use crate::client::liveness::RoomActivity;
 use crate::client::peer::{Downlink, NetConfig, RemotePacket};
+use crate::client::signaling::open_websocket;
 use crate::client::{ClientError, Receive};
 use crate::protocol::{ServerMessage, StreamInfo};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,11 +26,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// How long a request waits for Janus's answer (an offer or answer may
 /// take Janus a moment to gather).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Janus drops a session silent for `session_timeout` (60 s by default).
 const KEEPALIVE: Duration = Duration::from_secs(20);
-/// WebSocket pings keep the liveness fresh while the room is quiet.
-const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest frame taken from Janus (a room listing with many publishers).
 const MAX_FRAME: usize = 1 << 20;
 
@@ -366,38 +364,13 @@ async fn open(
             .parse()
             .map_err(|_| setup("header".into()))?,
     );
-    let connector = match (url.starts_with("wss:"), tls) {
-        (true, Some(tls)) => Some(tokio_tungstenite::Connector::Rustls(tls)),
-        _ => None,
-    };
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
-    let connect =
-        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
-    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| setup(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| setup(e.to_string()))?;
-    let (mut ws_tx, mut ws_rx) = ws.split();
-    let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    let (out, mut ws_rx) = open_websocket(url, request, tls, Some(config), &activity).await?;
     let (events_tx, events) = mpsc::unbounded_channel();
     let waiters: Waiters = Arc::default();
     let routing = Arc::new(Routing::default());
-    activity.touch();
-    tokio::spawn(async move {
-        let mut ping = tokio::time::interval(PING_INTERVAL);
-        loop {
-            let m = tokio::select! {
-                m = out_rx.recv() => match m { Some(m) => m, None => break },
-                _ = ping.tick() => Message::Ping(Default::default()),
-            };
-            if ws_tx.send(m).await.is_err() {
-                break;
-            }
-        }
-        let _ = ws_tx.close().await;
-    });
     let (w, r) = (Arc::clone(&waiters), Arc::clone(&routing));
     tokio::spawn(async move {
         while let Some(Ok(frame)) = ws_rx.next().await {

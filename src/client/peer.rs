@@ -410,12 +410,22 @@ impl Peer {
             .create_offer(None)
             .await
             .map_err(rtc_err("create offer"))?;
+        self.describe_locally(offer).await
+    }
+
+    /// Set our side's description, wait for ICE gathering, and give the SDP
+    /// with its candidates; a relay-only connection without a relay, or one
+    /// with no candidate at all, fails here, naming the servers, rather
+    /// than after the ICE timeout.
+    async fn describe_locally(
+        &mut self,
+        local: RTCSessionDescription,
+    ) -> Result<String, ClientError> {
         self.pc
-            .set_local_description(offer)
+            .set_local_description(local)
             .await
             .map_err(rtc_err("set local description"))?;
         let sdp = self.gathered_sdp().await?;
-        // Fail now, naming the servers, rather than after the ICE timeout.
         match &self.relay_from {
             Some(servers) if !sdp.contains(" typ relay") => {
                 Err(ClientError::NoRelay(servers.clone()))
@@ -455,7 +465,7 @@ impl Peer {
     }
 
     /// Answer an engine's offer (Janus offers subscriptions), with every
-    /// candidate gathered in the answer, like [`Peer::offer`].
+    /// candidate gathered in the answer and the same checks as [`Peer::offer`].
     async fn answer(&mut self, offer: String) -> Result<String, ClientError> {
         let offer = RTCSessionDescription::offer(offer)
             .map_err(|e| ClientError::Media(format!("offer: {e}")))?;
@@ -468,11 +478,7 @@ impl Peer {
             .create_answer(None)
             .await
             .map_err(rtc_err("create answer"))?;
-        self.pc
-            .set_local_description(answer)
-            .await
-            .map_err(rtc_err("set local description"))?;
-        self.gathered_sdp().await
+        self.describe_locally(answer).await
     }
 
     async fn accept_answer(&self, sdp: String) -> Result<(), ClientError> {

@@ -49,6 +49,62 @@ pub fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfi
     Ok(Arc::new(config))
 }
 
+/// The read half of a WebSocket from [`open_websocket`].
+pub(crate) type WsRead = futures_util::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+
+/// A WebSocket to `url` (`request`: the URL, or a request with headers),
+/// connected within [`SIGNAL_CONNECT_TIMEOUT`], with TLS for `wss://`:
+/// frames go out in order from the returned sender, with a ping every
+/// second so `activity` stays fresh while the room is quiet; the read
+/// half is the caller's. The callbox protocol and Janus both use it.
+pub(crate) async fn open_websocket<R>(
+    url: &str,
+    request: R,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
+    activity: &RoomActivity,
+) -> Result<(mpsc::UnboundedSender<Message>, WsRead), ClientError>
+where
+    R: tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+{
+    let connector = match (url.starts_with("wss:"), tls) {
+        (true, Some(tls)) => Some(tokio_tungstenite::Connector::Rustls(tls)),
+        _ => None,
+    };
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(request, config, true, connector);
+    let (ws, _) = tokio::time::timeout(SIGNAL_CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| {
+            ClientError::SignalSetup(format!(
+                "{url}: no answer within {SIGNAL_CONNECT_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|e| ClientError::SignalSetup(format!("{url}: {e}")))?;
+    let (mut ws_tx, ws_rx) = ws.split();
+    let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    activity.touch();
+    tokio::spawn(async move {
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        loop {
+            let m = tokio::select! {
+                m = out_rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = ping.tick() => Message::Ping(Default::default()),
+            };
+            if ws_tx.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws_tx.close().await;
+    });
+    Ok((out, ws_rx))
+}
+
 /// A connected signaling channel. Dropping it closes the WebSocket.
 pub struct Signaling {
     out: mpsc::UnboundedSender<Message>,
@@ -69,43 +125,13 @@ impl Signaling {
         extra_ca_pem: Option<&[u8]>,
         activity: RoomActivity,
     ) -> Result<(Signaling, mpsc::UnboundedReceiver<ServerMessage>), ClientError> {
-        let connector = if url.starts_with("wss:") {
-            Some(tokio_tungstenite::Connector::Rustls(tls_config(
-                extra_ca_pem,
-            )?))
-        } else {
-            None
+        let tls = match url.starts_with("wss:") {
+            true => Some(tls_config(extra_ca_pem)?),
+            false => None,
         };
-        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector);
-        let (ws, _) = tokio::time::timeout(SIGNAL_CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| {
-                ClientError::SignalSetup(format!(
-                    "{url}: no answer within {SIGNAL_CONNECT_TIMEOUT:?}"
-                ))
-            })?
-            .map_err(|e| ClientError::SignalSetup(format!("{url}: {e}")))?;
-        let (mut ws_tx, mut ws_rx) = ws.split();
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let (out, mut ws_rx) = open_websocket(url, url, tls, None, &activity).await?;
         let (events_tx, events) = mpsc::unbounded_channel();
         let pending: AwaitingReply = Arc::default();
-        activity.touch();
-        tokio::spawn(async move {
-            let mut ping = tokio::time::interval(PING_INTERVAL);
-            loop {
-                let m = tokio::select! {
-                    m = out_rx.recv() => match m {
-                        Some(m) => m,
-                        None => break,
-                    },
-                    _ = ping.tick() => Message::Ping(Default::default()),
-                };
-                if ws_tx.send(m).await.is_err() {
-                    break;
-                }
-            }
-            let _ = ws_tx.close().await;
-        });
         let p = Arc::clone(&pending);
         tokio::spawn(async move {
             while let Some(Ok(frame)) = ws_rx.next().await {
