@@ -345,40 +345,8 @@ async fn a_capture_program_is_the_camera_and_is_restarted_when_it_exits() {
         return;
     }
     let room = room().await;
-    let argv = [
-        "ffmpeg",
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=640x480:rate=30",
-        "-t",
-        "1",
-        "-c:v",
-        "libx264",
-        "-profile:v",
-        "baseline",
-        "-preset",
-        "ultrafast",
-        "-tune",
-        "zerolatency",
-        "-g",
-        "15",
-        "-pix_fmt",
-        "yuv420p",
-        "-f",
-        "h264",
-        "-",
-    ];
-    let command = format!("{argv:?}");
     let config = device_config(&room, "device-cmd", |d| {
-        d.set("video", "source", "command")
-            .set("video", "encoder", "passthrough")
-            .set_toml("video", "command", &command)
-            .expect("command")
+        capture_program(d, &ffmpeg_camera("640x480", 15, Some(1)))
     });
     let (stop, task) = start_device(config);
     let (mut viewer, stream) =
@@ -415,15 +383,10 @@ async fn a_capture_program_is_the_camera_and_is_restarted_when_it_exits() {
     assert!(sizes.iter().all(|s| *s == (640, 480)));
     assert!(s.video_frames_encoded > 30, "{s:?}");
 
-    let missing = DeviceToml::loopback("ws://127.0.0.1:1/ws", "d", 1, 60)
-        .set("video", "source", "command")
-        .set("video", "encoder", "passthrough")
-        .set_toml(
-            "video",
-            "command",
-            r#"["no-such-camera-program", "-o", "-"]"#,
-        )
-        .expect("command");
+    let missing = capture_program(
+        DeviceToml::loopback("ws://127.0.0.1:1/ws", "d", 1, 60),
+        r#"["no-such-camera-program", "-o", "-"]"#,
+    );
     let e = DeviceConfig::parse(Path::new("d.toml"), &missing.text()).unwrap_err();
     println!("command camera: a missing program: {e}");
     assert!(e.to_string().contains("video.command: "), "{e}");
@@ -439,13 +402,12 @@ async fn a_keyframe_request_restarts_the_capture_program() {
         return;
     }
     let room = room().await;
-    let command = r#"["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-c:v", "libx264", "-profile:v", "baseline", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "300", "-pix_fmt", "yuv420p", "-f", "h264", "-"]"#;
     let config = device_config(&room, "device-kf", |d| {
-        d.set("video", "source", "command")
-            .set("video", "encoder", "passthrough")
-            .set("video", "command_keyframe", "restart")
-            .set_toml("video", "command", command)
-            .expect("command")
+        capture_program(d, &ffmpeg_camera("320x240", 300, None)).set(
+            "video",
+            "command_keyframe",
+            "restart",
+        )
     });
     let (stop, task) = start_device(config);
     // Past the program's first IDR: the next would be 10 s away.
@@ -498,4 +460,37 @@ fn have_ffmpeg() -> bool {
         println!("command camera: SKIPPED: ffmpeg is not installed (scripts/deps.sh installs it)");
     }
     there
+}
+
+/// `d` with a capture program for its camera: `command`, a TOML list.
+fn capture_program(d: DeviceToml, command: &str) -> DeviceToml {
+    d.set("video", "source", "command")
+        .set("video", "encoder", "passthrough")
+        .set_toml("video", "command", command)
+        .expect("command")
+}
+
+/// ffmpeg as a board's capture program: a `size` test picture at 30 fps,
+/// H.264 constrained baseline with an IDR every `gop` frames, to stdout in
+/// Annex B, for `seconds` (or until stopped); a TOML list.
+fn ffmpeg_camera(size: &str, gop: u32, seconds: Option<u32>) -> String {
+    let input = format!("testsrc2=size={size}:rate=30");
+    let mut argv = vec!["ffmpeg", "-hide_banner", "-loglevel", "error", "-re"];
+    argv.extend(["-f", "lavfi", "-i", &input]);
+    let secs = seconds.map(|s| s.to_string());
+    if let Some(secs) = &secs {
+        argv.extend(["-t", secs]);
+    }
+    let gop = gop.to_string();
+    argv.extend([
+        "-c:v",
+        "libx264",
+        "-profile:v",
+        "baseline",
+        "-preset",
+        "ultrafast",
+    ]);
+    argv.extend(["-tune", "zerolatency", "-g", &gop, "-pix_fmt", "yuv420p"]);
+    argv.extend(["-f", "h264", "-"]);
+    format!("{argv:?}")
 }

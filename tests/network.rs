@@ -95,6 +95,25 @@ fn coturn_on(ip: &str, tls: Option<(&Path, &Path)>) -> Option<KillOnDrop> {
     Some(child)
 }
 
+/// A device's own `[[network.ice_servers]]` for `url`: TURN REST
+/// credentials for `device-t`, made with coturn's secret, valid 10 minutes.
+fn own_ice_servers(url: &str) -> String {
+    let now_s = pattern::now_us() / 1_000_000;
+    let own = callbox::room::turn::ice_server(
+        &[url.to_owned()],
+        SECRET.as_bytes(),
+        "device-t",
+        now_s,
+        600,
+    );
+    format!(
+        "[{{ urls = {:?}, username = {:?}, credential = {:?} }}]",
+        own.urls,
+        own.username.unwrap_or_default(),
+        own.credential.unwrap_or_default()
+    )
+}
+
 /// The room's `[turn]`: `urls`, and the secret it shares with coturn.
 fn turn_config(urls: &[String], secret: &str) -> TurnConfig {
     let text = format!("urls = {urls:?}\nshared_secret = \"{secret}\"");
@@ -137,16 +156,7 @@ fn a_device_relays_its_call_through_turn_with_credentials_of_its_own() {
         let room = LocalRoom::start(loopback_config(None, false))
             .await
             .expect("room");
-        let now_s = pattern::now_us() / 1_000_000;
-        let url = format!("turn:127.0.0.1:{TURN_PORT}?transport=udp");
-        let own =
-            callbox::room::turn::ice_server(&[url], SECRET.as_bytes(), "device-t", now_s, 600);
-        let entry = format!(
-            "[{{ urls = {:?}, username = {:?}, credential = {:?} }}]",
-            own.urls,
-            own.username.unwrap_or_default(),
-            own.credential.unwrap_or_default()
-        );
+        let entry = own_ice_servers(&format!("turn:127.0.0.1:{TURN_PORT}?transport=udp"));
         let own_server = move |d: DeviceToml| {
             d.set_toml("network", "ice_servers", &entry)
                 .expect("ice_servers entry")
@@ -417,16 +427,7 @@ fn behind_a_nat_without_udp_a_device_relays_through_turn_over_tls() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let room = room_on_wan(false, false).await;
-        let now_s = pattern::now_us() / 1_000_000;
-        let url = format!("turns:{WAN_IP}:{TURN_TLS_PORT}?transport=tcp");
-        let own =
-            callbox::room::turn::ice_server(&[url], SECRET.as_bytes(), "device-t", now_s, 600);
-        let entry = format!(
-            "[{{ urls = {:?}, username = {:?}, credential = {:?} }}]",
-            own.urls,
-            own.username.unwrap_or_default(),
-            own.credential.unwrap_or_default()
-        );
+        let entry = own_ice_servers(&format!("turns:{WAN_IP}:{TURN_TLS_PORT}?transport=tcp"));
         let ca = cert_pem.display().to_string();
         let own = move |d: DeviceToml| {
             in_the_lan(d)

@@ -474,12 +474,7 @@ impl Rig {
             .guest
             .sh("callbox probe --config /etc/callbox/device-passthrough.toml")
             .await?;
-        let line = out
-            .lines()
-            .find(|l| l.contains("video.device"))
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
+        let line = probe_line(&out, "video.device");
         ensure!(
             code == 1
                 && line.starts_with("FAIL")
@@ -511,12 +506,7 @@ impl Rig {
             .guest
             .sh("callbox probe --config /etc/callbox/device.toml --encoder FWHT")
             .await?;
-        let encoded = enc_out
-            .lines()
-            .find(|l| l.contains("video.encoder"))
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
+        let encoded = probe_line(&enc_out, "video.encoder");
         ensure!(
             enc_code == 0
                 && encoded.contains("60 frames in, 60 coded")
@@ -914,4 +904,13 @@ fn screen_stamp(size: (usize, usize), rgb: &[u8]) -> Option<pattern::Stamp> {
         *y = (16.0 + l * 219.0 / 255.0).round() as u8;
     }
     pattern::read(&I420::packed(&i420, size.0, size.1)?)
+}
+
+/// The probe's check line for `key`, trimmed (empty when there is none).
+fn probe_line(out: &str, key: &str) -> String {
+    out.lines()
+        .find(|l| l.contains(key))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
