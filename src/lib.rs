@@ -21,13 +21,18 @@
 //! `device::sources::open_camera` -> `VideoSource::next_frame` (a `Frame`
 //! borrowing the driver's buffer, or one conversion pass into a pooled
 //! buffer; or, for `source = "command"`, a capture program's H.264 cut
-//! into access units by `AnnexBSplitter` on thread `camera-command`) -> `VideoEncoder::encode` in `pipeline::video_loop` ->
-//! `EncodedVideo` on `Outputs::video` -> `daemon::Call::on_video` ->
+//! into access units by `AnnexBSplitter` on thread `camera-command`) -> `VideoEncoder::encode` in `pipeline::video_loop`
+//! (OpenH264 on the frame in place; or the board's M2M encoder,
+//! `m2m_encoder::M2mVideoEncoder` behind `FallbackEncoder`, taking the
+//! camera buffer by its DMABUF (`Frame::dmabuf`, exported by
+//! `v4l2_queue::MmapQueue`) or one copy, and waiting by poll for the coded
+//! frame) -> `EncodedVideo` on `Outputs::video` -> `daemon::Call::on_video` ->
 //! `LocalTrack::write` (the webrtc crate packetizes H.264, SRTP) -> room.
 //! Back-channels into the same loop: a PLI/FIR from the room ->
 //! `LocalTrack::keyframe_requested` (task started in `Call::start`) ->
 //! `Pipeline::keyframe` -> `VideoSource::keyframe_requested` (a capture
-//! program is restarted) and the next frame is an IDR; congestion control
+//! program is restarted; the M2M encoder sets `FORCE_KEY_FRAME` or
+//! restarts) and the next frame is an IDR; congestion control
 //! (TWCC + GCC) -> `LocalStream::target_bitrate` -> `Call::follow_bitrate`
 //! -> `Pipeline::bitrate` -> `VideoEncoder::set_bitrate`.
 //!

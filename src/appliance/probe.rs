@@ -9,13 +9,15 @@ use crate::appliance::config::ApplianceConfig;
 use crate::appliance::gpio;
 use crate::config::ConfigError;
 use crate::device::audio_tool;
-use crate::device::config::{CaptureKind, DisplayKind, PlaybackKind, VideoSourceKind};
+use crate::device::config::{
+    CaptureKind, DisplayKind, EncoderKind, PlaybackKind, VideoSection, VideoSourceKind,
+};
 use crate::device::display::drm_sysfs::{self, DrmCard};
 use crate::device::display::kms::{KmsSettings, KmsSink};
 use crate::device::display::DisplaySink;
 use crate::device::echo_probe::EchoMeasurement;
+use crate::device::encoder_probe::{self, EncodeTest};
 use crate::device::m2m::{self, M2mEncoder};
-use crate::device::m2m_encoder::{self, EncodeTest};
 use crate::device::sources;
 use crate::device::v4l2::{self, Sizes};
 use serde::Serialize;
@@ -232,6 +234,9 @@ fn check_config(c: &ApplianceConfig) -> Vec<Check> {
             .map_err(|e| e.to_string());
         check(&mut checks, "video.device", r);
     }
+    if v.enabled && matches!(v.encoder, EncoderKind::V4l2m2m | EncoderKind::Auto) {
+        check(&mut checks, "video.encoder", check_encoder(v));
+    }
     if a.enabled && a.capture == CaptureKind::Alsa {
         let r = sources::open_microphone(a, stats())
             .map(|mic| format!("{} opens at 48 kHz", mic.describe()))
@@ -252,6 +257,20 @@ fn check_config(c: &ApplianceConfig) -> Vec<Check> {
         checks.push(check_screen(&KmsSettings::from(&c.display)));
     }
     checks
+}
+
+/// Which encoder the daemon would use, opened as it would open it.
+fn check_encoder(v: &VideoSection) -> Result<String, String> {
+    let node = sources::hardware_encoder_node(v);
+    if let (EncoderKind::V4l2m2m, Err(why)) = (v.encoder, &node) {
+        return Err(why.clone());
+    }
+    let size = (v.width as usize, v.height as usize);
+    let opened = sources::open_encoder(v, size, v.fps).map_err(|e| e.to_string())?;
+    Ok(match node {
+        Ok(_) => opened.describe(),
+        Err(why) => format!("auto: OpenH264, since {why}"),
+    })
 }
 
 /// The screen the daemon would light: the connector and mode against
@@ -320,7 +339,7 @@ pub fn probe(
     }
     let mut encode = None;
     if let (Some(coded), Some(c)) = (encoder, &config) {
-        let result = m2m_encoder::encode_test(&c.video, coded, ENCODE_TEST_FRAMES);
+        let result = encoder_probe::encode_test(&c.video, coded, ENCODE_TEST_FRAMES);
         checks.push(Check::new(
             "video.encoder",
             result
@@ -328,6 +347,9 @@ pub fn probe(
                 .map(EncodeTest::line)
                 .map_err(|e| e.to_string()),
         ));
+        if let Ok(test) = &result {
+            checks.push(Check::new("video.encoder_speed", Ok(test.timing_line())));
+        }
         encode = result.ok();
     }
     Ok(Report {
@@ -368,12 +390,13 @@ impl Report {
         for e in &self.encoders {
             let _ = writeln!(
                 t,
-                "  {}: {} ({}): makes {} from {}",
+                "  {}: {} ({}): makes {} from {}; controls: {}",
                 e.path.display(),
                 e.card,
                 e.driver,
                 e.coded.join(", "),
-                e.raw.join(", ")
+                e.raw.join(", "),
+                e.controls.join(", ")
             );
         }
         let _ = writeln!(t, "Audio (ALSA PCMs):");

@@ -229,6 +229,7 @@ impl VideoSource for CommandCamera {
             pixels: Pixels::H264(&self.current),
             capture_us: pattern::now_us(),
             copies: 0,
+            dmabuf: None,
         })
     }
 

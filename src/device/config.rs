@@ -207,6 +207,8 @@ pub enum EncoderKind {
     Openh264,
     V4l2m2m,
     Passthrough,
+    /// The board's V4L2 M2M H.264 encoder if it has one, else OpenH264.
+    Auto,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +223,8 @@ pub struct VideoSection {
     /// V4L2 fourccs in order of preference.
     pub formats: Vec<PixelFormat>,
     pub encoder: EncoderKind,
+    /// The V4L2 M2M encoder node (`v4l2m2m`, `auto`); unset: the first that makes H.264.
+    pub encoder_device: Option<PathBuf>,
     /// Cisco's libopenh264.so, loaded at run time instead of the built-in encoder.
     pub openh264_library: Option<PathBuf>,
     pub bitrate_min_kbps: u32,
@@ -243,6 +247,7 @@ impl Default for VideoSection {
             fps: 30,
             formats: PixelFormat::ALL.to_vec(),
             encoder: EncoderKind::Openh264,
+            encoder_device: None,
             openh264_library: None,
             bitrate_min_kbps: 150,
             bitrate_start_kbps: 800,
@@ -658,11 +663,6 @@ impl VideoSection {
             "1 to 60",
         );
         p.check(
-            self.encoder != EncoderKind::V4l2m2m,
-            "video.encoder",
-            "v4l2m2m (the hardware encoder) is not implemented yet; use openh264",
-        );
-        p.check(
             !(self.source == VideoSourceKind::Synthetic
                 && self.encoder == EncoderKind::Passthrough),
             "video.encoder",
@@ -893,7 +893,7 @@ playback = "null"
             .replace("room_id = 1234", "room_id = 1234\nstr_room_id = \"x\"")
             .replace(
                 "source = \"synthetic\"",
-                "source = \"synthetic\"\nwidth = 641\nencoder = \"v4l2m2m\"",
+                "source = \"synthetic\"\nwidth = 641\nencoder = \"passthrough\"",
             )
             .replace(
                 "playback = \"null\"",

@@ -24,6 +24,11 @@ pub trait VideoEncoder: Send {
     ) -> Result<Option<bool>, VideoError>;
     fn set_bitrate(&mut self, bps: u32);
     fn describe(&self) -> String;
+    /// Pixel copies the encoder makes of each frame before encoding it
+    /// (a hardware encoder that cannot import the camera's buffer: 1).
+    fn input_copies(&self) -> u32 {
+        0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +178,49 @@ pub fn nal_types(au: &[u8]) -> impl Iterator<Item = u8> + '_ {
         let body = nal.iter().skip_while(|&&b| b == 0).skip(1);
         body.copied().next().map(|h| h & 0x1f)
     })
+}
+
+/// The SPS and PPS an encoder sent, put back before an IDR that comes
+/// without them (an encoder that cannot repeat its sequence header sends
+/// them once, and a late subscriber or a PLI keyframe would not decode).
+#[derive(Debug, Default)]
+pub struct ParamSets {
+    sps: Vec<u8>,
+    pps: Vec<u8>,
+}
+
+impl ParamSets {
+    /// Remember `au`'s SPS and PPS; put the cached ones before an IDR that
+    /// lacks them. Returns whether it did.
+    pub fn complete(&mut self, au: &mut Vec<u8>) -> bool {
+        let (mut has_sps, mut has_pps, mut idr) = (false, false, false);
+        for nal in openh264::nal_units(au) {
+            // The unit without its start code and the zeros before the next
+            // one (a NAL unit never ends in a zero byte).
+            let start = nal
+                .iter()
+                .position(|&b| b != 0)
+                .map_or(nal.len(), |i| i + 1);
+            let end = nal.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            let body = nal.get(start..end).unwrap_or_default();
+            let with_start_code = || [&[0, 0, 0, 1], body].concat();
+            match body.first().map(|h| h & 0x1f) {
+                Some(7) => (has_sps, self.sps) = (true, with_start_code()),
+                Some(8) => (has_pps, self.pps) = (true, with_start_code()),
+                Some(5) => idr = true,
+                _ => {}
+            }
+        }
+        if !idr || (has_sps && has_pps) || self.sps.is_empty() || self.pps.is_empty() {
+            return false;
+        }
+        let mut whole = Vec::with_capacity(self.sps.len() + self.pps.len() + au.len());
+        whole.extend_from_slice(&self.sps);
+        whole.extend_from_slice(&self.pps);
+        whole.extend_from_slice(au);
+        *au = whole;
+        true
+    }
 }
 
 /// An H.264 camera's stream, sent as it comes.
@@ -335,5 +383,26 @@ mod tests {
         // The screen's decoder loads the same binary.
         let missing = std::path::Path::new("/nonexistent/libopenh264.so");
         assert!(H264Decoder::with_library(Some(missing)).is_err());
+    }
+
+    #[test]
+    fn an_idr_without_parameter_sets_gets_the_cached_ones() {
+        let sps = [0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f];
+        let pps = [0, 0, 0, 1, 0x68, 0xce];
+        let idr = [0, 0, 0, 1, 0x65, 0x88, 0x80];
+        let p_slice = [0, 0, 0, 1, 0x41, 0x9a];
+        let mut sets = ParamSets::default();
+        let mut first: Vec<u8> = [&sps[..], &pps, &idr].concat();
+        assert!(!sets.complete(&mut first), "it has its own");
+        let mut p = p_slice.to_vec();
+        assert!(!sets.complete(&mut p), "not an IDR");
+        assert_eq!(p, p_slice);
+        let mut later = idr.to_vec();
+        assert!(sets.complete(&mut later));
+        assert_eq!(later, [&sps[..], &pps, &idr].concat());
+        assert_eq!(nal_types(&later).collect::<Vec<_>>(), [7, 8, 5]);
+        let mut cold = ParamSets::default();
+        let mut lone = idr.to_vec();
+        assert!(!cold.complete(&mut lone), "nothing cached yet");
     }
 }

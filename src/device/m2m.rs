@@ -4,13 +4,15 @@
 //! `callbox probe` and for choosing an encoder. A node is an encoder when
 //! it is M2M and its CAPTURE queue (what comes out) is compressed while
 //! its OUTPUT queue (what goes in) is raw; a decoder is the other way
-//! round. Encoding through one is not implemented yet (`encoder =
-//! "v4l2m2m"` is refused with that reason). Uses `v4l2r`, which has the
-//! multi-planar queues the `v4l` crate lacks.
+//! round. Uses `v4l2r`, which has the multi-planar queues the `v4l` crate
+//! lacks.
 
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use v4l2r::ioctl::{self, Capabilities, Capability, FormatFlags, FormatIterator};
+use v4l2r::bindings::v4l2_queryctrl;
+use v4l2r::ioctl::{
+    self, Capabilities, Capability, CtrlId, FormatFlags, FormatIterator, QueryCtrlFlags,
+};
 use v4l2r::QueueType;
 
 /// An M2M encoder node.
@@ -23,6 +25,8 @@ pub struct M2mEncoder {
     pub coded: Vec<String>,
     /// Fourccs it takes (OUTPUT), e.g. `YU12`, `NV12`.
     pub raw: Vec<String>,
+    /// The names of its controls, as the driver gives them.
+    pub controls: Vec<String>,
 }
 
 impl M2mEncoder {
@@ -48,6 +52,21 @@ pub fn is_encoder(capture: &[QueueFormat], output: &[QueueFormat]) -> bool {
 
 /// Every M2M encoder among `/dev/video*`, in node order.
 pub fn find_encoders() -> Vec<M2mEncoder> {
+    find(Role::Encoder)
+}
+
+/// Every M2M decoder among `/dev/video*` (`coded`: what it takes).
+pub fn find_decoders() -> Vec<M2mEncoder> {
+    find(Role::Decoder)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Encoder,
+    Decoder,
+}
+
+fn find(role: Role) -> Vec<M2mEncoder> {
     let mut nodes: Vec<PathBuf> = std::fs::read_dir("/dev")
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -61,7 +80,7 @@ pub fn find_encoders() -> Vec<M2mEncoder> {
         })
         .unwrap_or_default();
     nodes.sort_by_key(|p| node_number(p));
-    nodes.iter().filter_map(|p| probe_node(p)).collect()
+    nodes.iter().filter_map(|p| probe_node(p, role)).collect()
 }
 
 fn node_number(p: &Path) -> u32 {
@@ -71,8 +90,8 @@ fn node_number(p: &Path) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-/// The encoder at `path`, if it is one.
-pub fn probe_node(path: &Path) -> Option<M2mEncoder> {
+/// The encoder (or decoder) at `path`, if it is one.
+pub fn probe_node(path: &Path, role: Role) -> Option<M2mEncoder> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -96,7 +115,11 @@ pub fn probe_node(path: &Path) -> Option<M2mEncoder> {
             })
             .collect()
     };
-    let (capture, output) = (formats(capture_q), formats(output_q));
+    let (capture, output) = match role {
+        Role::Encoder => (formats(capture_q), formats(output_q)),
+        // A decoder is an encoder the other way round.
+        Role::Decoder => (formats(output_q), formats(capture_q)),
+    };
     is_encoder(&capture, &output).then(|| M2mEncoder {
         path: path.to_owned(),
         driver: cap.driver,
@@ -107,7 +130,27 @@ pub fn probe_node(path: &Path) -> Option<M2mEncoder> {
             .filter(|f| !f.compressed)
             .map(|f| f.fourcc)
             .collect(),
+        controls: control_names(&file),
     })
+}
+
+/// Every control the node has (at most 64), by `VIDIOC_QUERYCTRL` with
+/// `V4L2_CTRL_FLAG_NEXT_CTRL`; class headings left out.
+fn control_names(file: &std::fs::File) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut id = 0;
+    for _ in 0..64 {
+        let Ok(ctrl_id) = CtrlId::new(id) else { break };
+        let Ok(q) = ioctl::queryctrl::<v4l2_queryctrl>(file, ctrl_id, QueryCtrlFlags::NEXT) else {
+            break;
+        };
+        id = q.id;
+        if q.type_ != v4l2r::bindings::v4l2_ctrl_type_V4L2_CTRL_TYPE_CTRL_CLASS {
+            let len = q.name.iter().position(|&c| c == 0).unwrap_or(q.name.len());
+            names.push(String::from_utf8_lossy(&q.name[..len]).into_owned());
+        }
+    }
+    names
 }
 
 #[cfg(test)]

@@ -1,187 +1,493 @@
 //! Encoding through a V4L2 memory-to-memory stateful encoder (the board's
-//! hardware encoder), with `v4l2r`'s encoder: raw YU12 frames go into the
-//! OUTPUT queue (MMAP buffers: one copy of each frame, at the driver's
-//! stride), coded frames come back on the CAPTURE queue from `v4l2r`'s
-//! thread, and `encode` waits for the one its frame made. The coded
-//! format is a parameter: H.264 on a board, FWHT on the test rig's vicodec.
+//! hardware encoder), on `v4l2r`'s ioctl layer and `crate::device::v4l2_queue`.
 //!
-//! It drains with `V4L2_ENC_CMD_STOP` when done or dropped, and starts
-//! again after a drain. Not yet here: DMABUF import of the camera's
-//! buffers (zero copy), the H.264 controls (profile, level, bitrate, forced
-//! keyframes, repeated SPS/PPS), and the fallback to OpenH264 at run time.
-//! Until they are, `encoder = "v4l2m2m"` stays refused in the config, and
-//! this encoder is reached through `callbox probe --encoder` only.
+//! - Formats: the coded format on CAPTURE (H.264 on a board, FWHT on the
+//!   test rig's vicodec: the coded format is a parameter), YU12 on OUTPUT
+//!   at the driver's stride and padded height; the frame rate by `S_PARM`;
+//!   the call's controls (`crate::device::m2m_controls`), each refusal
+//!   logged once with what is done instead.
+//! - Raw frames: the first frame decides. A camera buffer exported as a
+//!   DMABUF whose layout matches the encoder's is queued as it is (zero
+//!   copy, same index as in the camera's queue); otherwise each frame is
+//!   copied once into the encoder's MMAP buffers, and the reason is logged.
+//! - Flow: `encode` queues the frame with its capture time as timestamp and
+//!   waits (poll) until its coded frame is out and its raw buffer is back,
+//!   so the camera never refills a buffer the encoder still reads. The
+//!   driver's timestamps come back on the coded buffers.
+//! - Keyframes: `FORCE_KEY_FRAME`; a driver without it is restarted
+//!   (stateful encoders begin with a keyframe). SPS/PPS are cached and put
+//!   before an IDR that lacks them.
+//! - Teardown: `V4L2_ENC_CMD_STOP` drains; `EPIPE` (a drain already ended)
+//!   resets the streams, as does `EBUSY` on a control.
 
-use crate::device::h264::VideoEncoder;
-use crate::device::video_source::{Frame, Pixels, VideoError};
+use crate::device::h264::{EncoderSettings, ParamSets, VideoEncoder};
+use crate::device::m2m_controls;
+use crate::device::v4l2_queue::{self, Dequeued, MmapQueue, Queue};
+use crate::device::video_source::{Frame, Pixels, SharedBuffer, VideoError};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
-use v4l2r::device::queue::direction::Capture;
-use v4l2r::device::queue::dqbuf::DqBuffer;
-use v4l2r::device::queue::handles_provider::MmapProvider;
-use v4l2r::encoder::{CompletedOutputBuffer, Encoder, Encoding, ReadyToEncode};
-use v4l2r::ioctl::BufferFlags;
-use v4l2r::memory::MmapHandle;
+use std::time::{Duration, Instant};
+use v4l2r::ioctl::{self, BufferFlags, Capabilities, Capability, EncoderCommand, GCtrlError};
+use v4l2r::nix::errno::Errno;
 use v4l2r::Format;
 
-/// OUTPUT and CAPTURE buffers each.
-const BUFFERS: usize = 2;
+const CODED_BUFFERS: u32 = 4;
+const COPIED_BUFFERS: u32 = 2;
 /// How long a frame may take through the encoder.
 const ENCODE_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Handles = Vec<MmapHandle>;
-type InputDone = fn(CompletedOutputBuffer<Handles>);
-type OutputReady = Box<dyn FnMut(DqBuffer<Capture, Handles>) + Send>;
-type Running = Encoder<Encoding<Handles, MmapProvider, InputDone, OutputReady>>;
-type Stopped = Encoder<ReadyToEncode<Handles, MmapProvider>>;
-
-/// One coded frame, and whether the driver flagged it a keyframe.
-type Coded = (Vec<u8>, bool);
-
-pub struct M2mVideoEncoder {
-    /// Taken by [`M2mVideoEncoder::drain`] (or on drop).
-    encoder: Option<Running>,
-    /// A drained encoder, ready to start again.
-    stopped: Option<Stopped>,
-    coded_rx: Receiver<Coded>,
-    /// The coded fourcc.
-    kind: String,
-    /// Bytes per line of the OUTPUT (raw) plane, its rows (the frame's,
-    /// padded by the driver) and its size.
-    stride: usize,
-    rows: usize,
-    sizeimage: usize,
-    size: (usize, usize),
-    describe: String,
+/// Where the encoder wants each plane of a YU12 picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawLayout {
+    pub stride: usize,
+    pub rows: usize,
+    pub sizeimage: usize,
 }
 
-fn err(path: &Path, what: &str) -> impl Fn(String) -> VideoError {
-    let path = path.display().to_string();
-    let what = what.to_owned();
-    move |e| VideoError::Encoder(format!("{path}: {what}: {e}"))
+/// Why a camera buffer cannot go to the encoder as it is, if it cannot.
+pub fn import_refusal(shared: Option<&SharedBuffer<'_>>, want: RawLayout) -> Option<String> {
+    let Some(s) = shared else {
+        return Some("the camera's frames are not in an exportable YU12 buffer (converted, or the driver cannot export)".into());
+    };
+    (s.stride != want.stride || s.rows != want.rows || s.length < want.sizeimage).then(|| {
+        format!(
+            "the camera's YU12 has stride {} and {} rows in {} bytes; the encoder wants stride {} and {} rows in {}",
+            s.stride, s.rows, s.length, want.stride, want.rows, want.sizeimage
+        )
+    })
+}
+
+/// How raw frames reach the encoder.
+enum Input {
+    /// Chosen at the first frame.
+    Undecided,
+    /// The camera's buffers, imported.
+    Imported { slots: usize },
+    /// Copied into the encoder's own buffers.
+    Copied {
+        buffers: MmapQueue,
+        free: Vec<usize>,
+    },
+}
+
+pub struct M2mVideoEncoder {
+    file: File,
+    path: String,
+    card: String,
+    kind: String,
+    /// The raw (OUTPUT) and coded (CAPTURE) queues.
+    raw_q: Queue,
+    coded_q: Queue,
+    raw: RawLayout,
+    size: (usize, usize),
+    input: Input,
+    coded: MmapQueue,
+    streaming: bool,
+    /// Raw buffers the driver holds.
+    in_flight: usize,
+    param_sets: ParamSets,
+    /// Controls the driver refused, with what is done instead.
+    refused: Vec<String>,
+    keyframe_by_restart: bool,
+    bitrate: u32,
+    /// Why frames are copied, once decided.
+    copy_reason: Option<String>,
+    frames: u64,
+}
+
+fn err(path: &str, what: &str, e: impl std::fmt::Display) -> VideoError {
+    VideoError::Encoder(format!("{path}: {what}: {e}"))
 }
 
 impl M2mVideoEncoder {
-    /// Open the encoder at `path` making `coded` (a fourcc) from YU12 frames of `size`.
-    pub fn open(path: &Path, coded: &str, size: (usize, usize)) -> Result<Self, VideoError> {
+    /// Open the encoder at `path` making `coded` (a fourcc) from YU12
+    /// frames, set up for `settings`.
+    pub fn open(path: &Path, coded: &str, settings: &EncoderSettings) -> Result<Self, VideoError> {
+        let name = path.display().to_string();
         let fourcc: [u8; 4] = coded
             .as_bytes()
             .try_into()
             .map_err(|_| VideoError::Encoder(format!("{coded} is not a fourcc")))?;
-        let e = Encoder::open(path).map_err(|e| err(path, "open")(e.to_string()))?;
-        let e = e
-            .set_capture_format(|f| {
-                let got: Format = f.set_pixelformat(&fourcc).apply()?;
-                anyhow::ensure!(got.pixelformat == (&fourcc).into(), "does not make {coded}");
-                Ok(())
-            })
-            .map_err(|e| err(path, "coded format")(e.to_string()))?
-            .set_output_format(|f| {
-                let got: Format = f
-                    .set_pixelformat(b"YU12")
-                    .set_size(size.0, size.1)
-                    .apply()?;
-                anyhow::ensure!(got.pixelformat == b"YU12".into(), "does not take YU12");
-                // Drivers pad to their block size (vicodec: height to 16).
-                anyhow::ensure!(
-                    got.width as usize == size.0 && got.height as usize >= size.1,
-                    "offers {}x{}",
-                    got.width,
-                    got.height
-                );
-                Ok(())
-            })
-            .map_err(|e| err(path, "raw format")(e.to_string()))?;
-        let raw = e
-            .get_output_format()
-            .map_err(|e| err(path, "raw format")(e.to_string()))?;
-        let coded_format: Format = e
-            .get_capture_format()
-            .map_err(|e| err(path, "coded format")(e.to_string()))?;
-        let plane = raw
-            .plane_fmt
-            .first()
-            .ok_or_else(|| err(path, "raw format")("no plane".into()))?;
-        let (stride, sizeimage) = (plane.bytesperline as usize, plane.sizeimage as usize);
-        let rows = raw.height as usize;
-        let ready = e
-            .allocate_output_buffers::<Handles>(BUFFERS)
-            .map_err(|e| err(path, "OUTPUT buffers")(e.to_string()))?
-            .allocate_capture_buffers(BUFFERS, MmapProvider::new(&coded_format))
-            .map_err(|e| err(path, "CAPTURE buffers")(e.to_string()))?;
-        let (encoder, coded_rx) = start(ready, coded)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| err(&name, "open", e))?;
+        let fd = file.as_fd();
+        let cap: Capability = ioctl::querycap(&fd).map_err(|e| err(&name, "querycap", e))?;
+        let (raw_q, coded_q) = if cap.device_caps().contains(Capabilities::VIDEO_M2M_MPLANE) {
+            (Queue::VideoOutputMplane, Queue::VideoCaptureMplane)
+        } else if cap.device_caps().contains(Capabilities::VIDEO_M2M) {
+            (Queue::VideoOutput, Queue::VideoCapture)
+        } else {
+            return Err(err(&name, "open", "not a memory-to-memory device"));
+        };
+        let size = (settings.width, settings.height);
+        set_format(fd, coded_q, &fourcc, size).map_err(|e| err(&name, "coded format", e))?;
+        let raw = set_raw_format(fd, raw_q, size).map_err(|e| err(&name, "raw format", e))?;
+        let mut refused = Vec::new();
+        if let Err(e) = set_frame_rate(fd, raw_q, settings.fps) {
+            note_refused(
+                &mut refused,
+                &name,
+                "frame rate (S_PARM)",
+                e,
+                "the driver's rate",
+            );
+        }
+        for c in m2m_controls::call_controls(settings) {
+            if let Err(e) = set_control(fd, c.id, c.value) {
+                note_refused(&mut refused, &name, c.name, e, c.otherwise);
+            }
+        }
+        let coded_buffers = MmapQueue::allocate(fd, coded_q, CODED_BUFFERS)
+            .map_err(|e| err(&name, "CAPTURE buffers", e))?;
         Ok(M2mVideoEncoder {
-            encoder: Some(encoder),
-            stopped: None,
-            coded_rx,
+            path: name,
+            card: cap.card,
             kind: coded.to_owned(),
-            stride,
-            rows,
-            sizeimage,
+            raw_q,
+            coded_q,
+            raw,
             size,
-            describe: format!(
-                "V4L2 M2M encoder {} making {coded} from YU12 {}x{} (buffers {}x{rows}, stride {stride}, one copy per frame)",
-                path.display(),
-                size.0,
-                size.1,
-                size.0
-            ),
+            input: Input::Undecided,
+            coded: coded_buffers,
+            streaming: false,
+            in_flight: 0,
+            param_sets: ParamSets::default(),
+            refused,
+            keyframe_by_restart: false,
+            bitrate: settings.bitrate_bps,
+            copy_reason: None,
+            frames: 0,
+            file,
         })
     }
+
+    /// Controls the driver refused, each with what is done instead.
+    pub fn refused(&self) -> &[String] {
+        &self.refused
+    }
+
+    /// The encoder's raw layout.
+    pub fn raw_layout(&self) -> RawLayout {
+        self.raw
+    }
+}
+
+pub(crate) fn set_format(
+    fd: BorrowedFd<'_>,
+    q: Queue,
+    fourcc: &[u8; 4],
+    size: (usize, usize),
+) -> Result<Format, String> {
+    let want = Format {
+        width: size.0 as u32,
+        height: size.1 as u32,
+        pixelformat: fourcc.into(),
+        plane_fmt: vec![],
+    };
+    let mut fd = fd;
+    let got: Format = ioctl::s_fmt(&mut fd, (q, &want)).map_err(|e| e.to_string())?;
+    if got.pixelformat != fourcc.into() {
+        return Err(format!("does not do {}", String::from_utf8_lossy(fourcc)));
+    }
+    Ok(got)
+}
+
+fn set_raw_format(fd: BorrowedFd<'_>, q: Queue, size: (usize, usize)) -> Result<RawLayout, String> {
+    let got = set_format(fd, q, b"YU12", size)?;
+    // Drivers pad to their block size (vicodec: the height to 8).
+    if got.width as usize != size.0 || (got.height as usize) < size.1 {
+        return Err(format!(
+            "offers {}x{} for {}x{}",
+            got.width, got.height, size.0, size.1
+        ));
+    }
+    let plane = got.plane_fmt.first().ok_or("no plane")?;
+    Ok(RawLayout {
+        stride: plane.bytesperline as usize,
+        rows: got.height as usize,
+        sizeimage: plane.sizeimage as usize,
+    })
+}
+
+fn set_frame_rate(fd: BorrowedFd<'_>, q: Queue, fps: u32) -> Result<(), Errno> {
+    let mut parm = v4l2r::bindings::v4l2_streamparm {
+        type_: q as u32,
+        ..Default::default()
+    };
+    parm.parm.output.timeperframe = v4l2r::bindings::v4l2_fract {
+        numerator: 1,
+        denominator: fps.max(1),
+    };
+    ioctl::s_parm::<_, v4l2r::bindings::v4l2_streamparm>(&fd, parm)
+        .map(|_| ())
+        .map_err(Errno::from)
+}
+
+fn set_control(fd: BorrowedFd<'_>, id: u32, value: i32) -> Result<(), Errno> {
+    match ioctl::s_ctrl(&fd, id, value) {
+        Ok(_) => Ok(()),
+        Err(GCtrlError::Invalid) => Err(Errno::EINVAL),
+        Err(GCtrlError::IoctlError(e)) => Err(e),
+    }
+}
+
+fn note_refused(refused: &mut Vec<String>, path: &str, name: &str, e: Errno, otherwise: &str) {
+    log::warn!("M2M encoder {path} refused {name} ({e}): {otherwise}");
+    refused.push(format!("{name} ({}): {otherwise}", e.desc()));
 }
 
 impl M2mVideoEncoder {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The first frame decides how frames come in.
+    fn choose_input(&mut self, shared: Option<&SharedBuffer<'_>>) -> Result<(), VideoError> {
+        let fd = self.file.as_fd();
+        let refusal = import_refusal(shared, self.raw);
+        let reason = match (shared, refusal) {
+            (Some(s), None) => match v4l2_queue::allocate_dmabuf(fd, self.raw_q, s.count as u32) {
+                Ok(slots) if slots >= s.count => {
+                    self.input = Input::Imported { slots };
+                    log::info!(
+                        "M2M encoder {}: the camera's buffers go in as DMABUF (zero copy)",
+                        self.path
+                    );
+                    return Ok(());
+                }
+                Ok(slots) => format!(
+                    "the encoder takes {slots} DMABUF slots for the camera's {}",
+                    s.count
+                ),
+                Err(e) => format!("the encoder cannot import DMABUF ({e})"),
+            },
+            (_, refusal) => refusal.unwrap_or_default(),
+        };
+        log::info!("M2M encoder {}: one copy per frame: {reason}", self.path);
+        let buffers = MmapQueue::allocate(fd, self.raw_q, COPIED_BUFFERS)
+            .map_err(|e| err(&self.path, "OUTPUT buffers", e))?;
+        let free = (0..buffers.count()).collect();
+        self.input = Input::Copied { buffers, free };
+        self.copy_reason = Some(reason);
+        Ok(())
+    }
+
+    /// Queue the frame's pixels on the raw queue.
+    fn queue_frame(&mut self, frame: &Frame<'_>) -> Result<(), VideoError> {
+        let Pixels::I420(pic) = &frame.pixels else {
+            return Err(VideoError::Encoder(
+                "the M2M encoder takes raw frames".into(),
+            ));
+        };
+        if (pic.width, pic.height) != self.size {
+            return Err(VideoError::Encoder(format!(
+                "a {}x{} frame for an encoder set up for {}x{}",
+                pic.width, pic.height, self.size.0, self.size.1
+            )));
+        }
+        if matches!(self.input, Input::Undecided) {
+            self.choose_input(frame.dmabuf.as_ref())?;
+        }
+        let fd = self.file.as_fd();
+        let ts = frame.capture_us as i64;
+        let raw = self.raw;
+        let queued = match &mut self.input {
+            Input::Imported { slots } => {
+                let s = frame
+                    .dmabuf
+                    .filter(|s| import_refusal(Some(s), raw).is_none())
+                    .ok_or_else(|| {
+                        VideoError::Encoder(
+                            "a frame without a matching DMABUF for an importing encoder".into(),
+                        )
+                    })?;
+                v4l2_queue::queue_dmabuf(
+                    fd,
+                    self.raw_q,
+                    (s.index % *slots, s.fd),
+                    (s.length, raw.sizeimage),
+                    ts,
+                )
+            }
+            Input::Copied { buffers, free } => {
+                let i = free
+                    .pop()
+                    .ok_or_else(|| VideoError::Encoder("M2M: no free OUTPUT buffer".into()))?;
+                let dst = buffers.data_mut(i).unwrap_or_default();
+                if !copy_yu12(pic, (raw.stride, raw.rows), dst) {
+                    return Err(err(&self.path, "OUTPUT buffer", "shorter than the frame"));
+                }
+                buffers.queue(fd, i, raw.sizeimage, ts)
+            }
+            Input::Undecided => return Err(err(&self.path, "input", "not chosen")),
+        };
+        queued.map_err(|e| err(&self.path, "queue a frame", e))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Start both queues (after open, a reset or a drain).
+    fn start(&mut self) -> Result<(), VideoError> {
+        if self.streaming {
+            return Ok(());
+        }
+        let fd = self.file.as_fd();
+        let start = || -> std::io::Result<()> {
+            for i in 0..self.coded.count() {
+                self.coded.queue(fd, i, 0, 0)?;
+            }
+            v4l2_queue::stream(fd, self.coded_q, true)?;
+            v4l2_queue::stream(fd, self.raw_q, true)
+        };
+        start().map_err(|e| err(&self.path, "STREAMON", e))?;
+        self.streaming = true;
+        Ok(())
+    }
+
+    /// Stop both queues: the driver drops what it holds, and the next
+    /// frame starts the encoder again, with a keyframe.
+    fn reset(&mut self) {
+        if self.streaming {
+            let fd = self.file.as_fd();
+            let _ = v4l2_queue::stream(fd, self.raw_q, false);
+            let _ = v4l2_queue::stream(fd, self.coded_q, false);
+        }
+        self.streaming = false;
+        self.in_flight = 0;
+        if let Input::Copied { buffers, free } = &mut self.input {
+            *free = (0..buffers.count()).collect();
+        }
+    }
+
+    /// Wait until the queued frame's coded frame is out and its raw buffer
+    /// back; the coded bytes and the driver's keyframe flag.
+    fn collect(&mut self) -> Result<Option<(Vec<u8>, bool)>, VideoError> {
+        let deadline = Instant::now() + ENCODE_TIMEOUT;
+        let mut coded = None;
+        loop {
+            self.take_back_raw()?;
+            if coded.is_none() {
+                coded = self.take_coded()?;
+                if matches!(coded, Some(None)) {
+                    // The stream ended (EPIPE or a LAST buffer): start over.
+                    self.reset();
+                    return Ok(None);
+                }
+            }
+            if coded.is_some() && self.in_flight == 0 {
+                return Ok(coded.flatten());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(err(
+                    &self.path,
+                    "encode",
+                    format!("no coded frame in {} ms", ENCODE_TIMEOUT.as_millis()),
+                ));
+            }
+            v4l2_queue::wait(self.fd(), libc::POLLIN | libc::POLLOUT, left)
+                .map_err(|e| err(&self.path, "poll", e))?;
+        }
+    }
+
+    fn take_back_raw(&mut self) -> Result<(), VideoError> {
+        while self.in_flight > 0 {
+            match v4l2_queue::dequeue(self.fd(), self.raw_q) {
+                Ok(Dequeued::Buffer(d)) => {
+                    self.in_flight -= 1;
+                    if let Input::Copied { free, .. } = &mut self.input {
+                        free.push(d.index);
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => return Err(err(&self.path, "dequeue OUTPUT", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `None`: nothing yet; `Some(None)`: the stream ended; else a coded frame.
+    #[allow(clippy::type_complexity)]
+    fn take_coded(&mut self) -> Result<Option<Option<(Vec<u8>, bool)>>, VideoError> {
+        let fd = self.file.as_fd();
+        let d = match v4l2_queue::dequeue(fd, self.coded_q) {
+            Ok(Dequeued::Buffer(d)) => d,
+            Ok(Dequeued::NotReady) => return Ok(None),
+            Ok(Dequeued::Drained) => return Ok(Some(None)),
+            Err(e) => return Err(err(&self.path, "dequeue CAPTURE", e)),
+        };
+        let data = self.coded.data(d.index).unwrap_or_default();
+        let bytes = data[..d.bytesused.min(data.len())].to_vec();
+        self.coded
+            .queue(fd, d.index, 0, 0)
+            .map_err(|e| err(&self.path, "requeue CAPTURE", e))?;
+        if d.flags.contains(BufferFlags::LAST) && bytes.is_empty() {
+            return Ok(Some(None));
+        }
+        Ok(Some(Some((bytes, d.flags.contains(BufferFlags::KEYFRAME)))))
+    }
+
+    /// Ask for a keyframe: the control, or a restart where it is refused.
+    fn force_keyframe(&mut self) {
+        if !self.keyframe_by_restart {
+            match set_control(self.fd(), m2m_controls::FORCE_KEY_FRAME, 1) {
+                Ok(()) => return,
+                Err(Errno::EBUSY) => {}
+                Err(e) => {
+                    let path = self.path.clone();
+                    note_refused(
+                        &mut self.refused,
+                        &path,
+                        "force_key_frame",
+                        e,
+                        "a keyframe request restarts the encoder",
+                    );
+                    self.keyframe_by_restart = true;
+                }
+            }
+        }
+        self.reset();
+    }
+
     /// Stop the encoder the way the stateful API asks (`V4L2_ENC_CMD_STOP`:
-    /// the driver finishes what it holds and marks its last buffer), and
-    /// wait for its capture thread to end.
-    pub fn drain(&mut self) -> Result<(), VideoError> {
-        if let Some(e) = self.encoder.take() {
-            let stopped = e
-                .stop()
-                .map_err(|e| VideoError::Encoder(format!("M2M drain: {e}")))?;
-            self.stopped = Some(stopped);
+    /// the driver finishes what it holds and marks its last buffer), then
+    /// stop the queues; the next frame starts it again. Returns the coded
+    /// frames the drain flushed.
+    pub fn drain(&mut self) -> Result<usize, VideoError> {
+        if !self.streaming {
+            return Ok(0);
         }
-        Ok(())
+        let mut flushed = 0;
+        if ioctl::encoder_cmd::<_, ()>(&self.fd(), &EncoderCommand::Stop(false)).is_ok() {
+            let deadline = Instant::now() + ENCODE_TIMEOUT;
+            loop {
+                let _ = self.take_back_raw();
+                match self.take_coded()? {
+                    Some(Some((bytes, _))) => flushed += usize::from(!bytes.is_empty()),
+                    Some(None) => break,
+                    None => {}
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    log::warn!(
+                        "M2M encoder {}: no last buffer {} ms after the drain command",
+                        self.path,
+                        ENCODE_TIMEOUT.as_millis()
+                    );
+                    break;
+                }
+                let _ = v4l2_queue::wait(self.fd(), libc::POLLIN, left);
+            }
+        }
+        self.reset();
+        Ok(flushed)
     }
-
-    /// Start a drained encoder again (it begins with a keyframe).
-    pub fn restart(&mut self) -> Result<(), VideoError> {
-        let stopped = self
-            .stopped
-            .take()
-            .ok_or_else(|| VideoError::Encoder("M2M restart: not drained".into()))?;
-        let (encoder, coded_rx) = start(stopped, &self.kind)?;
-        (self.encoder, self.coded_rx) = (Some(encoder), coded_rx);
-        Ok(())
-    }
-}
-
-/// Start streaming; coded frames arrive on the receiver.
-fn start(ready: Stopped, coded: &str) -> Result<(Running, Receiver<Coded>), VideoError> {
-    let (tx, rx) = channel::<Coded>();
-    let input_done: InputDone = |_| {};
-    let running = ready
-        .start(input_done, on_coded(coded.to_owned(), tx))
-        .map_err(|e| VideoError::Encoder(format!("M2M start: {e}")))?;
-    Ok((running, rx))
-}
-
-/// What v4l2r's capture thread does with each coded buffer: copy it out
-/// with whether it is a keyframe.
-fn on_coded(kind: String, tx: Sender<Coded>) -> OutputReady {
-    Box::new(move |dq: DqBuffer<Capture, Handles>| {
-        let used = *dq.data.get_first_plane().bytesused as usize;
-        if used == 0 {
-            return;
-        }
-        let flagged = dq.data.flags().contains(BufferFlags::KEYFRAME);
-        if let Some(map) = dq.get_plane_mapping(0) {
-            let data = map.as_ref()[..used.min(map.len())].to_vec();
-            let key = is_keyframe(&kind, &data, flagged);
-            let _ = tx.send((data, key));
-        }
-    })
 }
 
 impl Drop for M2mVideoEncoder {
@@ -208,7 +514,7 @@ pub fn is_keyframe(coded: &str, data: &[u8], flagged: bool) -> bool {
 
 /// Copy an I420 picture into the top of a YU12 buffer of `stride` bytes
 /// per luma line and `rows` luma rows (the driver's padded height).
-fn copy_yu12(
+pub fn copy_yu12(
     frame: &crate::device::frame::I420<'_>,
     (stride, rows): (usize, usize),
     dst: &mut [u8],
@@ -239,138 +545,71 @@ impl VideoEncoder for M2mVideoEncoder {
     fn encode(
         &mut self,
         frame: &Frame<'_>,
-        _keyframe: bool,
+        keyframe: bool,
         out: &mut Vec<u8>,
     ) -> Result<Option<bool>, VideoError> {
-        let Pixels::I420(pic) = &frame.pixels else {
-            return Err(VideoError::Encoder(
-                "the M2M encoder takes raw frames".into(),
-            ));
+        if keyframe && self.frames > 0 && self.streaming {
+            self.force_keyframe();
+        }
+        self.queue_frame(frame)?;
+        self.start()?;
+        self.frames += 1;
+        let Some((mut data, flagged)) = self.collect()? else {
+            return Ok(None);
         };
-        if (pic.width, pic.height) != self.size {
-            return Err(VideoError::Encoder(format!(
-                "a {}x{} frame for an encoder set up for {}x{}",
-                pic.width, pic.height, self.size.0, self.size.1
-            )));
+        if data.is_empty() {
+            return Ok(None);
         }
-        let failed = |what: &str, e: String| VideoError::Encoder(format!("M2M {what}: {e}"));
-        let encoder = self
-            .encoder
-            .as_mut()
-            .ok_or_else(|| failed("encoder", "drained".into()))?;
-        let buf = encoder
-            .get_buffer()
-            .map_err(|e| failed("no OUTPUT buffer", e.to_string()))?;
+        if self.kind == "H264" {
+            self.param_sets.complete(&mut data);
+        }
+        let key = is_keyframe(&self.kind, &data, flagged);
+        *out = data;
+        Ok(Some(key))
+    }
+
+    fn set_bitrate(&mut self, bps: u32) {
+        if !m2m_controls::bitrate_changed(self.bitrate, bps)
+            || self.refused.iter().any(|r| r.starts_with("video_bitrate "))
         {
-            let mut map = buf
-                .get_plane_mapping(0)
-                .ok_or_else(|| failed("OUTPUT buffer", "cannot map it".into()))?;
-            if !copy_yu12(pic, (self.stride, self.rows), map.as_mut()) {
-                return Err(failed("OUTPUT buffer", "shorter than the frame".into()));
-            }
+            return;
         }
-        buf.queue(&[self.sizeimage])
-            .map_err(|e| failed("queue", e.to_string()))?;
-        match self.coded_rx.recv_timeout(ENCODE_TIMEOUT) {
-            Ok((data, key)) => {
-                out.clear();
-                out.extend_from_slice(&data);
-                Ok(Some(key))
+        self.bitrate = bps;
+        let result = match set_control(self.fd(), m2m_controls::BITRATE, bps as i32) {
+            Err(Errno::EBUSY) => {
+                // Some drivers take it only between streams.
+                let _ = self.drain();
+                set_control(self.fd(), m2m_controls::BITRATE, bps as i32)
             }
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(failed("encoder thread", "gone".into())),
+            r => r,
+        };
+        if let Err(e) = result {
+            let path = self.path.clone();
+            note_refused(
+                &mut self.refused,
+                &path,
+                "video_bitrate",
+                e,
+                "congestion control cannot steer the bitrate",
+            );
         }
     }
 
-    fn set_bitrate(&mut self, _bps: u32) {}
+    fn input_copies(&self) -> u32 {
+        u32::from(matches!(self.input, Input::Copied { .. }))
+    }
 
     fn describe(&self) -> String {
-        self.describe.clone()
-    }
-}
-
-/// What `callbox probe --encoder` measured: the configured camera through
-/// the board's M2M encoder.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct EncodeTest {
-    pub encoder: String,
-    pub frames: usize,
-    pub coded_frames: usize,
-    pub keyframes: usize,
-    pub fps: f64,
-    pub bytes_per_frame: f64,
-    /// Pixel copies per frame from the camera's buffer to the encoder's.
-    pub copies_per_frame: f64,
-    /// Frames coded after a drain and restart, and whether the first was a keyframe.
-    pub after_restart: usize,
-    pub restart_keyframe: bool,
-}
-
-/// Frames encoded after the drain and restart.
-const RESTART_FRAMES: usize = 10;
-
-impl EncodeTest {
-    pub fn line(&self) -> String {
+        let input = match (&self.input, &self.copy_reason) {
+            (Input::Imported { .. }, _) => "the camera's buffers imported as DMABUF".to_owned(),
+            (_, Some(reason)) => format!("one copy per frame: {reason}"),
+            _ => "input chosen at the first frame".to_owned(),
+        };
         format!(
-            "{}: {} frames in, {} coded ({} keyframes), {:.1} fps, {:.0} bytes per frame, {:.1} copies per frame; drained, restarted: {} of {RESTART_FRAMES} coded, {}",
-            self.encoder,
-            self.frames,
-            self.coded_frames,
-            self.keyframes,
-            self.fps,
-            self.bytes_per_frame,
-            self.copies_per_frame,
-            self.after_restart,
-            if self.restart_keyframe { "the first a keyframe" } else { "the first not a keyframe" }
+            "V4L2 M2M encoder {} ({}) making {} from YU12 {}x{} (buffers stride {}, {} rows; {input})",
+            self.path, self.card, self.kind, self.size.0, self.size.1, self.raw.stride, self.raw.rows
         )
     }
-}
-
-/// Encode `frames` frames of the configured camera on the first M2M
-/// encoder that makes `coded`.
-pub fn encode_test(
-    v: &crate::device::config::VideoSection,
-    coded: &str,
-    frames: usize,
-) -> Result<EncodeTest, VideoError> {
-    let node = crate::device::m2m::find_encoders()
-        .into_iter()
-        .find(|e| e.makes(coded))
-        .ok_or_else(|| VideoError::Encoder(format!("no V4L2 M2M encoder makes {coded}")))?;
-    let mut camera = crate::device::sources::open_camera(v)?;
-    let mut enc = M2mVideoEncoder::open(&node.path, coded, camera.size())?;
-    let (mut coded_frames, mut keyframes, mut bytes, mut copies) = (0, 0, 0usize, 0u64);
-    let mut out = Vec::new();
-    let start = std::time::Instant::now();
-    for _ in 0..frames {
-        let frame = camera.next_frame()?;
-        copies += u64::from(frame.copies) + 1;
-        if let Some(key) = enc.encode(&frame, false, &mut out)? {
-            coded_frames += 1;
-            keyframes += usize::from(key);
-            bytes += out.len();
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    enc.drain()?;
-    enc.restart()?;
-    let mut again = Vec::new();
-    for _ in 0..RESTART_FRAMES {
-        let frame = camera.next_frame()?;
-        again.extend(enc.encode(&frame, false, &mut out)?);
-    }
-    enc.drain()?;
-    Ok(EncodeTest {
-        encoder: enc.describe(),
-        frames,
-        coded_frames,
-        keyframes,
-        fps: frames as f64 / secs.max(1e-6),
-        bytes_per_frame: bytes as f64 / coded_frames.max(1) as f64,
-        copies_per_frame: copies as f64 / frames.max(1) as f64,
-        after_restart: again.len(),
-        restart_keyframe: again.first().copied().unwrap_or(false),
-    })
 }
 
 #[cfg(test)]
@@ -415,5 +654,48 @@ mod tests {
             is_keyframe("VP80", &[], true),
             "other formats: the driver's flag"
         );
+    }
+
+    #[test]
+    fn a_camera_buffer_is_imported_only_when_its_layout_is_the_encoders() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let shared = |stride, rows, length| SharedBuffer {
+            fd: file.as_fd(),
+            index: 0,
+            count: 4,
+            length,
+            bytesused: length,
+            stride,
+            rows,
+        };
+        let want = RawLayout {
+            stride: 640,
+            rows: 480,
+            sizeimage: 460_800,
+        };
+        assert_eq!(import_refusal(Some(&shared(640, 480, 460_800)), want), None);
+        assert_eq!(
+            import_refusal(Some(&shared(640, 480, 462_848)), want),
+            None,
+            "a larger buffer is fine"
+        );
+        let padded = RawLayout {
+            stride: 640,
+            rows: 368,
+            sizeimage: 353_280,
+        };
+        assert!(
+            import_refusal(Some(&shared(640, 360, 345_600)), padded).is_some(),
+            "the encoder pads the height"
+        );
+        assert!(
+            import_refusal(Some(&shared(704, 480, 506_880)), want).is_some(),
+            "another stride"
+        );
+        assert!(
+            import_refusal(Some(&shared(640, 480, 400_000)), want).is_some(),
+            "a short buffer"
+        );
+        assert!(import_refusal(None, want).is_some(), "a converted frame");
     }
 }

@@ -372,6 +372,7 @@ fn video_loop(
         let started = Instant::now();
         let encoded = encoder.encode(&frame, key, &mut out);
         stats.record_encode(started.elapsed().as_micros() as u32);
+        add(&stats.frame_copies, u64::from(encoder.input_copies()));
         match encoded {
             Ok(Some(is_key)) => {
                 add(&stats.video_frames_encoded, 1);

@@ -9,7 +9,10 @@ use crate::device::command_camera::CommandCamera;
 use crate::device::config::{
     AudioSection, CaptureKind, EncoderKind, PlaybackKind, VideoSection, VideoSourceKind,
 };
+use crate::device::fallback_encoder::{FallbackEncoder, MakeFallback};
 use crate::device::h264::{EncoderSettings, OpenH264Encoder, Passthrough, VideoEncoder};
+use crate::device::m2m;
+use crate::device::m2m_encoder::M2mVideoEncoder;
 use crate::device::stats::MediaStats;
 use crate::device::v4l2::{PixelFormat, V4l2Camera};
 use crate::device::video_source::{SyntheticCamera, VideoError, VideoSource};
@@ -64,20 +67,71 @@ pub fn open_encoder(
     (width, height): (usize, usize),
     fps: u32,
 ) -> Result<Box<dyn VideoEncoder>, VideoError> {
+    let settings = EncoderSettings {
+        width,
+        height,
+        fps,
+        bitrate_bps: v.bitrate_start_kbps * 1000,
+        keyframe_interval_frames: v.keyframe_interval_s * fps.max(1),
+        library: v.openh264_library.clone(),
+    };
     Ok(match v.encoder {
-        EncoderKind::Openh264 => Box::new(OpenH264Encoder::new(EncoderSettings {
-            width,
-            height,
-            fps,
-            bitrate_bps: v.bitrate_start_kbps * 1000,
-            keyframe_interval_frames: v.keyframe_interval_s * fps.max(1),
-            library: v.openh264_library.clone(),
-        })?),
+        EncoderKind::Openh264 => Box::new(OpenH264Encoder::new(settings)?),
         EncoderKind::Passthrough => Box::new(Passthrough::new()),
-        EncoderKind::V4l2m2m => {
-            return Err(VideoError::NotImplemented("the V4L2 M2M hardware encoder"))
-        }
+        EncoderKind::V4l2m2m => hardware(v, settings)?,
+        EncoderKind::Auto => match hardware(v, settings.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                log::info!("video.encoder = \"auto\": OpenH264, since {e}");
+                Box::new(OpenH264Encoder::new(settings)?)
+            }
+        },
     })
+}
+
+/// The board's M2M H.264 encoder (`video.encoder_device`, else the first
+/// found), falling back to OpenH264 if it fails in a call.
+fn hardware(
+    v: &VideoSection,
+    settings: EncoderSettings,
+) -> Result<Box<dyn VideoEncoder>, VideoError> {
+    let path = hardware_encoder_node(v).map_err(VideoError::Encoder)?;
+    let m2m = M2mVideoEncoder::open(&path, "H264", &settings)?;
+    let fallback: MakeFallback =
+        Box::new(move || Ok(Box::new(OpenH264Encoder::new(settings)?) as Box<dyn VideoEncoder>));
+    Ok(Box::new(FallbackEncoder::new(Box::new(m2m), fallback)))
+}
+
+/// The M2M H.264 encoder node to use: `video.encoder_device`, else the
+/// first found; else why there is none.
+pub fn hardware_encoder_node(v: &VideoSection) -> Result<std::path::PathBuf, String> {
+    if let Some(path) = &v.encoder_device {
+        return Ok(path.clone());
+    }
+    let found = m2m::find_encoders();
+    let h264 = found.iter().find(|e| e.makes("H264"));
+    h264.map(|e| e.path.clone())
+        .ok_or_else(|| no_h264_encoder(&found))
+}
+
+/// Why no M2M encoder will do: none at all, or what those there make.
+fn no_h264_encoder(found: &[m2m::M2mEncoder]) -> String {
+    let there: Vec<String> = found
+        .iter()
+        .map(|e| {
+            format!(
+                "{} ({}) makes {}",
+                e.path.display(),
+                e.card,
+                e.coded.join(", ")
+            )
+        })
+        .collect();
+    if there.is_empty() {
+        "the board has no V4L2 M2M encoder".into()
+    } else {
+        format!("no V4L2 M2M encoder makes H264 ({})", there.join("; "))
+    }
 }
 
 /// Open the configured microphone.
@@ -149,5 +203,35 @@ mod tests {
             .err()
             .expect("no such camera");
         assert!(matches!(e, VideoError::Gone { .. }), "{e:?}");
+    }
+
+    /// `auto` without a usable hardware encoder is OpenH264 (the log says
+    /// why); `v4l2m2m` pinned to a node that is not there is an error
+    /// naming it.
+    #[test]
+    fn auto_falls_to_openh264_and_a_missing_hardware_encoder_is_named() {
+        let mut v = video(EncoderKind::Auto, &[PixelFormat::Yu12]);
+        v.encoder_device = Some("/dev/video-callbox-no-encoder".into());
+        let auto = open_encoder(&v, (320, 240), 30).expect("auto always has an encoder");
+        assert!(auto.describe().contains("OpenH264"), "{}", auto.describe());
+        v.encoder = EncoderKind::V4l2m2m;
+        let e = open_encoder(&v, (320, 240), 30).err().expect("no such node");
+        assert!(
+            matches!(&e, VideoError::Encoder(m) if m.contains("/dev/video-callbox-no-encoder")),
+            "{e:?}"
+        );
+        let vicodec = m2m::M2mEncoder {
+            path: "/dev/video1".into(),
+            driver: "vicodec".into(),
+            card: "vicodec".into(),
+            coded: vec!["FWHT".into()],
+            raw: vec!["YU12".into()],
+            controls: vec![],
+        };
+        assert_eq!(
+            no_h264_encoder(&[vicodec]),
+            "no V4L2 M2M encoder makes H264 (/dev/video1 (vicodec) makes FWHT)"
+        );
+        assert_eq!(no_h264_encoder(&[]), "the board has no V4L2 M2M encoder");
     }
 }

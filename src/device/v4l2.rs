@@ -7,10 +7,11 @@
 use crate::device::convert::{self, MjpegDecoder};
 use crate::device::frame::{i420_len, BufferPool, PooledBuffer, I420};
 use crate::device::pattern::now_us;
-use crate::device::video_source::{Frame, Pixels, VideoError, VideoSource};
-use v4l::buffer::Type;
+use crate::device::v4l2_queue::{self, Dequeued, Done, MmapQueue, Queue};
+use crate::device::video_source::{Frame, Pixels, SharedBuffer, VideoError, VideoSource};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 use v4l::framesize::FrameSizeEnum;
-use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
@@ -184,9 +185,15 @@ impl Converter {
 
 pub struct V4l2Camera {
     path: String,
-    // Field order matters: the stream (and its mmap buffers) goes before the device.
-    stream: v4l::io::mmap::Stream<'static>,
-    _dev: Device,
+    // Field order matters: the mappings and exported buffers go before the device.
+    buffers: MmapQueue,
+    /// Each buffer exported as a DMABUF (empty if the driver cannot, or the
+    /// frames are not YU12 as captured).
+    exported: Vec<OwnedFd>,
+    /// The buffer handed out last, queued again at the next frame.
+    handed_out: Option<usize>,
+    streaming: bool,
+    dev: Device,
     layout: Layout,
     format: PixelFormat,
     width: usize,
@@ -272,7 +279,7 @@ fn fourcc_str(f: FourCC) -> String {
 /// Age of a kernel CLOCK_MONOTONIC timestamp, to turn it into wall time.
 // time_t is 32-bit on armv7: the conversions are not useless there.
 #[allow(clippy::useless_conversion)]
-fn monotonic_age_us(ts: &v4l::Timestamp) -> Option<u64> {
+fn monotonic_age_us(then: i64) -> Option<u64> {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -282,7 +289,6 @@ fn monotonic_age_us(ts: &v4l::Timestamp) -> Option<u64> {
         return None;
     }
     let now_us = i64::from(now.tv_sec) * 1_000_000 + i64::from(now.tv_nsec) / 1000;
-    let then = i64::from(ts.sec) * 1_000_000 + i64::from(ts.usec);
     (then > 0 && now_us >= then).then(|| (now_us - then) as u64)
 }
 
@@ -350,8 +356,14 @@ impl V4l2Camera {
             PixelFormat::Mjpg => Layout::Convert(Converter::Mjpeg(MjpegDecoder::new())),
             PixelFormat::H264 => Layout::H264,
         };
-        let stream = v4l::io::mmap::Stream::with_buffers(&dev, Type::VideoCapture, 4)
+        let fd = borrow(&dev);
+        let buffers = MmapQueue::allocate(fd, Queue::VideoCapture, BUFFERS)
             .map_err(|e| fail(format!("cannot map buffers: {e}")))?;
+        let exported = if matches!(layout, Layout::I420) {
+            export_all(fd, &buffers, path)
+        } else {
+            Vec::new()
+        };
         log::info!(
             "camera {path} ({}): {format} {w}x{h} @{got_fps} fps (asked {width}x{height} @{fps}, formats {})",
             caps.card,
@@ -359,8 +371,11 @@ impl V4l2Camera {
         );
         Ok(V4l2Camera {
             path: path.to_owned(),
-            stream,
-            _dev: dev,
+            buffers,
+            exported,
+            handed_out: None,
+            streaming: false,
+            dev,
             layout,
             format,
             width: w,
@@ -374,6 +389,69 @@ impl V4l2Camera {
     }
 }
 
+/// Capture buffers: enough for the encoder to hold one while the camera fills others.
+const BUFFERS: u32 = 4;
+/// A camera that gives no frame for this long is treated as gone.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn borrow(dev: &Device) -> BorrowedFd<'_> {
+    // SAFETY: the device owns the fd and outlives the borrow.
+    unsafe { BorrowedFd::borrow_raw(dev.handle().fd()) }
+}
+
+/// Export every buffer as a DMABUF; none if the driver cannot (logged),
+/// and frames then go to the encoder by copy.
+fn export_all(fd: BorrowedFd<'_>, buffers: &MmapQueue, path: &str) -> Vec<OwnedFd> {
+    let all: Result<Vec<_>, _> = (0..buffers.count())
+        .map(|i| buffers.export(fd, i))
+        .collect();
+    all.unwrap_or_else(|e| {
+        log::info!(
+            "camera {path}: buffers cannot be exported as DMABUF ({e}); an encoder gets a copy"
+        );
+        Vec::new()
+    })
+}
+
+impl V4l2Camera {
+    /// Hand the last frame's buffer back and wait for the next one.
+    fn dequeue(&mut self) -> std::io::Result<Done> {
+        let fd = borrow(&self.dev);
+        if !self.streaming {
+            for i in 0..self.buffers.count() {
+                self.buffers.queue(fd, i, 0, 0)?;
+            }
+            v4l2_queue::stream(fd, Queue::VideoCapture, true)?;
+            self.streaming = true;
+        } else if let Some(i) = self.handed_out.take() {
+            self.buffers.queue(fd, i, 0, 0)?;
+        }
+        let deadline = std::time::Instant::now() + FRAME_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no frame for {} s", FRAME_TIMEOUT.as_secs()),
+                ));
+            }
+            v4l2_queue::wait(fd, libc::POLLIN, left)?;
+            if let Dequeued::Buffer(done) = v4l2_queue::dequeue(fd, Queue::VideoCapture)? {
+                self.handed_out = Some(done.index);
+                return Ok(done);
+            }
+        }
+    }
+}
+
+impl Drop for V4l2Camera {
+    fn drop(&mut self) {
+        if self.streaming {
+            let _ = v4l2_queue::stream(borrow(&self.dev), Queue::VideoCapture, false);
+        }
+    }
+}
+
 impl VideoSource for V4l2Camera {
     fn keyframe_requested(&mut self) {
         if matches!(self.layout, Layout::H264) && !self.keyframe_noted {
@@ -383,14 +461,24 @@ impl VideoSource for V4l2Camera {
     }
 
     fn next_frame(&mut self) -> Result<Frame<'_>, VideoError> {
-        let (data, meta) = self.stream.next().map_err(|source| VideoError::Gone {
+        let done = self.dequeue().map_err(|source| VideoError::Gone {
             device: self.path.clone(),
             source,
         })?;
-        let capture_us = monotonic_age_us(&meta.timestamp)
+        let capture_us = monotonic_age_us(done.timestamp_us)
             .map(|age| now_us().saturating_sub(age))
             .unwrap_or_else(now_us);
-        let used = (meta.bytesused as usize).min(data.len());
+        let data = self.buffers.data(done.index).unwrap_or_default();
+        let used = done.bytesused.min(data.len());
+        let dmabuf = self.exported.get(done.index).map(|fd| SharedBuffer {
+            fd: fd.as_fd(),
+            index: done.index,
+            count: self.buffers.count(),
+            length: data.len(),
+            bytesused: used,
+            stride: self.stride.max(self.width),
+            rows: self.height,
+        });
         let (w, h, stride) = (self.width, self.height, self.stride);
         let conv = |source| VideoError::Convert {
             device: self.path.clone(),
@@ -424,6 +512,7 @@ impl VideoSource for V4l2Camera {
             pixels,
             capture_us,
             copies,
+            dmabuf: dmabuf.filter(|_| copies == 0),
         })
     }
 

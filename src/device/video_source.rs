@@ -22,6 +22,25 @@ pub struct Frame<'a> {
     pub capture_us: u64,
     /// Full-frame pixel copies made to produce this frame (0: zero-copy).
     pub copies: u32,
+    /// The driver buffer the pixels are in, exported as a DMABUF, for an
+    /// encoder that can take it without a copy.
+    pub dmabuf: Option<SharedBuffer<'a>>,
+}
+
+/// A camera buffer exported as a DMABUF, and the layout of the YU12
+/// picture in it (what an encoder must match to import it).
+#[derive(Debug, Clone, Copy)]
+pub struct SharedBuffer<'a> {
+    pub fd: std::os::fd::BorrowedFd<'a>,
+    /// Its index in the camera's queue, and how many buffers that has.
+    pub index: usize,
+    pub count: usize,
+    /// Bytes in the buffer, and of the picture.
+    pub length: usize,
+    pub bytesused: usize,
+    /// Bytes per luma line, and luma rows before the U plane.
+    pub stride: usize,
+    pub rows: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +90,7 @@ pub fn pattern_frame(
         pixels: Pixels::I420(I420::packed(buf, width, height)?),
         capture_us: stamp.capture_us,
         copies: 0,
+        dmabuf: None,
     })
 }
 

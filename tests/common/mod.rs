@@ -428,6 +428,7 @@ pub async fn send_av(
                 pixels: Pixels::I420(I420::packed(&buf, size.0, size.1).expect("i420")),
                 capture_us: 0,
                 copies: 0,
+                dmabuf: None,
             };
             if h264
                 .encode(&frame, n == 0, &mut au)

@@ -118,6 +118,12 @@ async fn run_arch(arch: Arch) -> Result<usize> {
         share.join("device-yuyv.toml"),
         device_toml(size, &["YUYV"], "openh264")?,
     )?;
+    // At 640x480 vivid's YU12 buffers have vicodec's layout (zero copy);
+    // 640x360 is padded to 368 rows by vicodec (one copy).
+    std::fs::write(
+        share.join("device-auto.toml"),
+        device_toml((640, 480), &["YU12"], "auto")?,
+    )?;
     // vivid offers no H.264: the daemon could not open it for passthrough.
     std::fs::write(
         share.join("device-passthrough.toml"),
