@@ -246,7 +246,7 @@ impl Default for VideoSection {
             height: 480,
             fps: 30,
             formats: PixelFormat::ALL.to_vec(),
-            encoder: EncoderKind::Openh264,
+            encoder: EncoderKind::Auto,
             encoder_device: None,
             openh264_library: None,
             bitrate_min_kbps: 150,

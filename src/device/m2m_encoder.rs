@@ -95,6 +95,10 @@ pub struct M2mVideoEncoder {
     /// Why frames are copied, once decided.
     copy_reason: Option<String>,
     frames: u64,
+    /// The timestamp of the last coded buffer, and how many coded frames
+    /// came back with their raw frame's timestamp.
+    coded_timestamp: i64,
+    timestamps_kept: u64,
 }
 
 fn err(path: &str, what: &str, e: impl std::fmt::Display) -> VideoError {
@@ -163,6 +167,8 @@ impl M2mVideoEncoder {
             bitrate: settings.bitrate_bps,
             copy_reason: None,
             frames: 0,
+            coded_timestamp: 0,
+            timestamps_kept: 0,
             file,
         })
     }
@@ -172,9 +178,9 @@ impl M2mVideoEncoder {
         &self.refused
     }
 
-    /// The encoder's raw layout.
-    pub fn raw_layout(&self) -> RawLayout {
-        self.raw
+    /// Coded frames that came back with their raw frame's timestamp.
+    pub fn timestamps_kept(&self) -> u64 {
+        self.timestamps_kept
     }
 }
 
@@ -430,6 +436,7 @@ impl M2mVideoEncoder {
         if d.flags.contains(BufferFlags::LAST) && bytes.is_empty() {
             return Ok(Some(None));
         }
+        self.coded_timestamp = d.timestamp_us;
         Ok(Some(Some((bytes, d.flags.contains(BufferFlags::KEYFRAME)))))
     }
 
@@ -560,6 +567,7 @@ impl VideoEncoder for M2mVideoEncoder {
         if data.is_empty() {
             return Ok(None);
         }
+        self.timestamps_kept += u64::from(self.coded_timestamp == frame.capture_us as i64);
         if self.kind == "H264" {
             self.param_sets.complete(&mut data);
         }

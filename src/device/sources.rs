@@ -215,7 +215,9 @@ mod tests {
         let auto = open_encoder(&v, (320, 240), 30).expect("auto always has an encoder");
         assert!(auto.describe().contains("OpenH264"), "{}", auto.describe());
         v.encoder = EncoderKind::V4l2m2m;
-        let e = open_encoder(&v, (320, 240), 30).err().expect("no such node");
+        let e = open_encoder(&v, (320, 240), 30)
+            .err()
+            .expect("no such node");
         assert!(
             matches!(&e, VideoError::Encoder(m) if m.contains("/dev/video-callbox-no-encoder")),
             "{e:?}"

@@ -529,7 +529,7 @@ impl Rig {
             ensure!(
                 code == 0
                     && encoded.contains("60 frames in, 60 coded")
-                    && encoded.contains("keyframe on request: yes")
+                    && encoded.contains("keyframe on request: yes; 60 with their timestamps")
                     && encoded.contains(&format!("{copies} copies per frame"))
                     && psnr >= 30.0
                     && encoded.contains("frames decoded by /dev/")
