@@ -8,6 +8,7 @@
 //! lacks.
 
 use serde::Serialize;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use v4l2r::bindings::v4l2_queryctrl;
 use v4l2r::ioctl::{
@@ -151,6 +152,46 @@ fn control_names(file: &std::fs::File) -> Vec<String> {
         }
     }
     names
+}
+
+/// An M2M node opened for streaming (non-blocking).
+pub struct OpenNode {
+    pub file: std::fs::File,
+    pub card: String,
+    /// The OUTPUT (into the device) and CAPTURE (out of it) queues:
+    /// multi-planar where the device is.
+    pub output: QueueType,
+    pub capture: QueueType,
+    pub fourcc: [u8; 4],
+}
+
+/// Open the M2M node at `path` to work on `coded` (a fourcc).
+pub fn open_node(path: &Path, coded: &str) -> Result<OpenNode, String> {
+    let fourcc: [u8; 4] = coded
+        .as_bytes()
+        .try_into()
+        .map_err(|_| format!("{coded} is not a fourcc"))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("open: {e}"))?;
+    let cap: Capability = ioctl::querycap(&file).map_err(|e| format!("querycap: {e}"))?;
+    let (output, capture) = if cap.device_caps().contains(Capabilities::VIDEO_M2M_MPLANE) {
+        (QueueType::VideoOutputMplane, QueueType::VideoCaptureMplane)
+    } else if cap.device_caps().contains(Capabilities::VIDEO_M2M) {
+        (QueueType::VideoOutput, QueueType::VideoCapture)
+    } else {
+        return Err("not a memory-to-memory device".into());
+    };
+    Ok(OpenNode {
+        file,
+        card: cap.card,
+        output,
+        capture,
+        fourcc,
+    })
 }
 
 #[cfg(test)]

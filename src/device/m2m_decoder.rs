@@ -6,15 +6,15 @@
 //! `V4L2_EVENT_SOURCE_CHANGE`, then CAPTURE is set up at the format it
 //! reports. Not for calls: the call's decoder is OpenH264.
 
+use crate::device::m2m;
 use crate::device::m2m_encoder::set_format;
 use crate::device::v4l2_queue::{self, Dequeued, MmapQueue, Queue};
 use crate::device::video_source::VideoError;
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use v4l2r::ioctl::{self, Capabilities, Capability, EventType, SubscribeEventFlags};
+use v4l2r::ioctl::{self, EventType, SubscribeEventFlags};
 use v4l2r::Format;
 
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -38,23 +38,10 @@ impl M2mDecoder {
     /// Open the decoder at `path` for `coded` frames of `size`.
     pub fn open(path: &Path, coded: &str, size: (usize, usize)) -> Result<Self, VideoError> {
         let name = path.display().to_string();
-        let fourcc: [u8; 4] = coded
-            .as_bytes()
-            .try_into()
-            .map_err(|_| VideoError::Encoder(format!("{coded} is not a fourcc")))?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| err(&name, "open", e))?;
+        let node = m2m::open_node(path, coded).map_err(|e| err(&name, "open", e))?;
+        let (file, fourcc) = (node.file, node.fourcc);
         let fd = file.as_fd();
-        let cap: Capability = ioctl::querycap(&fd).map_err(|e| err(&name, "querycap", e))?;
-        let (coded_q, raw_q) = if cap.device_caps().contains(Capabilities::VIDEO_M2M_MPLANE) {
-            (Queue::VideoOutputMplane, Queue::VideoCaptureMplane)
-        } else {
-            (Queue::VideoOutput, Queue::VideoCapture)
-        };
+        let (coded_q, raw_q) = (node.output, node.capture);
         set_format(fd, coded_q, &fourcc, size).map_err(|e| err(&name, "coded format", e))?;
         ioctl::subscribe_event(
             &fd,

@@ -21,15 +21,14 @@
 //!   resets the streams, as does `EBUSY` on a control.
 
 use crate::device::h264::{EncoderSettings, ParamSets, VideoEncoder};
-use crate::device::m2m_controls;
 use crate::device::v4l2_queue::{self, Dequeued, MmapQueue, Queue};
 use crate::device::video_source::{Frame, Pixels, SharedBuffer, VideoError};
+use crate::device::{m2m, m2m_controls};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use v4l2r::ioctl::{self, BufferFlags, Capabilities, Capability, EncoderCommand, GCtrlError};
+use v4l2r::ioctl::{self, BufferFlags, EncoderCommand, GCtrlError};
 use v4l2r::nix::errno::Errno;
 use v4l2r::Format;
 
@@ -110,25 +109,10 @@ impl M2mVideoEncoder {
     /// frames, set up for `settings`.
     pub fn open(path: &Path, coded: &str, settings: &EncoderSettings) -> Result<Self, VideoError> {
         let name = path.display().to_string();
-        let fourcc: [u8; 4] = coded
-            .as_bytes()
-            .try_into()
-            .map_err(|_| VideoError::Encoder(format!("{coded} is not a fourcc")))?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| err(&name, "open", e))?;
+        let node = m2m::open_node(path, coded).map_err(|e| err(&name, "open", e))?;
+        let (file, fourcc) = (node.file, node.fourcc);
         let fd = file.as_fd();
-        let cap: Capability = ioctl::querycap(&fd).map_err(|e| err(&name, "querycap", e))?;
-        let (raw_q, coded_q) = if cap.device_caps().contains(Capabilities::VIDEO_M2M_MPLANE) {
-            (Queue::VideoOutputMplane, Queue::VideoCaptureMplane)
-        } else if cap.device_caps().contains(Capabilities::VIDEO_M2M) {
-            (Queue::VideoOutput, Queue::VideoCapture)
-        } else {
-            return Err(err(&name, "open", "not a memory-to-memory device"));
-        };
+        let (raw_q, coded_q) = (node.output, node.capture);
         let size = (settings.width, settings.height);
         set_format(fd, coded_q, &fourcc, size).map_err(|e| err(&name, "coded format", e))?;
         let raw = set_raw_format(fd, raw_q, size).map_err(|e| err(&name, "raw format", e))?;
@@ -151,7 +135,7 @@ impl M2mVideoEncoder {
             .map_err(|e| err(&name, "CAPTURE buffers", e))?;
         Ok(M2mVideoEncoder {
             path: name,
-            card: cap.card,
+            card: node.card,
             kind: coded.to_owned(),
             raw_q,
             coded_q,
