@@ -12,9 +12,13 @@ cd "$(dirname "$0")/.."
 # ffmpeg: stands in for a board's capture program (video.source = "command").
 # qemu ... make: the hardware-in-the-loop test (tests/hil/) boots a Debian
 # kernel with vivid, snd-aloop and an out-of-tree gpio-sim under qemu.
+# mmdebstrap ... lintian: the Debian packages, checked by lintian and installed
+# in a Debian 12 guest under systemd, whose root filesystem mmdebstrap builds
+# (arm64 through qemu-user-static).
 pkgs=(libasound2-dev cmake libclang-dev nasm pkg-config chromium iproute2 systemd
       qemu-system-x86 qemu-system-arm busybox-static cpio xz-utils kmod alsa-utils gcc make binutils
-      espeak-ng coturn iptables janus ffmpeg)
+      espeak-ng coturn iptables janus ffmpeg
+      mmdebstrap arch-test qemu-user-static binfmt-support e2fsprogs lintian)
 command -v node >/dev/null || pkgs+=(nodejs)
 command -v npm >/dev/null || pkgs+=(npm)
 sudo=""
@@ -50,6 +54,19 @@ fi
 if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
   rustup target add aarch64-unknown-linux-gnu ||
     echo "deps: WARNING: rustup could not add aarch64-unknown-linux-gnu; the arm64 HIL leg will be skipped"
+fi
+# qemu-user-static registers its binfmt handlers only where binfmt_misc is
+# mounted: mount it (a container may refuse; the arm64 package scenarios are
+# then skipped with a message).
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  [ -e /proc/sys/fs/binfmt_misc/register ] || $sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+  $sudo update-binfmts --enable qemu-aarch64 2>/dev/null ||
+    echo "deps: WARNING: no qemu-aarch64 binfmt handler; the arm64 Debian package scenarios will be skipped"
+fi
+# cargo-deb makes the Debian packages (scripts/package.sh).
+if ! command -v cargo-deb >/dev/null || [ "$(cargo-deb --version 2>/dev/null)" != "cargo-deb 3.8.0" ]; then
+  echo "deps: cargo install cargo-deb 3.8.0"
+  cargo install cargo-deb --version 3.8.0 --locked --quiet
 fi
 # The browser tests drive Debian's Chromium with playwright-core (never a downloaded browser);
 # tls-sig-api-v2 is Tencent's own signing library: tests check callbox

@@ -147,9 +147,56 @@ fn key_at(text: &str, offset: usize) -> String {
 }
 
 /// A string that is never printed: `Debug` and `Display` show `***`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// Where systemd's `LoadCredential=` puts a service's credentials.
+const CREDENTIALS: &str = "${CREDENTIALS_DIRECTORY}";
+
+/// `path` with a leading `${CREDENTIALS_DIRECTORY}` replaced by that
+/// directory (set by systemd for a unit with `LoadCredential=`).
+pub fn expand_credentials(
+    path: &Path,
+    credentials_dir: Option<&std::ffi::OsStr>,
+) -> Result<PathBuf, String> {
+    let Ok(rest) = path.strip_prefix(CREDENTIALS) else {
+        return Ok(path.to_owned());
+    };
+    match credentials_dir {
+        Some(dir) if !dir.is_empty() => Ok(Path::new(dir).join(rest)),
+        _ => Err(format!(
+            "{} names systemd's credentials, but CREDENTIALS_DIRECTORY is not set (run it from a unit with LoadCredential=, or give a plain path)",
+            path.display()
+        )),
+    }
+}
+
+/// Fill `inline` from `file` (`key_file` in the config) when it is given
+/// instead: exactly one of the two, and a file that reads.
+pub fn secret_or_file(p: &mut Problems, key: &str, inline: &mut Secret, file: &Option<PathBuf>) {
+    let Some(file) = file else {
+        if inline.0.is_empty() {
+            p.add(
+                key,
+                format!("set {key}, or {key}_file naming a file that holds it"),
+            );
+        }
+        return;
+    };
+    let file_key = format!("{key}_file");
+    if !inline.0.is_empty() {
+        p.add(&file_key, format!("{key} or {key}_file, not both"));
+        return;
+    }
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
+    match expand_credentials(file, dir.as_deref()).and_then(|path| {
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    }) {
+        Ok(text) => inline.0 = text.trim().to_owned(),
+        Err(why) => p.add(&file_key, why),
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Self {

@@ -414,7 +414,9 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("callbox: {e:#}");
-            std::process::ExitCode::FAILURE
+            // EX_CONFIG: the service unit does not restart on a config error.
+            let config = e.chain().any(|c| c.is::<callbox::config::ConfigError>());
+            std::process::ExitCode::from(if config { 78 } else { 1 })
         }
     }
 }

@@ -273,10 +273,14 @@ fn device_refuses_bad_configs_naming_file_and_key() {
 fn systemd_units_verify() {
     let dir = std::env::temp_dir().join(format!("callbox-units-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for unit in ["callbox.service", "callbox-room.service"] {
-        let text = std::fs::read_to_string(format!("systemd/{unit}"))
+    for (unit, path) in [
+        ("callbox.service", "systemd/callbox.service"),
+        ("callbox-room.service", "systemd/room/callbox-room.service"),
+    ] {
+        let text = std::fs::read_to_string(path)
             .unwrap()
-            .replace("/usr/local/bin/callbox", BIN);
+            .replace("/usr/bin/callbox-room", BIN)
+            .replace("/usr/bin/callbox", BIN);
         let path = dir.join(unit);
         std::fs::write(&path, text).unwrap();
         let out = Command::new("systemd-analyze")

@@ -223,15 +223,23 @@ pub struct MediaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Bearer key for the admin API.
+    /// Bearer key for the admin API, or `key_file` holding it.
+    #[serde(default)]
     pub key: Secret,
+    /// May start with `${CREDENTIALS_DIRECTORY}` (systemd's `LoadCredential=`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     pub sdk_app_id: u64,
+    /// The key that signs the app's userSigs, or `secret_key_file` holding it.
+    #[serde(default)]
     pub secret_key: Secret,
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
     /// `required`: a join must carry a privateMapKey for its room (TRTC's
     /// room-scoped key); its privileges then bound publish and subscribe.
     #[serde(default)]
@@ -256,11 +264,33 @@ pub struct DevConfig {
 
 impl RoomConfig {
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        config::load_checked(file, Self::validate)
+        config::load::<Self>(file)?.with_secrets(file)
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        config::parse_checked(file, text, Self::validate)
+        config::parse::<Self>(file, text)?.with_secrets(file)
+    }
+
+    /// Read the secrets given as files (`*_file`), then validate.
+    fn with_secrets(mut self, file: &Path) -> Result<Self, ConfigError> {
+        let mut p = Problems::default();
+        config::secret_or_file(
+            &mut p,
+            "admin.key",
+            &mut self.admin.key,
+            &self.admin.key_file,
+        );
+        for (i, app) in self.apps.iter_mut().enumerate() {
+            let key = format!("apps[{i}].secret_key");
+            config::secret_or_file(&mut p, &key, &mut app.secret_key, &app.secret_key_file);
+        }
+        if let Some(turn) = &mut self.turn {
+            let file = turn.shared_secret_file.clone();
+            config::secret_or_file(&mut p, "turn.shared_secret", &mut turn.shared_secret, &file);
+        }
+        p.into_result(file)?;
+        self.validate(file)?;
+        Ok(self)
     }
 
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
@@ -342,6 +372,7 @@ impl RoomConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::expand_credentials;
 
     const GOOD: &str = r#"
 [server]
@@ -453,5 +484,45 @@ secret_key = "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
         let keys: Vec<_> = problems(&public).into_iter().map(|p| p.0).collect();
         assert_eq!(keys, ["dev.usersig_endpoint"]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Secrets may live in files, under systemd's credentials directory
+    /// (`LoadCredential=`): read and trimmed; one of the two only; a
+    /// missing file or an unset `CREDENTIALS_DIRECTORY` names the key.
+    #[test]
+    fn secrets_come_from_files_and_systemd_credentials() {
+        let dir = std::env::temp_dir().join(format!("callbox-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("admin.key"), "a".repeat(40) + "\n").unwrap();
+        let from_file = GOOD.replace(
+            "key = \"0123456789abcdef0123456789abcdef\"",
+            &format!("key_file = \"{}\"", dir.join("admin.key").display()),
+        );
+        let c = RoomConfig::parse(Path::new("r.toml"), &from_file).expect("valid");
+        assert_eq!(c.admin.key.expose(), "a".repeat(40));
+        let both = GOOD.replace("[admin]\n", "[admin]\nkey_file = \"/nonexistent\"\n");
+        assert_eq!(problems(&both)[0].0, "admin.key_file");
+        let missing = from_file.replace("admin.key\"", "nope.key\"");
+        assert!(
+            problems(&missing)[0].1.contains("nope.key"),
+            "{:?}",
+            problems(&missing)
+        );
+        let neither = GOOD.replace("key = \"0123456789abcdef0123456789abcdef\"", "");
+        assert_eq!(problems(&neither)[0].0, "admin.key");
+
+        let cred = Path::new("${CREDENTIALS_DIRECTORY}/admin.key");
+        assert_eq!(
+            expand_credentials(cred, Some(dir.as_os_str())).unwrap(),
+            dir.join("admin.key")
+        );
+        assert!(expand_credentials(cred, None)
+            .unwrap_err()
+            .contains("CREDENTIALS_DIRECTORY is not set"));
+        assert_eq!(
+            expand_credentials(Path::new("/etc/k"), None).unwrap(),
+            Path::new("/etc/k")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

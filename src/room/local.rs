@@ -150,10 +150,12 @@ pub fn loopback_config(web_root: Option<PathBuf>, dev_usersig: bool) -> RoomConf
         },
         admin: AdminConfig {
             key: Secret::new(DEMO_ADMIN_KEY),
+            key_file: None,
         },
         apps: vec![AppConfig {
             sdk_app_id: DEMO_SDK_APP_ID,
             secret_key: Secret::new(DEMO_SECRET_KEY),
+            secret_key_file: None,
             private_map_key: Default::default(),
         }],
         dev: DevConfig {

@@ -18,8 +18,12 @@ pub struct TurnConfig {
     /// The TURN server's URLs as clients reach them: `turn:host:3478?transport=udp`,
     /// `turn:host:3478?transport=tcp`, `turns:host:443?transport=tcp`.
     pub urls: Vec<String>,
-    /// The secret shared with the TURN server (coturn's `static-auth-secret`).
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`),
+    /// or `shared_secret_file` holding it.
+    #[serde(default)]
     pub shared_secret: Secret,
+    #[serde(default)]
+    pub shared_secret_file: Option<std::path::PathBuf>,
     /// How long credentials last, in seconds.
     #[serde(default = "default_ttl")]
     pub credential_ttl_s: u64,

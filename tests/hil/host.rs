@@ -95,31 +95,133 @@ pub(crate) fn arm64_unavailable() -> Option<String> {
     None
 }
 
-/// The aarch64 callbox, built with the configuration in `cross/` that users
-/// build with.
-pub(crate) fn build_arm64() -> Result<PathBuf> {
+/// The release build for `arch` and its Debian packages, made by
+/// `scripts/package.sh` (as users make them; arm64 cross-built with
+/// `cross/`): the binary both guests boot is the one the packages ship.
+pub(crate) struct Build {
+    pub(crate) binary: PathBuf,
+    /// `callbox_*.deb` and `callbox-room_*.deb`.
+    pub(crate) debs: Vec<PathBuf>,
+}
+
+pub(crate) fn package(arch: Arch, deb_version: Option<&str>) -> Result<Build> {
     let t = Instant::now();
     let dir = work_dir();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(repo())
+    let (deb_arch, triple) = match arch {
+        Arch::X86_64 => ("amd64", "x86_64-unknown-linux-gnu"),
+        Arch::Arm64 => ("arm64", "aarch64-unknown-linux-gnu"),
+    };
+    let mut cmd = Command::new(repo().join("scripts/package.sh"));
+    cmd.arg(deb_arch)
         .env("CARGO_TARGET_DIR", &dir)
-        .args([
-            "build",
-            "--bin",
-            "callbox",
-            "--target",
-            "aarch64-unknown-linux-gnu",
-        ])
-        .arg("--config")
-        .arg(repo().join("cross/config.toml"))
-        .stdout(Stdio::null())
-        .status()
-        .context("cargo")?;
-    ensure!(status.success(), "the aarch64 build failed: {status}");
+        .stderr(Stdio::inherit());
+    if let Some(v) = deb_version {
+        cmd.args(["--deb-version", v]);
+    }
+    let out = run(&mut cmd)?;
+    let debs: Vec<PathBuf> = out
+        .lines()
+        .filter(|l| l.ends_with(".deb"))
+        .map(PathBuf::from)
+        .collect();
+    ensure!(debs.len() == 2, "package.sh printed {out}");
+    for deb in &debs {
+        check_file_list(deb)?;
+    }
+    let sizes: Vec<String> = debs
+        .iter()
+        .map(|d| {
+            let kb = std::fs::metadata(d).map(|m| m.len() / 1024).unwrap_or(0);
+            format!(
+                "{} {kb} KiB",
+                d.file_name().unwrap_or_default().to_string_lossy()
+            )
+        })
+        .collect();
     report(&format!(
-        "arm64: callbox cross-built (aarch64-unknown-linux-gnu) in {:.1} s",
-        t.elapsed().as_secs_f64()
+        "{}: release build and packages in {:.1} s: {}",
+        arch.name(),
+        t.elapsed().as_secs_f64(),
+        sizes.join(", ")
     ));
-    Ok(dir.join("aarch64-unknown-linux-gnu/debug/callbox"))
+    Ok(Build {
+        binary: dir.join(triple).join("release/callbox"),
+        debs,
+    })
+}
+
+/// Why the Debian guest cannot be built here, if it cannot: mmdebstrap, and
+/// for a foreign architecture qemu-user through binfmt_misc.
+pub(crate) fn debian_unavailable(arch: Arch) -> Option<String> {
+    let has = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("mmdebstrap") || !has("mkfs.ext4") {
+        return Some("mmdebstrap or mkfs.ext4 is missing (scripts/deps.sh installs them)".into());
+    }
+    let foreign = arch == Arch::Arm64 && !cfg!(target_arch = "aarch64");
+    if foreign && !Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
+        return Some("no qemu-aarch64 binfmt_misc handler to build an arm64 root filesystem (scripts/deps.sh registers one with qemu-user-static where the kernel allows)".into());
+    }
+    None
+}
+
+/// What each package must carry (besides docs), and its conffiles.
+const PACKAGE_FILES: [(&str, &[&str], &str); 2] = [
+    (
+        "callbox_",
+        &[
+            "./usr/bin/callbox",
+            "./usr/lib/systemd/system/callbox.service",
+            "./usr/lib/sysusers.d/callbox.conf",
+            "./lib/udev/rules.d/60-callbox-gpio.rules",
+            "./etc/callbox/device.toml",
+            "./usr/share/doc/callbox/copyright",
+        ],
+        "/etc/callbox/device.toml",
+    ),
+    (
+        "callbox-room_",
+        &[
+            "./usr/bin/callbox-room",
+            "./usr/lib/systemd/system/callbox-room.service",
+            "./usr/lib/sysusers.d/callbox-room.conf",
+            "./etc/callbox-room/room.toml",
+            "./usr/share/doc/callbox-room/copyright",
+        ],
+        "/etc/callbox-room/room.toml",
+    ),
+];
+
+/// The package's file list and conffiles are what `PACKAGE_FILES` says.
+fn check_file_list(deb: &Path) -> Result<()> {
+    let name = deb
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let (_, files, conffile) = PACKAGE_FILES
+        .iter()
+        .find(|(prefix, _, _)| name.starts_with(prefix))
+        .ok_or_else(|| anyhow!("unexpected package {name}"))?;
+    let listing = run(Command::new("dpkg-deb").arg("-c").arg(deb))?;
+    let paths: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    for f in *files {
+        ensure!(paths.contains(f), "{name} lacks {f}: {paths:?}");
+    }
+    let control = run(Command::new("sh").arg("-c").arg(format!(
+        "dpkg-deb --ctrl-tarfile '{}' | tar -xO ./conffiles",
+        deb.display()
+    )))?;
+    ensure!(
+        control.lines().any(|l| l.trim() == *conffile),
+        "{name}: conffiles {control:?} lack {conffile}"
+    );
+    Ok(())
 }

@@ -16,43 +16,16 @@ case $ARCH in
 esac
 KROOT=$P/root
 KV=$(ls "$KROOT/lib/modules" | head -1)
-MODDIR=$KROOT/lib/modules/$KV
 S=$(mktemp -d "${TMPDIR:-/tmp}/callbox-hil-stage.XXXXXX")
 trap 'rm -rf "$S"' EXIT
 mkdir -p "$S"/{bin,sbin,usr/bin,usr/share,proc,sys,dev,tmp,run,share,etc/callbox,lib/$TRIPLE,lib/modules/$KV/extra}
 cp "$P/busybox" "$S/bin/busybox"
 
-# The modules and what they depend on, decompressed (busybox modprobe reads
-# plain .ko), with a module database for the guest's modprobe.
-declare -A seen=()
-mods="configfs vivid snd-aloop virtio_pci virtio_net 9pnet_virtio 9p bochs"
-# vicodec's v4l2-mem2mem: in Debian's arm64 tree, built beside vicodec for amd64.
-[ -f "$P/v4l2-mem2mem.ko" ] || mods="$mods v4l2-mem2mem"
-for name in $mods; do
-  while read -r cmd path _; do
-    [ "$cmd" = insmod ] || continue
-    rel=${path#"$MODDIR/"}
-    case $rel in *.ko.xz) out=${rel%.xz} ;; *.ko.zst) out=${rel%.zst} ;; *) out=$rel ;; esac
-    [ -n "${seen[$out]:-}" ] && continue
-    seen[$out]=1
-    mkdir -p "$S/lib/modules/$KV/$(dirname "$out")"
-    case $rel in
-      *.ko.xz) xz -dc "$path" > "$S/lib/modules/$KV/$out" ;;
-      *.ko.zst) zstd -qdc "$path" > "$S/lib/modules/$KV/$out" ;;
-      *) cp "$path" "$S/lib/modules/$KV/$out" ;;
-    esac
-  done < <(modprobe -d "$KROOT" -S "$KV" --show-depends "$name")
-done
-cp "$P/gpio-sim.ko" "$P/vicodec.ko" "$S/lib/modules/$KV/extra/"
-[ -f "$P/v4l2-mem2mem.ko" ] && cp "$P/v4l2-mem2mem.ko" "$S/lib/modules/$KV/extra/"
-mkdir -p "$S/etc/modprobe.d"
-cat > "$S/etc/modprobe.d/hil.conf" <<'CONF'
-options vivid n_devs=1 node_types=0x1
-options snd-aloop index=0 id=Loopback pcm_substreams=2
-options vicodec multiplanar=1
-CONF
-cp "$MODDIR"/modules.{order,builtin,builtin.modinfo} "$S/lib/modules/$KV/" 2>/dev/null || true
-depmod -b "$S" "$KV"   # so the guest's modprobe can load vivid again after rmmod
+# The board's modules, the out-of-tree ones and their options.
+. "$HERE/modules.sh"
+board_extras "$S" "$KV"
+# shellcheck disable=SC2046
+copy_modules "$KROOT" "$KV" "$S" $(board_modules)   # depmod: the guest's modprobe can load vivid again after rmmod
 
 # Programs and the shared libraries they need (DT_NEEDED, transitively).
 install -m 0755 "$BIN" "$S/usr/bin/callbox"
@@ -86,6 +59,6 @@ done
 cp -r /usr/share/alsa "$S/usr/share/"   # alsa-lib's configuration (arch independent)
 
 install -m 0755 "$HERE/guest/init" "$S/init"
-install -m 0755 "$HERE/guest/hil-agent" "$HERE/guest/hil-device" "$S/bin/"
+install -m 0755 "$HERE/guest/hil-agent" "$HERE/guest/hil-device" "$HERE/guest/hil-gpio" "$S/bin/"
 
 ( cd "$S" && find . -print0 | cpio --null -o -H newc --quiet ) | gzip -1 > "$OUT"

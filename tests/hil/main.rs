@@ -17,6 +17,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod debian;
 mod host;
 mod provision;
 mod qemu;
@@ -92,10 +93,8 @@ async fn hardware_in_the_loop() {
 
 async fn run_arch(arch: Arch) -> Result<usize> {
     let prepared = prepare(arch)?;
-    let binary = match arch {
-        Arch::X86_64 => PathBuf::from(env!("CARGO_BIN_EXE_callbox")),
-        Arch::Arm64 => build_arm64()?,
-    };
+    let build = package(arch, None)?;
+    let binary = build.binary.clone();
     let dir = work_dir().join(format!("run-{}", arch.name()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("share"))?;
@@ -143,7 +142,13 @@ async fn run_arch(arch: Arch) -> Result<usize> {
     write_tone(&share.join("mic3.wav"), MIC_HZ, 3, 0.3)?;
 
     let t = Instant::now();
-    let guest = boot(arch, &prepared, &initrd, &dir, media_port)?;
+    let guest = boot(
+        arch,
+        &prepared,
+        Medium::Initramfs(&initrd),
+        &dir,
+        media_port,
+    )?;
     loop {
         let serial = guest.serial();
         if let Some(line) = serial.lines().find(|l| l.starts_with("HIL-READY")) {
@@ -223,11 +228,21 @@ async fn run_arch(arch: Arch) -> Result<usize> {
         let _ = c.leave().await;
     }
     let _ = rig.guest.sh("sync; poweroff -f").await;
+    drop(rig);
     report(&format!(
         "{}: {} of {ran} scenarios passed, {:.1} s from boot",
         arch.name(),
         ran - failed,
         t.elapsed().as_secs_f64()
     ));
-    Ok(failed)
+    let debian_failed = if let Some(why) = debian_unavailable(arch) {
+        report(&format!(
+            "{}: Debian package scenarios SKIPPED: {why}",
+            arch.name()
+        ));
+        0
+    } else {
+        debian::run(arch, &prepared, &build).await?
+    };
+    Ok(failed + debian_failed)
 }

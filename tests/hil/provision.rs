@@ -22,7 +22,7 @@ pub(crate) fn device_toml(size: (usize, usize), formats: &[&str], encoder: &str)
     Ok(board(size, formats, encoder)?.text())
 }
 
-fn board(size: (usize, usize), formats: &[&str], encoder: &str) -> Result<DeviceToml> {
+pub(crate) fn board(size: (usize, usize), formats: &[&str], encoder: &str) -> Result<DeviceToml> {
     let url = format!("ws://127.0.0.1:{GUEST_HTTP}/ws");
     let button = |line: &str| {
         format!(

@@ -227,10 +227,17 @@ impl Guest {
     }
 }
 
+/// What the guest boots from: the test's initramfs with its own /init, or
+/// a Debian disk image with systemd (and the initramfs that mounts it).
+pub(crate) enum Medium<'a> {
+    Initramfs(&'a Path),
+    Disk { initrd: &'a Path, image: &'a Path },
+}
+
 pub(crate) fn boot(
     arch: Arch,
     prepared: &Path,
-    initrd: &Path,
+    medium: Medium<'_>,
     dir: &Path,
     media_port: u16,
 ) -> Result<Guest> {
@@ -273,11 +280,22 @@ pub(crate) fn boot(
             "-no-reboot",
         ])
         .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-append")
-        .arg(format!("console={console} panic=-1 quiet hil.time={now}"))
+        .arg(&kernel);
+    let mut append = format!("console={console} panic=-1 quiet hil.time={now}");
+    match medium {
+        Medium::Initramfs(initrd) => {
+            cmd.arg("-initrd").arg(initrd);
+        }
+        Medium::Disk { initrd, image } => {
+            cmd.arg("-initrd")
+                .arg(initrd)
+                .arg("-drive")
+                .arg(format!("file={},if=virtio,format=raw", image.display()));
+            append.push_str(" net.ifnames=0 systemd.show_status=0 rw");
+        }
+    }
+    cmd.arg("-append")
+        .arg(append)
         .arg("-netdev")
         .arg(format!(
             "user,id=n0,hostfwd=tcp:127.0.0.1:{agent_port}-:{GUEST_AGENT},\
