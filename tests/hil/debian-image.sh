@@ -22,9 +22,10 @@ mkdir -p "$CACHE"
 TAR=$CACHE/debian-$DEB-$key.tar
 if [ ! -f "$TAR" ]; then
   t=$(date +%s)
+  partial=$CACHE/partial-$DEB-$key.tar   # mmdebstrap picks the format by the .tar suffix
   mmdebstrap --quiet --arch="$DEB" --variant=minbase --include="$PACKAGES" \
-    --dpkgopt='path-exclude=/usr/share/{doc,man,locale}/*' bookworm "$TAR.tmp" >&2
-  mv "$TAR.tmp" "$TAR"
+    --dpkgopt='path-exclude=/usr/share/{doc,man,locale}/*' bookworm "$partial" >&2
+  mv "$partial" "$TAR"
   echo "debian-image: $DEB root filesystem built in $(( $(date +%s) - t )) s, cached as $TAR" >&2
 fi
 
@@ -38,7 +39,7 @@ tar -xf "$TAR" -C "$R"
 . "$HERE/modules.sh"
 board_extras "$R" "$KV"
 # shellcheck disable=SC2046
-copy_modules "$KROOT" "$KV" "$R" $(board_modules) virtio_blk ext4
+copy_modules "$KROOT" "$KV" "$R" $(board_modules) virtio_blk crc32c_generic ext4
 printf '%s\n' configfs vivid snd-aloop virtio_net 9pnet_virtio 9p bochs gpio-sim vicodec \
   > "$R/etc/modules-load.d/hil.conf"
 install -m 0755 "$P/busybox" "$R/usr/local/bin/busybox"
@@ -58,12 +59,13 @@ mkfs.ext4 -q -F -L root -d "$R" "$IMG" 1200M
 I=$S/initrd
 mkdir -p "$I"/{bin,dev,proc,sys,newroot}
 install -m 0755 "$P/busybox" "$I/bin/busybox"
-copy_modules "$KROOT" "$KV" "$I" virtio_pci virtio_blk ext4
+# ext4's checksums need crc32c, a soft dependency modprobe does not list.
+copy_modules "$KROOT" "$KV" "$I" virtio_pci virtio_blk crc32c_generic ext4
 cat > "$I/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in virtio_pci virtio_blk ext4; do modprobe $m; done
+for m in virtio_pci virtio_blk crc32c_generic ext4; do modprobe $m; done
 i=0; until [ -b /dev/vda ] || [ $i -ge 50 ]; do sleep 0.1; i=$((i + 1)); done
 mount -o rw /dev/vda /newroot || { echo "HIL: cannot mount /dev/vda"; exec sh; }
 umount /proc /sys; mount --move /dev /newroot/dev

@@ -452,7 +452,7 @@ impl Debian {
                 "cd /share && apt-get install -y -q ./callbox_{UPGRADE_VERSION}_*.deb 2>&1"
             ))
             .await?;
-        let version = g.ok("dpkg-query -W -f='${Version}' callbox").await?;
+        let version = g.ok("dpkg-query -W -f='${Version}\\n' callbox").await?;
         let config = g
             .ok("head -1 /etc/callbox/device.toml; stat -c '%U:%G %a' /etc/callbox/device.toml")
             .await?;

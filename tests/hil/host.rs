@@ -132,9 +132,15 @@ pub(crate) fn package(arch: Arch, deb_version: Option<&str>) -> Result<Build> {
         .iter()
         .map(|d| {
             let kb = std::fs::metadata(d).map(|m| m.len() / 1024).unwrap_or(0);
+            let installed = run(Command::new("dpkg-deb")
+                .arg("-f")
+                .arg(d)
+                .arg("Installed-Size"))
+            .unwrap_or_default();
             format!(
-                "{} {kb} KiB",
-                d.file_name().unwrap_or_default().to_string_lossy()
+                "{} {kb} KiB (installed {} KiB)",
+                d.file_name().unwrap_or_default().to_string_lossy(),
+                installed.trim()
             )
         })
         .collect();
