@@ -165,13 +165,7 @@ async fn run_board(arch: Arch, prepared: &Path, build: &Build) -> Result<usize> 
     write_tone(&share.join("mic3.wav"), MIC_HZ, 3, 0.3)?;
 
     let t = Instant::now();
-    let guest = boot(
-        arch,
-        prepared,
-        Medium::Initramfs(&initrd),
-        &dir,
-        media_port,
-    )?;
+    let guest = boot(arch, prepared, Medium::Initramfs(&initrd), &dir, media_port)?;
     loop {
         let serial = guest.serial();
         if let Some(line) = serial.lines().find(|l| l.starts_with("HIL-READY")) {
