@@ -51,25 +51,12 @@ pub(crate) async fn run(arch: Arch, prepared: &Path, build: &Build) -> Result<us
         ($n:expr, $name:expr, $f:ident) => {
             ran += 1;
             let t = Instant::now();
-            match d.$f().await {
-                Ok(detail) => report(&format!(
-                    "{} debian {} {}: ok in {:.2} s: {detail}",
-                    arch.name(),
-                    $n,
-                    $name,
-                    t.elapsed().as_secs_f64()
-                )),
-                Err(e) => {
-                    failed += 1;
-                    report(&format!(
-                        "{} debian {} {}: FAILED after {:.2} s: {e:#}",
-                        arch.name(),
-                        $n,
-                        $name,
-                        t.elapsed().as_secs_f64()
-                    ));
-                }
-            }
+            let result = d.$f().await;
+            failed += usize::from(!report_scenario(
+                &format!("{} debian {} {}", arch.name(), $n, $name),
+                t,
+                result,
+            ));
         };
     }
     scenario!(1, "apt_install_then_ready_and_in_call", install_and_start);

@@ -231,3 +231,19 @@ fn check_file_list(deb: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+/// Print a scenario's outcome (`hil: x86_64 scenario 4 name: ok in 5.80 s:
+/// detail`); whether it passed.
+pub(crate) fn report_scenario(label: &str, t: Instant, result: Result<String>) -> bool {
+    let secs = t.elapsed().as_secs_f64();
+    match result {
+        Ok(detail) => {
+            report(&format!("{label}: ok in {secs:.2} s: {detail}"));
+            true
+        }
+        Err(e) => {
+            report(&format!("{label}: FAILED after {secs:.2} s: {e:#}"));
+            false
+        }
+    }
+}

@@ -194,25 +194,12 @@ async fn run_board(arch: Arch, prepared: &Path, build: &Build) -> Result<usize> 
         ($n:expr, $name:expr, $f:ident) => {
             ran += 1;
             let t = Instant::now();
-            match rig.$f().await {
-                Ok(detail) => report(&format!(
-                    "{} scenario {} {}: ok in {:.2} s: {detail}",
-                    rig.arch.name(),
-                    $n,
-                    $name,
-                    t.elapsed().as_secs_f64()
-                )),
-                Err(e) => {
-                    failed += 1;
-                    report(&format!(
-                        "{} scenario {} {}: FAILED after {:.2} s: {e:#}",
-                        rig.arch.name(),
-                        $n,
-                        $name,
-                        t.elapsed().as_secs_f64()
-                    ));
-                }
-            }
+            let result = rig.$f().await;
+            failed += usize::from(!report_scenario(
+                &format!("{} scenario {} {}", rig.arch.name(), $n, $name),
+                t,
+                result,
+            ));
         };
     }
     scenario!(1, "auto_join", auto_join);
