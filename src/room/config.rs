@@ -525,4 +525,21 @@ secret_key = "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// The callbox-room package's config is valid once its two keys are in
+    /// the credentials directory systemd makes.
+    #[test]
+    fn the_packaged_config_takes_its_keys_from_credentials() {
+        let dir = std::env::temp_dir().join(format!("callbox-pkg-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("admin.key"), "b".repeat(64)).unwrap();
+        std::fs::write(dir.join("app.key"), "c".repeat(64)).unwrap();
+        let text = std::fs::read_to_string("packaging/room.toml")
+            .unwrap()
+            .replace("${CREDENTIALS_DIRECTORY}", &dir.display().to_string());
+        let c = RoomConfig::parse(Path::new("room.toml"), &text).expect("valid");
+        assert_eq!(c.admin.key.expose(), "b".repeat(64));
+        assert_eq!(c.app_key(1_400_000_000).map(|k| k.expose().len()), Some(64));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
