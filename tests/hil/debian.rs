@@ -259,6 +259,22 @@ impl Debian {
                 && perms.contains("(audio)"),
             "users and permissions: {perms}"
         );
+        // Started before it is provisioned: the config error in the journal,
+        // exit 78, and no restart loop.
+        let _ = g.sh("systemctl start callbox").await;
+        let unprovisioned = self
+            .show("callbox", "ActiveState,Result,ExecMainStatus,NRestarts")
+            .await?;
+        let g = self.guest()?;
+        let said = g
+            .ok("journalctl -u callbox -b --no-pager | grep -m1 'room.user_sig_file' || true")
+            .await?;
+        ensure!(
+            unprovisioned.get("ExecMainStatus").map(String::as_str) == Some("78")
+                && unprovisioned.get("NRestarts").map(String::as_str) == Some("0")
+                && said.contains("/etc/callbox/usersig"),
+            "started unprovisioned: {unprovisioned:?}, journal {said:?}"
+        );
         // The room: the app's key as root's file, handed over by LoadCredential=.
         g.ok(&format!("(umask 077; printf %s '{}' > /etc/callbox-room/app.key) && systemctl start callbox-room", callbox::room::local::DEMO_SECRET_KEY)).await?;
         self.wait_active("callbox-room", 30).await?;
@@ -288,7 +304,8 @@ impl Debian {
             .ok("systemctl status callbox --no-pager | head -5")
             .await?;
         Ok(format!(
-            "apt installed both packages; enabled, inactive until provisioned; started: active {:.2} s after exec (READY=1){}; STATUS: \"{status}\"; {}",
+            "apt installed both packages; enabled, inactive until provisioned; started unprovisioned: exit 78, not restarted, journal: \"{}\"; provisioned and started: active {:.2} s after exec (READY=1){}; STATUS: \"{status}\"; {}",
+            said.trim(),
             (ready - started) as f64 / 1e6,
             if ready_logged.trim().is_empty() { String::new() } else { format!(", journal: \"{}\"", ready_logged.trim()) },
             systemctl.lines().nth(2).unwrap_or_default().trim()
