@@ -1,8 +1,10 @@
-//! V4L2 cameras through the `v4l` crate: format, size and rate negotiation
-//! (pure, in [`negotiate`]), mmap streaming, kernel timestamps. YU12 frames
-//! go to the encoder straight from the driver's buffer; NV12 and YUYV take
-//! one conversion pass into a pooled buffer; MJPEG is decoded; H.264 is
-//! passed through untouched.
+//! V4L2 cameras: format, size and rate negotiation through the `v4l` crate
+//! (pure, in [`negotiate`]); mmap streaming through
+//! `crate::device::v4l2_queue` (which knows each buffer's index and exports
+//! YU12 buffers as DMABUF for a hardware encoder); kernel timestamps. YU12
+//! frames go to the encoder straight from the driver's buffer; NV12 and
+//! YUYV take one conversion pass into a pooled buffer; MJPEG is decoded;
+//! H.264 is passed through untouched.
 
 use crate::device::convert::{self, MjpegDecoder};
 use crate::device::frame::{i420_len, BufferPool, PooledBuffer, I420};
