@@ -151,6 +151,13 @@ pub fn y_psnr(captured: &[u8], decoded: &[u8], luma: usize) -> f64 {
     10.0 * (255.0f64.powi(2) * n as f64 / sse).log10()
 }
 
+/// A picture as tightly packed I420.
+fn packed(p: &I420<'_>) -> Vec<u8> {
+    let mut v = Vec::new();
+    p.pack_into(&mut v);
+    v
+}
+
 /// Decodes what the encoder made.
 enum Decoder {
     H264(Box<H264Decoder>),
@@ -185,14 +192,7 @@ impl Decoder {
     /// The picture, tightly packed I420.
     fn decode(&mut self, coded: &[u8]) -> Option<Vec<u8>> {
         match self {
-            Decoder::H264(d) => d
-                .decode(coded, |p| {
-                    let mut v = Vec::new();
-                    p.pack_into(&mut v);
-                    v
-                })
-                .ok()
-                .flatten(),
+            Decoder::H264(d) => d.decode(coded, packed).ok().flatten(),
             Decoder::M2m(d) => d.decode(coded).map_err(|e| log::warn!("{e}")).ok(),
             Decoder::None => None,
         }
@@ -240,11 +240,7 @@ pub fn encode_test(v: &VideoSection, coded: &str, frames: usize) -> Result<Encod
     for i in 0..frames {
         let frame = camera.next_frame()?;
         let captured = match &frame.pixels {
-            Pixels::I420(p) => {
-                let mut v = Vec::new();
-                p.pack_into(&mut v);
-                v
-            }
+            Pixels::I420(p) => packed(p),
             Pixels::H264(_) => {
                 return Err(VideoError::Encoder(
                     "the camera gives H.264, not raw frames".into(),

@@ -7,7 +7,7 @@
 //! reports. Not for calls: the call's decoder is OpenH264.
 
 use crate::device::m2m;
-use crate::device::m2m_encoder::set_format;
+use crate::device::m2m_encoder::yu12_chroma_offsets;
 use crate::device::v4l2_queue::{self, Dequeued, MmapQueue, Queue};
 use crate::device::video_source::VideoError;
 use std::fs::File;
@@ -42,7 +42,8 @@ impl M2mDecoder {
         let (file, fourcc) = (node.file, node.fourcc);
         let fd = file.as_fd();
         let (coded_q, raw_q) = (node.output, node.capture);
-        set_format(fd, coded_q, &fourcc, size).map_err(|e| err(&name, "coded format", e))?;
+        v4l2_queue::set_format(fd, coded_q, &fourcc, size)
+            .map_err(|e| err(&name, "coded format", e))?;
         ioctl::subscribe_event(
             &fd,
             EventType::SourceChange(0),
@@ -145,17 +146,12 @@ impl M2mDecoder {
 /// tightly packed (missing bytes stay 0).
 pub fn pack_yu12(data: &[u8], stride: usize, rows: usize, (w, h): (usize, usize)) -> Vec<u8> {
     let (cw, ch, cs) = (w / 2, h / 2, stride / 2);
+    let (u_at, v_at) = yu12_chroma_offsets(stride, rows);
     let mut out = vec![0u8; w * h + 2 * cw * ch];
     let planes = [
         (0, stride, w, h, 0),
-        (stride * rows, cs, cw, ch, w * h),
-        (
-            stride * rows + cs * rows.div_ceil(2),
-            cs,
-            cw,
-            ch,
-            w * h + cw * ch,
-        ),
+        (u_at, cs, cw, ch, w * h),
+        (v_at, cs, cw, ch, w * h + cw * ch),
     ];
     for (at, src_stride, width, height, to) in planes {
         for r in 0..height {

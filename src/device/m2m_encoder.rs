@@ -30,7 +30,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use v4l2r::ioctl::{self, BufferFlags, EncoderCommand, GCtrlError};
 use v4l2r::nix::errno::Errno;
-use v4l2r::Format;
 
 const CODED_BUFFERS: u32 = 4;
 const COPIED_BUFFERS: u32 = 2;
@@ -64,10 +63,23 @@ enum Input {
     Undecided,
     /// The camera's buffers, imported.
     Imported { slots: usize },
-    /// Copied into the encoder's own buffers.
+    /// Copied into the encoder's own buffers, for `reason`.
     Copied {
         buffers: MmapQueue,
         free: Vec<usize>,
+        reason: String,
+    },
+}
+
+/// What the coded queue gave back; a coded frame's bytes are in the
+/// caller's buffer.
+enum Taken {
+    Nothing,
+    /// The stream ended: `EPIPE`, or an empty buffer flagged LAST.
+    Ended,
+    Coded {
+        flagged_key: bool,
+        timestamp_us: i64,
     },
 }
 
@@ -91,12 +103,9 @@ pub struct M2mVideoEncoder {
     refused: Vec<String>,
     keyframe_by_restart: bool,
     bitrate: u32,
-    /// Why frames are copied, once decided.
-    copy_reason: Option<String>,
-    frames: u64,
-    /// The timestamp of the last coded buffer, and how many coded frames
-    /// came back with their raw frame's timestamp.
-    coded_timestamp: i64,
+    /// The driver refused `video_bitrate`: congestion control cannot steer it.
+    bitrate_refused: bool,
+    /// Coded frames that came back with their raw frame's timestamp.
     timestamps_kept: u64,
 }
 
@@ -114,7 +123,8 @@ impl M2mVideoEncoder {
         let fd = file.as_fd();
         let (raw_q, coded_q) = (node.output, node.capture);
         let size = (settings.width, settings.height);
-        set_format(fd, coded_q, &fourcc, size).map_err(|e| err(&name, "coded format", e))?;
+        v4l2_queue::set_format(fd, coded_q, &fourcc, size)
+            .map_err(|e| err(&name, "coded format", e))?;
         let raw = set_raw_format(fd, raw_q, size).map_err(|e| err(&name, "raw format", e))?;
         let mut refused = Vec::new();
         if let Err(e) = set_frame_rate(fd, raw_q, settings.fps) {
@@ -126,9 +136,11 @@ impl M2mVideoEncoder {
                 "the driver's rate",
             );
         }
+        let mut bitrate_refused = false;
         for c in m2m_controls::call_controls(settings) {
             if let Err(e) = set_control(fd, c.id, c.value) {
                 note_refused(&mut refused, &name, c.name, e, c.otherwise);
+                bitrate_refused |= c.id == m2m_controls::BITRATE;
             }
         }
         let coded_buffers = MmapQueue::allocate(fd, coded_q, CODED_BUFFERS)
@@ -149,9 +161,7 @@ impl M2mVideoEncoder {
             refused,
             keyframe_by_restart: false,
             bitrate: settings.bitrate_bps,
-            copy_reason: None,
-            frames: 0,
-            coded_timestamp: 0,
+            bitrate_refused,
             timestamps_kept: 0,
             file,
         })
@@ -168,28 +178,8 @@ impl M2mVideoEncoder {
     }
 }
 
-pub(crate) fn set_format(
-    fd: BorrowedFd<'_>,
-    q: Queue,
-    fourcc: &[u8; 4],
-    size: (usize, usize),
-) -> Result<Format, String> {
-    let want = Format {
-        width: size.0 as u32,
-        height: size.1 as u32,
-        pixelformat: fourcc.into(),
-        plane_fmt: vec![],
-    };
-    let mut fd = fd;
-    let got: Format = ioctl::s_fmt(&mut fd, (q, &want)).map_err(|e| e.to_string())?;
-    if got.pixelformat != fourcc.into() {
-        return Err(format!("does not do {}", String::from_utf8_lossy(fourcc)));
-    }
-    Ok(got)
-}
-
 fn set_raw_format(fd: BorrowedFd<'_>, q: Queue, size: (usize, usize)) -> Result<RawLayout, String> {
-    let got = set_format(fd, q, b"YU12", size)?;
+    let got = v4l2_queue::set_format(fd, q, b"YU12", size)?;
     // Drivers pad to their block size (vicodec: the height to 8).
     if got.width as usize != size.0 || (got.height as usize) < size.1 {
         return Err(format!(
@@ -263,8 +253,11 @@ impl M2mVideoEncoder {
         let buffers = MmapQueue::allocate(fd, self.raw_q, COPIED_BUFFERS)
             .map_err(|e| err(&self.path, "OUTPUT buffers", e))?;
         let free = (0..buffers.count()).collect();
-        self.input = Input::Copied { buffers, free };
-        self.copy_reason = Some(reason);
+        self.input = Input::Copied {
+            buffers,
+            free,
+            reason,
+        };
         Ok(())
     }
 
@@ -305,7 +298,7 @@ impl M2mVideoEncoder {
                     ts,
                 )
             }
-            Input::Copied { buffers, free } => {
+            Input::Copied { buffers, free, .. } => {
                 let i = free
                     .pop()
                     .ok_or_else(|| VideoError::Encoder("M2M: no free OUTPUT buffer".into()))?;
@@ -350,28 +343,33 @@ impl M2mVideoEncoder {
         }
         self.streaming = false;
         self.in_flight = 0;
-        if let Input::Copied { buffers, free } = &mut self.input {
+        if let Input::Copied { buffers, free, .. } = &mut self.input {
             *free = (0..buffers.count()).collect();
         }
     }
 
-    /// Wait until the queued frame's coded frame is out and its raw buffer
-    /// back; the coded bytes and the driver's keyframe flag.
-    fn collect(&mut self) -> Result<Option<(Vec<u8>, bool)>, VideoError> {
+    /// Wait until the queued frame's coded frame is out (its bytes in
+    /// `out`) and its raw buffer back; `None` if the stream ended instead.
+    fn collect(&mut self, out: &mut Vec<u8>) -> Result<Option<(bool, i64)>, VideoError> {
         let deadline = Instant::now() + ENCODE_TIMEOUT;
         let mut coded = None;
         loop {
             self.take_back_raw()?;
             if coded.is_none() {
-                coded = self.take_coded()?;
-                if matches!(coded, Some(None)) {
-                    // The stream ended (EPIPE or a LAST buffer): start over.
-                    self.reset();
-                    return Ok(None);
+                match self.take_coded(out)? {
+                    Taken::Nothing => {}
+                    Taken::Ended => {
+                        self.reset();
+                        return Ok(None);
+                    }
+                    Taken::Coded {
+                        flagged_key,
+                        timestamp_us,
+                    } => coded = Some((flagged_key, timestamp_us)),
                 }
             }
             if coded.is_some() && self.in_flight == 0 {
-                return Ok(coded.flatten());
+                return Ok(coded);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -402,26 +400,28 @@ impl M2mVideoEncoder {
         Ok(())
     }
 
-    /// `None`: nothing yet; `Some(None)`: the stream ended; else a coded frame.
-    #[allow(clippy::type_complexity)]
-    fn take_coded(&mut self) -> Result<Option<Option<(Vec<u8>, bool)>>, VideoError> {
+    /// Dequeue a coded buffer, if one is ready, copying its bytes into `out`.
+    fn take_coded(&mut self, out: &mut Vec<u8>) -> Result<Taken, VideoError> {
         let fd = self.file.as_fd();
         let d = match v4l2_queue::dequeue(fd, self.coded_q) {
             Ok(Dequeued::Buffer(d)) => d,
-            Ok(Dequeued::NotReady) => return Ok(None),
-            Ok(Dequeued::Drained) => return Ok(Some(None)),
+            Ok(Dequeued::NotReady) => return Ok(Taken::Nothing),
+            Ok(Dequeued::Drained) => return Ok(Taken::Ended),
             Err(e) => return Err(err(&self.path, "dequeue CAPTURE", e)),
         };
         let data = self.coded.data(d.index).unwrap_or_default();
-        let bytes = data[..d.bytesused.min(data.len())].to_vec();
+        out.clear();
+        out.extend_from_slice(&data[..d.bytesused.min(data.len())]);
         self.coded
             .queue(fd, d.index, 0, 0)
             .map_err(|e| err(&self.path, "requeue CAPTURE", e))?;
-        if d.flags.contains(BufferFlags::LAST) && bytes.is_empty() {
-            return Ok(Some(None));
+        if d.flags.contains(BufferFlags::LAST) && out.is_empty() {
+            return Ok(Taken::Ended);
         }
-        self.coded_timestamp = d.timestamp_us;
-        Ok(Some(Some((bytes, d.flags.contains(BufferFlags::KEYFRAME)))))
+        Ok(Taken::Coded {
+            flagged_key: d.flags.contains(BufferFlags::KEYFRAME),
+            timestamp_us: d.timestamp_us,
+        })
     }
 
     /// Ask for a keyframe: the control, or a restart where it is refused.
@@ -457,12 +457,13 @@ impl M2mVideoEncoder {
         let mut flushed = 0;
         if ioctl::encoder_cmd::<_, ()>(&self.fd(), &EncoderCommand::Stop(false)).is_ok() {
             let deadline = Instant::now() + ENCODE_TIMEOUT;
+            let mut scratch = Vec::new();
             loop {
                 let _ = self.take_back_raw();
-                match self.take_coded()? {
-                    Some(Some((bytes, _))) => flushed += usize::from(!bytes.is_empty()),
-                    Some(None) => break,
-                    None => {}
+                match self.take_coded(&mut scratch)? {
+                    Taken::Coded { .. } => flushed += usize::from(!scratch.is_empty()),
+                    Taken::Ended => break,
+                    Taken::Nothing => {}
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -503,6 +504,13 @@ pub fn is_keyframe(coded: &str, data: &[u8], flagged: bool) -> bool {
     }
 }
 
+/// Where U and V start in a YU12 buffer of `stride` bytes per luma line
+/// and `rows` luma rows (chroma lines are half as long, half as many).
+pub fn yu12_chroma_offsets(stride: usize, rows: usize) -> (usize, usize) {
+    let u = stride * rows;
+    (u, u + stride / 2 * rows.div_ceil(2))
+}
+
 /// Copy an I420 picture into the top of a YU12 buffer of `stride` bytes
 /// per luma line and `rows` luma rows (the driver's padded height).
 pub fn copy_yu12(
@@ -512,7 +520,7 @@ pub fn copy_yu12(
 ) -> bool {
     let (w, h) = (frame.width, frame.height);
     let (cw, ch, cs) = (w.div_ceil(2), h.div_ceil(2), stride / 2);
-    let (u_at, v_at) = (stride * rows, stride * rows + cs * rows.div_ceil(2));
+    let (u_at, v_at) = yu12_chroma_offsets(stride, rows);
     let planes = [
         (frame.y, frame.y_stride, w, h, stride, 0),
         (frame.u, frame.uv_stride, cw, ch, cs, u_at),
@@ -539,31 +547,27 @@ impl VideoEncoder for M2mVideoEncoder {
         keyframe: bool,
         out: &mut Vec<u8>,
     ) -> Result<Option<bool>, VideoError> {
-        if keyframe && self.frames > 0 && self.streaming {
+        // A stopped encoder starts with a keyframe anyway.
+        if keyframe && self.streaming {
             self.force_keyframe();
         }
         self.queue_frame(frame)?;
         self.start()?;
-        self.frames += 1;
-        let Some((mut data, flagged)) = self.collect()? else {
+        let Some((flagged, timestamp_us)) = self.collect(out)? else {
             return Ok(None);
         };
-        if data.is_empty() {
+        if out.is_empty() {
             return Ok(None);
         }
-        self.timestamps_kept += u64::from(self.coded_timestamp == frame.capture_us as i64);
+        self.timestamps_kept += u64::from(timestamp_us == frame.capture_us as i64);
         if self.kind == "H264" {
-            self.param_sets.complete(&mut data);
+            self.param_sets.complete(out);
         }
-        let key = is_keyframe(&self.kind, &data, flagged);
-        *out = data;
-        Ok(Some(key))
+        Ok(Some(is_keyframe(&self.kind, out, flagged)))
     }
 
     fn set_bitrate(&mut self, bps: u32) {
-        if !m2m_controls::bitrate_changed(self.bitrate, bps)
-            || self.refused.iter().any(|r| r.starts_with("video_bitrate "))
-        {
+        if self.bitrate_refused || !m2m_controls::bitrate_changed(self.bitrate, bps) {
             return;
         }
         self.bitrate = bps;
@@ -584,6 +588,7 @@ impl VideoEncoder for M2mVideoEncoder {
                 e,
                 "congestion control cannot steer the bitrate",
             );
+            self.bitrate_refused = true;
         }
     }
 
@@ -592,10 +597,10 @@ impl VideoEncoder for M2mVideoEncoder {
     }
 
     fn describe(&self) -> String {
-        let input = match (&self.input, &self.copy_reason) {
-            (Input::Imported { .. }, _) => "the camera's buffers imported as DMABUF".to_owned(),
-            (_, Some(reason)) => format!("one copy per frame: {reason}"),
-            _ => "input chosen at the first frame".to_owned(),
+        let input = match &self.input {
+            Input::Imported { .. } => "the camera's buffers imported as DMABUF".to_owned(),
+            Input::Copied { reason, .. } => format!("one copy per frame: {reason}"),
+            Input::Undecided => "input chosen at the first frame".to_owned(),
         };
         format!(
             "V4L2 M2M encoder {} ({}) making {} from YU12 {}x{} (buffers stride {}, {} rows; {input})",

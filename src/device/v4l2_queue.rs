@@ -16,7 +16,7 @@ use v4l2r::ioctl::{
     V4l2Buffer,
 };
 use v4l2r::memory::MemoryType;
-use v4l2r::QueueType;
+use v4l2r::{Format, QueueType};
 
 pub use v4l2r::QueueType as Queue;
 
@@ -95,7 +95,7 @@ impl MmapQueue {
         let mut b = V4l2Buffer::new(self.queue, index as u32, MemoryType::Mmap);
         *b.get_first_plane_mut().bytesused = bytesused as u32;
         b.set_timestamp(to_timeval(timestamp_us));
-        ioctl::qbuf::<_, ()>(&fd, b).map_err(|e| convert_error(e, errno))
+        ioctl::qbuf::<_, ()>(&fd, b).map_err(convert_error)
     }
 
     /// Export buffer `index` as a DMABUF another device can import.
@@ -109,21 +109,13 @@ impl MmapQueue {
         )
         .map_err(errno)
     }
-
-    /// Give the buffers back (after `STREAMOFF`).
-    pub fn free(self, fd: BorrowedFd<'_>) {
-        let queue = self.queue;
-        drop(self.maps);
-        let _ = ioctl::reqbufs::<v4l2_requestbuffers>(&fd, queue, MemoryType::Mmap, 0);
-    }
 }
 
 fn convert_error<E: std::fmt::Debug>(
     e: IoctlConvertError<impl Into<v4l2r::nix::errno::Errno> + std::fmt::Debug, E>,
-    to_io: fn(v4l2r::nix::errno::Errno) -> io::Error,
 ) -> io::Error {
     match e {
-        IoctlConvertError::IoctlError(e) => to_io(e.into()),
+        IoctlConvertError::IoctlError(e) => errno(e),
         IoctlConvertError::ConversionError(e) => io::Error::other(format!("{e:?}")),
     }
 }
@@ -133,6 +125,28 @@ fn to_timeval(us: i64) -> timeval {
         tv_sec: us.div_euclid(1_000_000) as _,
         tv_usec: us.rem_euclid(1_000_000) as _,
     }
+}
+
+/// Set `queue`'s format to `fourcc` at `size`: what the driver made of it,
+/// or why it will not take that fourcc.
+pub fn set_format(
+    fd: BorrowedFd<'_>,
+    queue: QueueType,
+    fourcc: &[u8; 4],
+    size: (usize, usize),
+) -> Result<Format, String> {
+    let want = Format {
+        width: size.0 as u32,
+        height: size.1 as u32,
+        pixelformat: fourcc.into(),
+        plane_fmt: vec![],
+    };
+    let mut fd = fd;
+    let got: Format = ioctl::s_fmt(&mut fd, (queue, &want)).map_err(|e| e.to_string())?;
+    if got.pixelformat != fourcc.into() {
+        return Err(format!("does not do {}", String::from_utf8_lossy(fourcc)));
+    }
+    Ok(got)
 }
 
 /// Ask for `count` DMABUF slots on a queue (buffers are imported at queueing).
@@ -162,7 +176,7 @@ pub fn queue_dmabuf(
         }
     }
     b.set_timestamp(to_timeval(timestamp_us));
-    ioctl::qbuf::<_, ()>(&fd, b).map_err(|e| convert_error(e, errno))
+    ioctl::qbuf::<_, ()>(&fd, b).map_err(convert_error)
 }
 
 /// Dequeue one buffer of `queue` without blocking.
@@ -181,7 +195,7 @@ pub fn dequeue(fd: BorrowedFd<'_>, queue: QueueType) -> io::Result<Dequeued> {
         }
         Err(IoctlConvertError::IoctlError(DqBufIoctlError::NotReady)) => Ok(Dequeued::NotReady),
         Err(IoctlConvertError::IoctlError(DqBufIoctlError::Eos)) => Ok(Dequeued::Drained),
-        Err(e) => Err(convert_error(e, errno)),
+        Err(e) => Err(convert_error(e)),
     }
 }
 

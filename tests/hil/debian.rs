@@ -14,7 +14,7 @@ pub(crate) async fn run(arch: Arch, prepared: &Path, build: &Build) -> Result<us
     std::fs::create_dir_all(dir.join("share"))?;
     let (image, initrd) = (dir.join("root.img"), dir.join("initrd.gz"));
     let t = Instant::now();
-    run_cmd(
+    host::run(
         Command::new(repo().join("tests/hil/debian-image.sh"))
             .arg(arch.name())
             .arg(prepared)
@@ -100,10 +100,6 @@ fn rootfs_cache() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| work_dir().join("cache"));
     base.join("callbox/rootfs")
-}
-
-fn run_cmd(cmd: &mut Command) -> Result<String> {
-    host::run(cmd)
 }
 
 struct Provisioned {

@@ -221,10 +221,10 @@ fn check_file_list(deb: &Path) -> Result<()> {
     for f in *files {
         ensure!(paths.contains(f), "{name} lacks {f}: {paths:?}");
     }
-    let control = run(Command::new("sh").arg("-c").arg(format!(
-        "dpkg-deb --ctrl-tarfile '{}' | tar -xO ./conffiles",
-        deb.display()
-    )))?;
+    let control = run(Command::new("dpkg-deb")
+        .arg("--info")
+        .arg(deb)
+        .arg("conffiles"))?;
     ensure!(
         control.lines().any(|l| l.trim() == *conffile),
         "{name}: conffiles {control:?} lack {conffile}"
