@@ -28,7 +28,7 @@ use callbox::device::pattern;
 use callbox::protocol::{MediaKind, StreamInfo};
 use callbox::room::local::{loopback_config, DeviceToml, LocalRoom};
 use callbox::room::turn::TurnConfig;
-use common::{percentile, thread_cpu_ticks, thread_named};
+use common::{percentile, threads_cpu_ns};
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
 use std::process::{Command, Stdio};
@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const CLK_TCK: f64 = 100.0;
 const ROOM: u32 = 5160;
 /// The clients' address when UDP is dropped (a veth end: the kernel sends
 /// to local addresses from it).
@@ -229,11 +228,10 @@ async fn run(path: Path, viewers: usize, warmup: Duration, window: Duration) -> 
     }
     let measuring = async {
         tokio::time::sleep(warmup).await;
-        let tid = thread_named("callbox-sfu").expect("SFU thread");
-        let (c0, w0) = (thread_cpu_ticks(tid).unwrap_or(0), Instant::now());
+        let (c0, w0) = (threads_cpu_ns("callbox-sfu"), Instant::now());
         tokio::time::sleep(window).await;
-        let (c1, w1) = (thread_cpu_ticks(tid).unwrap_or(0), Instant::now());
-        (c1 - c0) as f64 / CLK_TCK / (w1 - w0).as_secs_f64()
+        let (c1, w1) = (threads_cpu_ns("callbox-sfu"), Instant::now());
+        (c1 - c0) as f64 / 1e9 / (w1 - w0).as_secs_f64()
     };
     let (sfu_cpu, (first, mut lat, first_viewer)) = tokio::join!(
         measuring,
@@ -334,15 +332,20 @@ fn main() {
     for (path, o) in outcomes.iter().filter(|(p, _)| *p != Path::Udp) {
         if let Some(u) = udp {
             println!(
-                "{} / udp: glass-to-glass p50 {:.2}x, SFU CPU {}",
+                "{} / udp: glass-to-glass p50 {:.2}x, SFU CPU {:.2}x",
                 path.name(),
                 o.glass_p50 / u.glass_p50,
-                if u.sfu_cpu * 10.0 < 1.0 / CLK_TCK {
-                    "- (the udp run used less than a clock tick)".to_owned()
-                } else {
-                    format!("{:.2}x", o.sfu_cpu / u.sfu_cpu)
-                }
+                ratio(o.sfu_cpu, u.sfu_cpu, "the udp run's SFU CPU")
             );
         }
     }
+}
+
+/// `a / b`, failing the bench when the baseline `b` was not measured.
+fn ratio(a: f64, b: f64, baseline: &str) -> f64 {
+    assert!(
+        b > 0.0 && b.is_finite(),
+        "the baseline ({baseline}) could not be measured: {b}"
+    );
+    a / b
 }

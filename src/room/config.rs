@@ -218,6 +218,25 @@ pub struct MediaConfig {
     /// is a specific address, else `advertise`'s address with the TCP port.
     #[serde(default)]
     pub tcp_advertise: Option<SocketAddr>,
+    /// Forwarding threads; rooms are spread over them, each room on one.
+    /// Default: one per CPU core.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+/// Forwarding threads at most: past the cores of any room server this
+/// only adds threads that contend.
+pub const MAX_WORKERS: usize = 64;
+
+impl MediaConfig {
+    /// The forwarding threads to start: as configured, else one per core.
+    pub fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_WORKERS)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -349,6 +368,13 @@ impl RoomConfig {
                 "media.advertise",
                 "required when media.udp_listen is a wildcard address",
             ),
+        }
+        if let Some(n) = self.media.workers {
+            p.check(
+                (1..=MAX_WORKERS).contains(&n),
+                "media.workers",
+                format!("must be 1 to {MAX_WORKERS} (or left out for one per core)"),
+            );
         }
         // It signs for anyone who asks: only where nobody else can ask.
         p.check(

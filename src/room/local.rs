@@ -147,6 +147,7 @@ pub fn loopback_config(web_root: Option<PathBuf>, dev_usersig: bool) -> RoomConf
             advertise: None,
             tcp_listen: Some("127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!())),
             tcp_advertise: None,
+            workers: None,
         },
         admin: AdminConfig {
             key: Secret::new(DEMO_ADMIN_KEY),

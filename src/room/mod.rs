@@ -14,3 +14,4 @@ pub mod server;
 pub mod sfu;
 pub mod state;
 pub mod turn;
+pub mod udp_batch;

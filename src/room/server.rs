@@ -167,7 +167,10 @@ pub async fn serve(
     let media_addr = media_socket.local_addr().map_err(ServeError::Media)?;
     let advertise = config.media.advertise.unwrap_or(media_addr);
     let tcp = media_tcp(&config.media, advertise).map_err(ServeError::Media)?;
-    let (sfu, reports) = Sfu::start(media_socket, advertise, tcp).map_err(ServeError::Media)?;
+    let workers = config.media.worker_threads();
+    let (sfu, reports) =
+        Sfu::start(media_socket, advertise, tcp, workers).map_err(ServeError::Media)?;
+    log::info!("media: {workers} forwarding worker(s) on {media_addr}");
     let limits = config.limits.clone();
     let state = AppState {
         hub: SharedHub::new(sfu.clone(), room_limits(&limits)),
@@ -679,14 +682,15 @@ async fn publish(
     (audio, video): (bool, bool),
 ) -> Result<ServerMessage, Refusal> {
     let offered = offered_kinds(&sdp);
-    let (stream_id, sfu) = {
+    let (stream_id, room, sfu) = {
         let mut hub = state.hub.lock();
         hub.rooms
             .can_publish(conn, audio || offered.0, video || offered.1)?;
-        (hub.rooms.next_stream_id(), hub.sfu.clone())
+        let room = hub.rooms.room_of(conn)?;
+        (hub.rooms.next_stream_id(), room, hub.sfu.clone())
     };
     let answer = sfu
-        .open(conn, &stream_id, Role::Uplink, sdp)
+        .open(conn, &room, &stream_id, Role::Uplink, sdp)
         .await
         .map_err(sfu_refusal)?;
     state.hub.update(|rooms, sfu| {
@@ -713,13 +717,13 @@ async fn subscribe(
     sdp: String,
 ) -> Result<ServerMessage, Refusal> {
     let kinds = offered_kinds(&sdp);
-    let sfu = {
+    let (room, sfu) = {
         let hub = state.hub.lock();
         hub.rooms.can_subscribe(conn, &stream_id, kinds)?;
-        hub.sfu.clone()
+        (hub.rooms.room_of(conn)?, hub.sfu.clone())
     };
     let answer = sfu
-        .open(conn, &stream_id, Role::Downlink, sdp)
+        .open(conn, &room, &stream_id, Role::Downlink, sdp)
         .await
         .map_err(sfu_refusal)?;
     state.hub.update(|rooms, sfu| {

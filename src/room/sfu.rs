@@ -1,14 +1,22 @@
-//! The SFU: one UDP socket for all media of all clients (and, with
+//! The SFU: one UDP port for all media of all clients (and, with
 //! `media.tcp_listen`, ICE-TCP connections from [`crate::room::media_tcp`]),
-//! one thread that owns every peer (a str0m `Rtc`, ICE-lite, RTP mode) and
-//! forwards RTP from each publication's uplink to the downlinks that
-//! subscribe to it.
+//! rooms spread over worker threads, each the one owner of its rooms'
+//! peers (a str0m `Rtc` each, ICE-lite, RTP mode), forwarding RTP from
+//! each publication's uplink to the downlinks that subscribe to it.
 //!
 //! Each client has an uplink PeerConnection for its publication and one
 //! downlink PeerConnection per subscribed stream (the TRTC v4 topology). That
 //! keeps every negotiation a single offer/answer, with no renegotiation when
 //! others come and go, and lets a subscriber drop one stream by closing one
 //! connection.
+//!
+//! Data flow: the dispatcher thread ([`dispatch`]) reads the port in
+//! batches and hands each datagram to its peer's worker ([`demux`]: STUN
+//! by our ICE ufrag, the rest by the address STUN taught); the worker
+//! ([`engine`]) feeds its peers, forwards, and sends what the pass made in
+//! one batch ([`crate::room::udp_batch`]). A room goes to the worker with
+//! the fewest peers when its first peer opens, and stays there while any
+//! of its peers lives, so forwarding never crosses threads or takes a lock.
 //!
 //! Forwarding is at the RTP level: payloads are shared (`Arc<[u8]>`) between
 //! all downlinks, never copied or re-packetized; sequence numbers are rebased
@@ -17,33 +25,37 @@
 //! publishers, and keyframe requests (PLI/FIR) are relayed to the publisher.
 //!
 //! SDP work (a DTLS certificate per peer, parsing and answering the offer)
-//! runs on tokio's blocking pool, so a burst of joins does not stall the
-//! forwarding thread; the thread only takes in the prepared peer. A peer
-//! that dies on its own (ICE gone, DTLS or input errors) is reported as a
-//! [`MediaLost`] so the room can tell the others; every 2 s each client's
-//! links are graded ([`crate::network_quality`]) and reported too, on the
-//! same channel ([`Report`]). The thread's heartbeat
-//! ([`Sfu::health`]) says whether it is alive and moving.
+//! runs on tokio's blocking pool, so a burst of joins does not stall
+//! forwarding; a worker only takes in the prepared peer. A peer that dies on
+//! its own (ICE gone, DTLS or input errors) is reported as a [`MediaLost`]
+//! so the room can tell the others; every 2 s each client's links are graded
+//! ([`crate::network_quality`]) and reported too, on the same channel
+//! ([`Report`]). Every thread's heartbeat feeds [`Sfu::health`]: one that
+//! panics or stops turning makes the whole SFU unhealthy, and the server
+//! stops so systemd restarts it, rather than serve half its rooms.
 
-use crate::network_quality::{self, Link, LinkMeter, NetworkQuality};
+mod demux;
+mod dispatch;
+mod engine;
+
+use crate::network_quality::{self, NetworkQuality};
 use crate::room::media_tcp::{self, TcpEvent};
-use crate::room::state::ConnId;
-use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use crate::room::state::{ConnId, RoomKey};
+use engine::{Engine, RoomTicket};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
-use tokio::net::UdpSocket;
+use str0m::{Candidate, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
-/// Media TCP events (connections, packets) waiting for the thread.
+/// Media TCP events (connections, packets) waiting for the dispatcher.
 const TCP_EVENTS: usize = 1024;
+/// Receive batches waiting for one worker; past this it is behind and
+/// datagrams are dropped, as at a full socket buffer.
+const WORKER_QUEUE: usize = 1024;
 
 /// The next media TCP event, or never without media TCP.
 async fn next_tcp(rx: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
@@ -53,10 +65,6 @@ async fn next_tcp(rx: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent>
     }
 }
 
-/// Keyframe requests to one publisher are relayed at most this often.
-const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
-/// Forwarding delays kept for percentiles.
-const DELAY_SAMPLES: usize = 1 << 16;
 /// Largest datagram taken in; a larger one is counted and dropped, not truncated.
 const MAX_DATAGRAM: usize = 2048;
 /// Reports queued to the room; peers are capped by the connection caps,
@@ -80,13 +88,13 @@ pub struct MediaLost {
     pub role: Role,
 }
 
-/// Whether the forwarding thread lives and moves.
+/// Whether every SFU thread lives and moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     Running,
-    /// The thread ended (a panic, or the socket failed).
+    /// A thread ended (a panic, or the socket failed).
     Stopped,
-    /// No loop turn for this long (it turns at least once a second).
+    /// A thread made no loop turn for this long (each turns at least once a second).
     Stalled(Duration),
 }
 
@@ -120,8 +128,30 @@ pub struct SfuStats {
     pub forward_delay_us_p50: u32,
     pub forward_delay_us_p99: u32,
     pub forward_delay_samples: usize,
+    /// Datagrams read from the media port.
+    pub datagrams_in: u64,
     /// Datagrams over the largest size taken in, dropped.
     pub datagrams_oversized: u64,
+    /// Datagrams from no known peer, dropped.
+    pub datagrams_unroutable: u64,
+    /// Datagrams dropped because their worker was behind.
+    pub datagrams_worker_busy: u64,
+    /// Datagrams sent, those a full socket buffer dropped, and the
+    /// `sendmmsg` calls that sent them.
+    pub datagrams_sent: u64,
+    pub datagrams_send_dropped: u64,
+    pub send_calls: u64,
+    /// Each worker's share.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One worker's peers and forwarding.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerStats {
+    pub peers: usize,
+    pub uplinks: usize,
+    pub downlinks: usize,
+    pub rtp_forwarded: u64,
 }
 
 enum Command {
@@ -132,6 +162,7 @@ enum Command {
         role: Role,
         rtc: Box<Rtc>,
         answer: String,
+        room: Arc<RoomTicket>,
         reply: oneshot::Sender<String>,
     },
     CloseConn(ConnId),
@@ -140,19 +171,61 @@ enum Command {
         conn: ConnId,
         stream_id: String,
     },
-    Stats(oneshot::Sender<SfuStats>),
+    Stats(oneshot::Sender<(SfuStats, WorkerStats, Vec<u32>)>),
+    /// What a bug on a worker does, for the test that it takes the SFU down.
+    #[cfg(test)]
+    Panic,
 }
 
-/// Handle to the SFU thread; cheap to clone. The thread ends when every
+/// A worker's peers come and go: the dispatcher's routes follow.
+enum RouteChange {
+    /// Our ICE ufrag of a new peer, and its worker.
+    Add(String, usize),
+    Remove(String),
+}
+
+/// Handle to the SFU's threads; cheap to clone. They end when every
 /// handle is dropped.
 #[derive(Clone)]
 pub struct Sfu {
-    tx: mpsc::UnboundedSender<Command>,
+    workers: Arc<[Worker]>,
+    rooms: Arc<Mutex<RoomTable>>,
+    counters: Arc<dispatch::Counters>,
+    dispatcher: Arc<Heartbeat>,
     local_addr: SocketAddr,
     advertise: SocketAddr,
     /// The ICE-TCP passive candidate's address, when media TCP is on.
     tcp_advertise: Option<SocketAddr>,
+}
+
+struct Worker {
+    commands: mpsc::UnboundedSender<Command>,
     beat: Arc<Heartbeat>,
+}
+
+/// Which worker each room with live peers is on.
+#[derive(Default)]
+struct RoomTable(HashMap<RoomKey, (usize, Weak<RoomTicket>)>);
+
+impl RoomTable {
+    /// The room's worker and ticket: where it is, else the worker with the
+    /// fewest live rooms.
+    fn assign(&mut self, room: &RoomKey, workers: usize) -> (usize, Arc<RoomTicket>) {
+        if let Some((w, t)) = self.0.get(room) {
+            if let Some(ticket) = t.upgrade() {
+                return (*w, ticket);
+            }
+        }
+        self.0.retain(|_, (_, t)| t.strong_count() > 0);
+        let mut load = vec![0usize; workers];
+        for (w, _) in self.0.values() {
+            load[*w] += 1;
+        }
+        let w = (0..workers).min_by_key(|w| load[*w]).unwrap_or(0);
+        let ticket = Arc::new(RoomTicket);
+        self.0.insert(room.clone(), (w, Arc::downgrade(&ticket)));
+        (w, ticket)
+    }
 }
 
 /// Media over TCP (ICE-TCP): the listener and the address clients are told.
@@ -161,29 +234,7 @@ pub struct MediaTcp {
     pub advertise: SocketAddr,
 }
 
-/// Where a peer's packets leave: the UDP socket, or its TCP connection.
-struct Out {
-    udp: UdpSocket,
-    tcp: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
-}
-
-impl Out {
-    fn send(&self, t: &str0m::net::Transmit) {
-        // A full buffer or queue drops the packet like the network would.
-        match t.proto {
-            Protocol::Udp => {
-                let _ = self.udp.try_send_to(&t.contents, t.destination);
-            }
-            _ => {
-                if let Some(conn) = self.tcp.get(&t.destination) {
-                    let _ = conn.try_send(Bytes::copy_from_slice(&t.contents));
-                }
-            }
-        }
-    }
-}
-
-/// The thread's loop count and when it last moved; `running` clears when
+/// A thread's loop count and when it last moved; `running` clears when
 /// the thread ends, panic included.
 #[derive(Debug)]
 struct Heartbeat {
@@ -193,9 +244,30 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
+    fn new() -> Arc<Heartbeat> {
+        Arc::new(Heartbeat {
+            running: AtomicBool::new(true),
+            started: Instant::now(),
+            last_turn_ms: AtomicU64::new(0),
+        })
+    }
+
     fn beat(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_turn_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn health(&self) -> Health {
+        if !self.running.load(Ordering::Relaxed) {
+            return Health::Stopped;
+        }
+        let last = Duration::from_millis(self.last_turn_ms.load(Ordering::Relaxed));
+        let since = self.started.elapsed().saturating_sub(last);
+        if since > STALL {
+            Health::Stalled(since)
+        } else {
+            Health::Running
+        }
     }
 }
 
@@ -208,14 +280,33 @@ impl Drop for Running {
     }
 }
 
+/// Run `body` on a new thread named `name`, on its own single-threaded
+/// runtime; `beat` says when it ends.
+fn spawn_thread<F>(name: String, beat: Arc<Heartbeat>, body: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let running = Running(beat);
+    std::thread::Builder::new().name(name).spawn(move || {
+        let _running = running;
+        rt.block_on(body());
+    })?;
+    Ok(())
+}
+
 impl Sfu {
-    /// Start the SFU on `socket`, telling clients to send media to
-    /// `advertise`. Peers it drops on its own, and each client's network
-    /// quality, are reported on the receiver.
+    /// Start the SFU on `socket` with `workers` forwarding threads (at
+    /// least one), telling clients to send media to `advertise`. Peers it
+    /// drops on its own, and each client's network quality, are reported
+    /// on the receiver.
     pub fn start(
         socket: std::net::UdpSocket,
         advertise: SocketAddr,
         tcp: Option<MediaTcp>,
+        workers: usize,
     ) -> std::io::Result<(Sfu, mpsc::Receiver<Report>)> {
         socket.set_nonblocking(true)?;
         let tcp_advertise = tcp.as_ref().map(|t| t.advertise);
@@ -227,23 +318,47 @@ impl Sfu {
             None => None,
         };
         let local_addr = socket.local_addr()?;
-        let (tx, rx) = mpsc::unbounded_channel();
         let (report_tx, report_rx) = mpsc::channel(REPORT_QUEUE);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let beat = Arc::new(Heartbeat {
-            running: AtomicBool::new(true),
-            started: Instant::now(),
-            last_turn_ms: AtomicU64::new(0),
-        });
-        let running = Running(Arc::clone(&beat));
-        std::thread::Builder::new()
-            .name("callbox-sfu".into())
-            .spawn(move || {
-                let _running = running;
-                rt.block_on(async move {
-                    let socket = match UdpSocket::from_std(socket) {
+        let (routes_tx, routes_rx) = mpsc::unbounded_channel();
+        let mut handles = Vec::new();
+        let mut inboxes = Vec::new();
+        for index in 0..workers.max(1) {
+            let (commands, commands_rx) = mpsc::unbounded_channel();
+            let (inbox, inbox_rx) = mpsc::channel(WORKER_QUEUE);
+            let beat = Heartbeat::new();
+            let engine = Engine::new(
+                index,
+                socket.try_clone()?,
+                routes_tx.clone(),
+                report_tx.clone(),
+                Arc::clone(&beat),
+            );
+            spawn_thread(
+                format!("callbox-sfu-{index}"),
+                Arc::clone(&beat),
+                move || Box::pin(engine.run(commands_rx, inbox_rx)),
+            )?;
+            handles.push(Worker { commands, beat });
+            inboxes.push(inbox);
+        }
+        let counters = Arc::new(dispatch::Counters::default());
+        let dispatcher_beat = Heartbeat::new();
+        let dispatcher = dispatch::Dispatcher {
+            pending: inboxes.iter().map(|_| None).collect(),
+            workers: inboxes,
+            routes: routes_rx,
+            demux: demux::Demux::default(),
+            counters: Arc::clone(&counters),
+            beat: Arc::clone(&dispatcher_beat),
+            udp_local: advertise,
+            tcp_local: tcp_advertise,
+        };
+        spawn_thread(
+            "callbox-sfu-rx".into(),
+            Arc::clone(&dispatcher_beat),
+            move || {
+                Box::pin(async move {
+                    let socket = match tokio::net::UdpSocket::from_std(socket) {
                         Ok(socket) => socket,
                         Err(e) => {
                             log::error!("E_SFU_SOCKET: cannot use the media socket: {e}");
@@ -262,86 +377,149 @@ impl Sfu {
                         }
                         None => None,
                     };
-                    let beat = Arc::clone(&_running.0);
-                    let engine = Engine::new(socket, advertise, report_tx, beat);
-                    engine.run(rx, tcp_events, tcp_advertise).await
+                    dispatcher.run(socket, tcp_events).await
                 })
-            })?;
+            },
+        )?;
         let sfu = Sfu {
-            tx,
+            workers: handles.into(),
+            rooms: Arc::default(),
+            counters,
+            dispatcher: dispatcher_beat,
             local_addr,
             advertise,
             tcp_advertise,
-            beat,
         };
         Ok((sfu, report_rx))
     }
 
-    /// Whether the forwarding thread is alive and has turned recently.
+    /// Whether every thread is alive and has turned recently: the worst of them.
     pub fn health(&self) -> Health {
-        if !self.beat.running.load(Ordering::Relaxed) {
-            return Health::Stopped;
+        let beats = std::iter::once(&self.dispatcher).chain(self.workers.iter().map(|w| &w.beat));
+        let mut worst = Health::Running;
+        for beat in beats {
+            match beat.health() {
+                Health::Stopped => return Health::Stopped,
+                Health::Stalled(d) if !matches!(worst, Health::Stalled(w) if w >= d) => {
+                    worst = Health::Stalled(d)
+                }
+                _ => {}
+            }
         }
-        let last = Duration::from_millis(self.beat.last_turn_ms.load(Ordering::Relaxed));
-        let since = self.beat.started.elapsed().saturating_sub(last);
-        if since > STALL {
-            Health::Stalled(since)
-        } else {
-            Health::Running
-        }
+        worst
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Answer a client's offer for an uplink (publication `stream_id`) or a
-    /// downlink (subscription to `stream_id`).
+    /// downlink (subscription to `stream_id`) in `room`.
     pub async fn open(
         &self,
         conn: ConnId,
+        room: &RoomKey,
         stream_id: &str,
         role: Role,
         offer: String,
     ) -> Result<String, SfuError> {
+        let (worker, ticket) = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .assign(room, self.workers.len());
         let (advertise, tcp) = (self.advertise, self.tcp_advertise);
         let (rtc, answer) = tokio::task::spawn_blocking(move || prepare(&offer, advertise, tcp))
             .await
             .map_err(|_| SfuError::Stopped)??;
         let (reply, rx) = oneshot::channel();
-        self.tx
+        self.workers[worker]
+            .commands
             .send(Command::Insert {
                 conn,
                 stream_id: stream_id.to_owned(),
                 role,
                 rtc: Box::new(rtc),
                 answer,
+                room: ticket,
                 reply,
             })
             .map_err(|_| SfuError::Stopped)?;
         rx.await.map_err(|_| SfuError::Stopped)
     }
 
+    /// Tell every worker: the peers in question are on one of them.
+    fn broadcast(&self, command: impl Fn() -> Command) {
+        for w in self.workers.iter() {
+            let _ = w.commands.send(command());
+        }
+    }
+
     pub fn close_conn(&self, conn: ConnId) {
-        let _ = self.tx.send(Command::CloseConn(conn));
+        self.broadcast(|| Command::CloseConn(conn));
     }
 
     pub fn end_publication(&self, stream_id: String) {
-        let _ = self.tx.send(Command::EndPublication(stream_id));
+        self.broadcast(|| Command::EndPublication(stream_id.clone()));
     }
 
     pub fn end_subscription(&self, conn: ConnId, stream_id: String) {
-        let _ = self.tx.send(Command::EndSubscription { conn, stream_id });
+        self.broadcast(|| Command::EndSubscription {
+            conn,
+            stream_id: stream_id.clone(),
+        });
     }
 
+    /// Every worker's counters summed, delay percentiles over all of them.
     pub async fn stats(&self) -> Option<SfuStats> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Stats(tx)).ok()?;
-        rx.await.ok()
+        let mut total = SfuStats::default();
+        let mut delays = Vec::new();
+        for w in self.workers.iter() {
+            let (tx, rx) = oneshot::channel();
+            w.commands.send(Command::Stats(tx)).ok()?;
+            let (s, worker, d) = rx.await.ok()?;
+            total.peers += worker.peers;
+            total.uplinks += worker.uplinks;
+            total.downlinks += worker.downlinks;
+            total.rtp_in += s.rtp_in;
+            total.rtp_forwarded += s.rtp_forwarded;
+            total.keyframe_requests_relayed += s.keyframe_requests_relayed;
+            total.datagrams_sent += s.datagrams_sent;
+            total.datagrams_send_dropped += s.datagrams_send_dropped;
+            total.send_calls += s.send_calls;
+            total.workers.push(worker);
+            delays.extend(d);
+        }
+        let c = &self.counters;
+        total.datagrams_in = c.datagrams_in.load(Ordering::Relaxed);
+        total.datagrams_oversized = c.oversized.load(Ordering::Relaxed);
+        total.datagrams_unroutable = c.unroutable.load(Ordering::Relaxed);
+        total.datagrams_worker_busy = c.worker_busy.load(Ordering::Relaxed);
+        delays.sort_unstable();
+        let pct = |q: f64| {
+            delays
+                .get(((delays.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        total.forward_delay_us_p50 = pct(0.50);
+        total.forward_delay_us_p99 = pct(0.99);
+        total.forward_delay_samples = delays.len();
+        Some(total)
+    }
+
+    /// Make worker `worker` panic, as a bug would.
+    #[cfg(test)]
+    fn inject_panic(&self, worker: usize) {
+        let _ = self.workers[worker].commands.send(Command::Panic);
     }
 }
 
-/// The thread turns at least once a second; this long without a turn is a stall.
+/// A thread turns at least once a second; this long without a turn is a stall.
 const STALL: Duration = Duration::from_secs(5);
 
 /// A str0m peer for `offer` and its answer: the SDP work, off the thread.
@@ -389,575 +567,66 @@ fn prepare(
     Ok((rtc, answer.to_sdp_string()))
 }
 
-type PeerId = u64;
-
-/// Why a peer goes: the room asked, or it died on its own (the room must hear).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Removal {
-    Asked,
-    Died,
-}
-
-/// Sequence-number rebasing for one forwarded track.
-#[derive(Debug, Clone, Copy)]
-struct SeqMap {
-    first_in: u64,
-    first_out: u64,
-}
-
-struct Peer {
-    conn: ConnId,
-    stream_id: String,
-    role: Role,
-    rtc: Rtc,
-    mids: Vec<(Mid, MediaKind)>,
-    next_timeout: Instant,
-    /// Downlinks: rebasing per kind.
-    seq: HashMap<MediaKind, SeqMap>,
-    /// Uplinks: when a keyframe was last requested.
-    last_keyframe_request: Option<Instant>,
-    connected: bool,
-    /// Loss and round trip for the client's network quality.
-    meter: LinkMeter,
-}
-
-impl Peer {
-    fn mid_of(&self, kind: MediaKind) -> Option<Mid> {
-        self.mids.iter().find(|(_, k)| *k == kind).map(|(m, _)| *m)
-    }
-}
-
-/// What handling one peer's output asks of the others.
-// Boxing the packet would cost an allocation per forwarded packet; entries
-// live only until the end of one `drive`.
-#[allow(clippy::large_enum_variant)]
-enum Propagate {
-    Rtp(PeerId, RtpPacket),
-    Keyframe(PeerId, KeyframeRequestKind),
-    DownlinkConnected(PeerId),
-}
-
-struct Engine {
-    out: Out,
-    reports: mpsc::Sender<Report>,
-    beat: Arc<Heartbeat>,
-    advertise: SocketAddr,
-    peers: HashMap<PeerId, Peer>,
-    by_addr: HashMap<SocketAddr, PeerId>,
-    /// stream id -> downlink peers
-    downlinks: HashMap<String, Vec<PeerId>>,
-    next_id: PeerId,
-    earliest: Instant,
-    /// When clients are next told their network quality.
-    next_grade: Instant,
-    stats: SfuStats,
-    delays: Vec<u32>,
-    delay_pos: usize,
-    /// Propagations waiting to be carried out.
-    work: VecDeque<Propagate>,
-}
-
-impl Engine {
-    fn new(
-        socket: UdpSocket,
-        advertise: SocketAddr,
-        reports: mpsc::Sender<Report>,
-        beat: Arc<Heartbeat>,
-    ) -> Self {
-        Engine {
-            out: Out {
-                udp: socket,
-                tcp: HashMap::new(),
-            },
-            reports,
-            beat,
-            advertise,
-            peers: HashMap::new(),
-            by_addr: HashMap::new(),
-            downlinks: HashMap::new(),
-            next_id: 1,
-            earliest: Instant::now() + Duration::from_secs(1),
-            next_grade: Instant::now() + network_quality::INTERVAL,
-            stats: SfuStats::default(),
-            delays: Vec::with_capacity(DELAY_SAMPLES),
-            delay_pos: 0,
-            work: VecDeque::new(),
-        }
-    }
-
-    async fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Command>,
-        mut tcp: Option<mpsc::Receiver<TcpEvent>>,
-        tcp_local: Option<SocketAddr>,
-    ) {
-        // One byte over the largest datagram taken in tells a larger one apart.
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        let udp_local = self.advertise;
-        loop {
-            self.beat.beat();
-            let sleep = tokio::time::sleep_until(self.earliest.into());
-            tokio::select! {
-                r = self.out.udp.recv_from(&mut buf) => match r {
-                    Ok((n, _)) if n > MAX_DATAGRAM => self.stats.datagrams_oversized += 1,
-                    Ok((n, source)) => self.on_packet(&buf[..n], source, (Protocol::Udp, udp_local)),
-                    // ICMP port-unreachable from a vanished client surfaces here; not fatal.
-                    Err(e) => log::debug!("media socket recv: {e}"),
-                },
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd),
-                    None => break,
-                },
-                Some(ev) = next_tcp(&mut tcp) => match (ev, tcp_local) {
-                    (TcpEvent::Opened(addr, conn), _) => {
-                        self.out.tcp.insert(addr, conn);
-                    }
-                    (TcpEvent::Packet(addr, p), Some(local)) => {
-                        self.on_packet(&p, addr, (Protocol::Tcp, local))
-                    }
-                    (TcpEvent::Packet(..), None) => {}
-                    (TcpEvent::Closed(addr), _) => {
-                        self.out.tcp.remove(&addr);
-                    }
-                },
-                _ = sleep => {}
-            }
-            let now = Instant::now();
-            if now >= self.earliest {
-                self.on_timeouts(now);
-            }
-            if now >= self.next_grade {
-                self.grade_links(now);
-            }
-        }
-        log::info!("SFU stopped");
-    }
-
-    fn on_command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Insert {
-                conn,
-                stream_id,
-                role,
-                rtc,
-                answer,
-                reply,
-            } => {
-                self.insert(conn, stream_id, role, *rtc);
-                let _ = reply.send(answer);
-            }
-            Command::CloseConn(conn) => self.remove_where(Removal::Asked, |p| p.conn == conn),
-            Command::EndPublication(stream_id) => {
-                self.remove_where(Removal::Asked, |p| p.stream_id == stream_id)
-            }
-            Command::EndSubscription { conn, stream_id } => self
-                .remove_where(Removal::Asked, |p| {
-                    p.conn == conn && p.stream_id == stream_id && p.role == Role::Downlink
-                }),
-            Command::Stats(reply) => {
-                let _ = reply.send(self.snapshot());
-            }
-        }
-    }
-
-    fn snapshot(&self) -> SfuStats {
-        let mut s = self.stats.clone();
-        s.peers = self.peers.len();
-        s.uplinks = self
-            .peers
-            .values()
-            .filter(|p| p.role == Role::Uplink)
-            .count();
-        s.downlinks = s.peers - s.uplinks;
-        let mut d = self.delays.clone();
-        d.sort_unstable();
-        let pct = |q: f64| {
-            d.get(((d.len() as f64 - 1.0) * q).round() as usize)
-                .copied()
-                .unwrap_or(0)
-        };
-        s.forward_delay_us_p50 = pct(0.50);
-        s.forward_delay_us_p99 = pct(0.99);
-        s.forward_delay_samples = d.len();
-        s
-    }
-
-    fn insert(&mut self, conn: ConnId, stream_id: String, role: Role, rtc: Rtc) {
-        let now = Instant::now();
-        let id = self.next_id;
-        self.next_id += 1;
-        if role == Role::Downlink {
-            self.downlinks
-                .entry(stream_id.clone())
-                .or_default()
-                .push(id);
-        }
-        log::info!("peer {id}: conn {conn} {role:?} for stream {stream_id}");
-        self.peers.insert(
-            id,
-            Peer {
-                conn,
-                stream_id,
-                role,
-                rtc,
-                mids: Vec::new(),
-                next_timeout: now,
-                seq: HashMap::new(),
-                last_keyframe_request: None,
-                connected: false,
-                meter: LinkMeter::default(),
-            },
-        );
-        // Collect MediaAdded and the first timeout before anything arrives.
-        self.drive(id, None, Instant::now());
-    }
-
-    fn remove_where(&mut self, why: Removal, pred: impl Fn(&Peer) -> bool) {
-        let ids: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| pred(p))
-            .map(|(id, _)| *id)
-            .collect();
-        ids.into_iter().for_each(|id| self.remove(id, why));
-    }
-
-    fn remove(&mut self, id: PeerId, why: Removal) {
-        if let Some(mut p) = self.peers.remove(&id) {
-            log::info!(
-                "peer {id}: closed ({:?} of conn {}, {why:?})",
-                p.role,
-                p.conn
-            );
-            if why == Removal::Died {
-                let lost = MediaLost {
-                    conn: p.conn,
-                    stream_id: p.stream_id.clone(),
-                    role: p.role,
-                };
-                if self.reports.try_send(Report::Lost(lost)).is_err() {
-                    log::error!("E_SFU_LOST_QUEUE: the room is not taking media-lost reports");
-                }
-            }
-            p.rtc.disconnect();
-            self.by_addr.retain(|_, v| *v != id);
-            if let Some(list) = self.downlinks.get_mut(&p.stream_id) {
-                list.retain(|d| *d != id);
-                if list.is_empty() {
-                    self.downlinks.remove(&p.stream_id);
-                }
-            }
-        }
-    }
-
-    /// One packet from `source`, over `proto` to our `destination` address.
-    fn on_packet(
-        &mut self,
-        data: &[u8],
-        source: SocketAddr,
-        (proto, destination): (Protocol, SocketAddr),
-    ) {
-        let arrived = Instant::now();
-        let Ok(contents) = data.try_into() else {
-            return;
-        };
-        let input = Input::Receive(
-            arrived,
-            Receive {
-                proto,
-                source,
-                destination,
-                contents,
-            },
-        );
-        let id = match self.by_addr.get(&source) {
-            Some(id) => Some(*id),
-            None => {
-                let found = self
-                    .peers
-                    .iter()
-                    .find(|(_, p)| p.rtc.accepts(&input))
-                    .map(|(id, _)| *id);
-                if let Some(id) = found {
-                    self.by_addr.insert(source, id);
-                }
-                found
-            }
-        };
-        let Some(id) = id else {
-            log::debug!("{proto:?} packet from {source} matches no peer");
-            return;
-        };
-        if let Some(p) = self.peers.get_mut(&id) {
-            p.meter.heard(arrived);
-        }
-        let forwarded = self.drive(id, Some(input), arrived);
-        if forwarded {
-            let us = arrived.elapsed().as_micros().min(u32::MAX as u128) as u32;
-            if self.delays.len() < DELAY_SAMPLES {
-                self.delays.push(us);
-            } else {
-                self.delays[self.delay_pos] = us;
-                self.delay_pos = (self.delay_pos + 1) % DELAY_SAMPLES;
-            }
-        }
-    }
-
-    fn on_timeouts(&mut self, now: Instant) {
-        self.remove_where(Removal::Died, |p| !p.rtc.is_alive());
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.next_timeout <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            self.drive(id, Some(Input::Timeout(now)), now);
-        }
-        self.earliest = self
-            .peers
-            .values()
-            .map(|p| p.next_timeout)
-            .min()
-            .unwrap_or(now + Duration::from_secs(1))
-            .min(self.next_grade)
-            .max(now + Duration::from_micros(200));
-    }
-
-    /// Every 2 s: each client's network quality, from its connected links.
-    fn grade_links(&mut self, now: Instant) {
-        self.next_grade = now + network_quality::INTERVAL;
-        let mut links: HashMap<ConnId, (Vec<Link>, Vec<Link>)> = HashMap::new();
-        for p in self.peers.values_mut().filter(|p| p.connected) {
-            let link = p.meter.take(now);
-            let (up, down) = links.entry(p.conn).or_default();
-            match p.role {
-                Role::Uplink => up.push(link),
-                Role::Downlink => down.push(link),
-            }
-        }
-        for (conn, (up, down)) in links {
-            let q = network_quality::grade_client(&up, &down);
-            if self.reports.try_send(Report::Quality(conn, q)).is_err() {
-                log::debug!("conn {conn}: network quality not sent, the room is behind");
-            }
-        }
-    }
-
-    /// Feed one input to a peer, send what it outputs, and carry its
-    /// propagations to other peers. Returns whether RTP was forwarded.
-    fn drive(&mut self, id: PeerId, input: Option<Input>, now: Instant) -> bool {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return false;
-        };
-        if let Some(input) = input {
-            if let Err(e) = peer.rtc.handle_input(input) {
-                log::warn!("peer {id}: input refused, closing: {e}");
-                peer.rtc.disconnect();
-            }
-        }
-        Self::poll(id, peer, &self.out, &mut self.work);
-        self.earliest = self.earliest.min(peer.next_timeout);
-        if !peer.rtc.is_alive() {
-            self.remove(id, Removal::Died);
-        }
-        let mut forwarded = false;
-        while let Some(w) = self.work.pop_front() {
-            match w {
-                Propagate::Rtp(from, pkt) => forwarded |= self.forward(from, pkt, now),
-                Propagate::Keyframe(from, kind) => self.relay_keyframe_request(from, kind, now),
-                Propagate::DownlinkConnected(from) => {
-                    self.relay_keyframe_request(from, KeyframeRequestKind::Pli, now)
-                }
-            }
-        }
-        forwarded
-    }
-
-    fn poll(id: PeerId, peer: &mut Peer, out: &Out, work: &mut VecDeque<Propagate>) {
-        while peer.rtc.is_alive() {
-            match peer.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    peer.next_timeout = t;
-                    break;
-                }
-                Ok(Output::Transmit(t)) => out.send(&t),
-                Ok(Output::Event(e)) => match e {
-                    Event::MediaAdded(m) => peer.mids.push((m.mid, m.kind)),
-                    Event::RtpPacket(pkt) if peer.role == Role::Uplink => {
-                        peer.meter.rtp(*pkt.header.ssrc, *pkt.seq_no);
-                        work.push_back(Propagate::Rtp(id, pkt));
-                    }
-                    Event::KeyframeRequest(req) if peer.role == Role::Downlink => {
-                        work.push_back(Propagate::Keyframe(id, req.kind));
-                    }
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        log::info!("peer {id}: ICE disconnected");
-                        peer.rtc.disconnect();
-                    }
-                    Event::PeerStats(s) => peer.meter.reported(None, s.rtt),
-                    Event::MediaEgressStats(s) => peer.meter.reported(s.loss, s.rtt),
-                    Event::Connected => {
-                        peer.connected = true;
-                        if peer.role == Role::Downlink {
-                            work.push_back(Propagate::DownlinkConnected(id));
-                        }
-                    }
-                    _ => {}
-                },
-                Err(e) => {
-                    log::warn!("peer {id}: closing after error: {e}");
-                    peer.rtc.disconnect();
-                }
-            }
-        }
-    }
-
-    fn forward(&mut self, from: PeerId, pkt: RtpPacket, now: Instant) -> bool {
-        self.stats.rtp_in += 1;
-        let Some(up) = self.peers.get_mut(&from) else {
-            return false;
-        };
-        let Some(mid) = up
-            .rtc
-            .direct_api()
-            .stream_rx(&pkt.header.ssrc)
-            .map(|s| s.mid())
-        else {
-            return false;
-        };
-        let Some(kind) = up.rtc.media(mid).map(|m| m.kind()) else {
-            return false;
-        };
-        let Some(params) = up
-            .rtc
-            .codec_config()
-            .find(|p| p.pt() == pkt.header.payload_type)
-            .copied()
-        else {
-            return false;
-        };
-        let Some(targets) = self.downlinks.get(&up.stream_id).cloned() else {
-            return false;
-        };
-        let mut forwarded = false;
-        for d in targets {
-            let Some(down) = self.peers.get_mut(&d) else {
-                continue;
-            };
-            if !down.connected {
-                continue;
-            }
-            let Some(dmid) = down.mid_of(kind) else {
-                continue;
-            };
-            // Not rtc.writer(): it is frame-mode API and panics in RTP mode.
-            let Some(pt) = down.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
-                continue;
-            };
-            let in_seq = *pkt.seq_no;
-            let map = *down.seq.entry(kind).or_insert(SeqMap {
-                first_in: in_seq,
-                first_out: rand::random::<u16>() as u64 / 2,
-            });
-            // Packets from before the subscription started are not forwarded.
-            let Some(delta) = in_seq.checked_sub(map.first_in) else {
-                continue;
-            };
-            let seq: SeqNo = (map.first_out + delta).into();
-            let write = RtpWrite::new(
-                pt,
-                seq,
-                pkt.header.timestamp,
-                pkt.timestamp,
-                Arc::clone(&pkt.payload),
-            )
-            .marker(pkt.header.marker)
-            .nackable(kind == MediaKind::Video);
-            let mut api = down.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(dmid, None) else {
-                continue;
-            };
-            tx.write_rtp(write);
-            // Timeout drives str0m to move the queued packet out now.
-            if let Err(e) = down.rtc.handle_input(Input::Timeout(now)) {
-                log::warn!("peer {d}: {e}");
-                down.rtc.disconnect();
-            }
-            Self::poll(d, down, &self.out, &mut self.work);
-            self.earliest = self.earliest.min(down.next_timeout);
-            self.stats.rtp_forwarded += 1;
-            forwarded = true;
-        }
-        forwarded
-    }
-
-    /// A downlink asked for a keyframe: ask the publisher of its stream.
-    fn relay_keyframe_request(&mut self, from: PeerId, kind: KeyframeRequestKind, now: Instant) {
-        let Some(stream_id) = self.peers.get(&from).map(|p| p.stream_id.clone()) else {
-            return;
-        };
-        let Some((up_id, up)) = self
-            .peers
-            .iter_mut()
-            .find(|(_, p)| p.role == Role::Uplink && p.stream_id == stream_id)
-        else {
-            return;
-        };
-        if up
-            .last_keyframe_request
-            .is_some_and(|t| now.duration_since(t) < KEYFRAME_THROTTLE)
-        {
-            return;
-        }
-        let Some(mid) = up.mid_of(MediaKind::Video) else {
-            return;
-        };
-        let up_id = *up_id;
-        if let Some(rx) = up.rtc.direct_api().stream_rx_by_mid(mid, None) {
-            rx.request_keyframe(kind);
-            up.last_keyframe_request = Some(now);
-            self.stats.keyframe_requests_relayed += 1;
-            log::debug!("peer {up_id}: keyframe requested ({kind:?})");
-        }
-        Self::poll(up_id, up, &self.out, &mut self.work);
-        self.earliest = self.earliest.min(up.next_timeout);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A forwarding thread that panics reads as stopped; one that stops
-    /// turning reads as stalled; a live one as running.
+    fn wait_for(sfu: &Sfu, want: Health) -> Health {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sfu.health() != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sfu.health()
+    }
+
+    /// A panic on one worker stops the whole SFU (the server then stops for
+    /// systemd), though the other worker still runs; a thread that stops
+    /// turning reads as stalled.
     #[test]
-    fn health_follows_the_thread() {
+    fn one_worker_down_is_the_sfu_down() {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let _guard = rt.enter();
-        let (sfu, _lost) = Sfu::start(socket, "127.0.0.1:9".parse().unwrap(), None).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(sfu.health(), Health::Running);
-        // What a panic on the thread does: the guard clears `running` on unwind.
-        let beat = Arc::clone(&sfu.beat);
-        let panicking = std::thread::spawn(move || {
-            let _running = Running(beat);
-            panic!("a bug on the media thread");
-        });
-        assert!(panicking.join().is_err());
-        assert_eq!(sfu.health(), Health::Stopped);
-        let stalled = Sfu {
-            beat: Arc::new(Heartbeat {
-                running: AtomicBool::new(true),
-                started: Instant::now() - Duration::from_secs(8),
-                last_turn_ms: AtomicU64::new(0),
-            }),
-            ..sfu.clone()
+        let (sfu, _lost) = Sfu::start(socket, "127.0.0.1:9".parse().unwrap(), None, 2).unwrap();
+        assert_eq!(sfu.workers(), 2);
+        assert_eq!(wait_for(&sfu, Health::Running), Health::Running);
+        sfu.inject_panic(1);
+        assert_eq!(wait_for(&sfu, Health::Stopped), Health::Stopped);
+        assert_eq!(sfu.workers[0].beat.health(), Health::Running);
+        let stalled = Heartbeat {
+            running: AtomicBool::new(true),
+            started: Instant::now() - Duration::from_secs(8),
+            last_turn_ms: AtomicU64::new(0),
         };
         assert!(matches!(stalled.health(), Health::Stalled(d) if d >= STALL));
+    }
+
+    fn key(room: u32) -> RoomKey {
+        RoomKey {
+            sdk_app_id: 1,
+            room: crate::protocol::RoomId::Num(room),
+        }
+    }
+
+    /// A room stays on its worker while it has peers; new rooms go to the
+    /// worker with the fewest; an emptied room may move.
+    #[test]
+    fn rooms_are_spread_and_stay_put() {
+        let mut t = RoomTable::default();
+        let (a, ta) = t.assign(&key(1), 2);
+        let (b, tb) = t.assign(&key(2), 2);
+        assert_ne!(a, b);
+        let (a2, _ta2) = t.assign(&key(1), 2);
+        assert_eq!(a, a2);
+        drop(ta);
+        drop(_ta2);
+        drop(tb);
+        let (c, _tc) = t.assign(&key(3), 2);
+        let (d, _td) = t.assign(&key(4), 2);
+        assert_ne!(c, d, "dead rooms no longer count as load");
+        assert_eq!(t.0.len(), 2);
     }
 }

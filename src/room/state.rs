@@ -226,6 +226,13 @@ impl Rooms {
             .map(|m| (&m.room, m.user_id.as_str()))
     }
 
+    /// The room a connection is in: where its media is forwarded.
+    pub fn room_of(&self, conn: ConnId) -> Result<RoomKey, RoomError> {
+        self.member(conn)
+            .map(|(room, _)| room.clone())
+            .ok_or(RoomError::NotJoined)
+    }
+
     pub fn publication(&self, stream_id: &str) -> Option<Publication> {
         self.members.iter().find_map(|(conn, m)| {
             m.publication

@@ -110,6 +110,29 @@ pub fn thread_cpu_ticks(tid: u64) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// CPU time, ns, of this process's threads whose name starts with
+/// `prefix`, from the scheduler's own accounting (no clock-tick rounding).
+pub fn threads_cpu_ns(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .is_ok_and(|c| c.trim().starts_with(prefix))
+        })
+        .filter_map(|tid| thread_cpu_ns(tid))
+        .sum()
+}
+
+/// CPU time of one thread of this process, ns.
+pub fn thread_cpu_ns(tid: u64) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
 /// The newest thread of this process with the given name.
 pub fn thread_named(name: &str) -> Option<u64> {
     std::fs::read_dir("/proc/self/task")
