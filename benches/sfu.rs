@@ -1,13 +1,17 @@
 //! SFU load generator: one publisher sends a 640x480@30-sized H.264 stream
 //! (about 1.1 Mbit/s, keyframe every 2 s) plus Opus at 50 packets/s through
 //! the room service on loopback to N subscribers (Rust webrtc clients).
-//! Prints the SFU thread's CPU per forwarded subscriber stream and the
-//! forwarding delay (datagram arrival -> last forwarded copy sent, p50/p99),
-//! beside a baseline measured in the same run: a plain UDP fan-out thread
-//! (recv + N sendto, no ICE/DTLS/SRTP) with the same traffic.
+//! Prints the SFU's CPU (its dispatcher and worker threads, from the
+//! scheduler's accounting) per forwarded subscriber stream and the
+//! forwarding delay (datagram arrival -> its forwarded copies sent,
+//! p50/p99), beside a baseline measured in the same run: a plain UDP
+//! fan-out thread (recv + N sendto, no ICE/DTLS/SRTP) with the same traffic.
+//! Then many rooms at once (R rooms of one publisher and S subscribers) with
+//! 1 and 2 forwarding workers. The ratios are the last lines; a baseline
+//! that could not be measured fails the bench.
 //!
 //! `cargo bench --bench sfu` runs the sweep; under `cargo test` (no
-//! `--bench` argument) it runs one small case as a smoke test.
+//! `--bench` argument) it runs small cases as a smoke test.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -15,14 +19,11 @@ mod common;
 use bytes::Bytes;
 use callbox::client::{Client, RoomId};
 use callbox::room::local::{loopback_config, LocalRoom};
-use common::{percentile, thread_cpu_ticks, thread_named};
+use common::{percentile, thread_cpu_ns, threads_cpu_ns};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Linux reports thread CPU in clock ticks of 1/100 s on every common build.
-const CLK_TCK: f64 = 100.0;
 
 struct Outcome {
     n: usize,
@@ -31,17 +32,14 @@ struct Outcome {
     delay_p50_us: u32,
     delay_p99_us: u32,
     delivered_ratio: f64,
+    /// Datagrams per send call (1 for the relay's sendto).
+    datagrams_per_call: f64,
 }
 
 impl Outcome {
-    /// Subscriber streams one core could forward; "-" when the run used less
-    /// CPU than one clock tick can show.
-    fn streams_per_core(&self) -> String {
-        if self.cpu_cores * 10.0 < 1.0 / CLK_TCK {
-            "-".to_owned()
-        } else {
-            format!("{:.0}", self.n as f64 / self.cpu_cores)
-        }
+    /// Subscriber streams one core could forward.
+    fn streams_per_core(&self) -> f64 {
+        self.n as f64 / self.cpu_cores
     }
 }
 
@@ -61,36 +59,37 @@ fn video_frame(i: u64) -> Bytes {
     Bytes::from(f)
 }
 
-async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
-    let mut config = loopback_config(None, false);
-    // Every subscriber comes from 127.0.0.1: lift the per-address cap.
-    config.limits.max_connections_per_ip = config.limits.max_connections;
-    config.limits.max_members_per_room = config.limits.max_members_per_room.max(n + 1);
-    let room = LocalRoom::start(config).await.expect("room");
-    let mut publisher = Client::connect(room.client_config("pub"))
+/// One room's publisher, streaming until `stop`; subscribers count
+/// what they receive into `received`.
+async fn start_room(
+    room: &LocalRoom,
+    room_id: u32,
+    subs: usize,
+    received: &Arc<AtomicU64>,
+    stop: &Arc<AtomicBool>,
+) -> (Client, Vec<Client>, tokio::task::JoinHandle<()>) {
+    let mut publisher = Client::connect(room.client_config(&format!("pub{room_id}")))
         .await
         .expect("connect");
-    publisher.join(RoomId::Num(1)).await.expect("join");
+    publisher.join(RoomId::Num(room_id)).await.expect("join");
     let local = publisher.publish(true, true).await.expect("publish");
     let (video, audio) = (
         local.video().cloned().expect("v"),
         local.audio().cloned().expect("a"),
     );
     let stream_id = local.stream_id.clone();
-
-    let received = Arc::new(AtomicU64::new(0));
     let mut subscribers = Vec::new();
-    for s in 0..n {
-        let mut c = Client::connect(room.client_config(&format!("sub{s}")))
+    for s in 0..subs {
+        let mut c = Client::connect(room.client_config(&format!("sub{room_id}-{s}")))
             .await
             .expect("connect");
-        let streams = c.join(RoomId::Num(1)).await.expect("join");
+        let streams = c.join(RoomId::Num(room_id)).await.expect("join");
         let info = streams
             .into_iter()
             .find(|x| x.stream_id == stream_id)
             .expect("stream listed");
         let mut remote = c.subscribe(&info).await.expect("subscribe");
-        let r = Arc::clone(&received);
+        let r = Arc::clone(received);
         tokio::spawn(async move {
             while remote.packets.recv().await.is_some() {
                 r.fetch_add(1, Ordering::Relaxed);
@@ -98,9 +97,7 @@ async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
         });
         subscribers.push(c);
     }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let s1 = Arc::clone(&stop);
+    let s1 = Arc::clone(stop);
     let sender = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut i = 0u64;
@@ -118,39 +115,72 @@ async fn run_sfu(n: usize, warmup: Duration, measure: Duration) -> Outcome {
             i += 1;
         }
     });
+    (publisher, subscribers, sender)
+}
+
+/// `rooms` rooms of one publisher and `subs` subscribers each, through an
+/// SFU with `workers` forwarding threads.
+async fn run_sfu(
+    (rooms, subs, workers): (usize, usize, usize),
+    warmup: Duration,
+    measure: Duration,
+) -> Outcome {
+    let mut config = loopback_config(None, false);
+    // Every subscriber comes from 127.0.0.1: lift the per-address cap.
+    config.limits.max_connections = config.limits.max_connections.max(rooms * (subs + 1) + 8);
+    config.limits.max_connections_per_ip = config.limits.max_connections;
+    config.limits.max_members_per_room = config.limits.max_members_per_room.max(subs + 1);
+    config.media.workers = Some(workers);
+    let room = LocalRoom::start(config).await.expect("room");
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut calls = Vec::new();
+    for r in 0..rooms {
+        calls.push(start_room(&room, 1 + r as u32, subs, &received, &stop).await);
+    }
 
     tokio::time::sleep(warmup).await;
-    let tid = thread_named("callbox-sfu").expect("SFU thread");
     let sfu = room_stats(&room).await;
     let (t0, c0, r0) = (
         Instant::now(),
-        thread_cpu_ticks(tid).unwrap_or(0),
+        threads_cpu_ns("callbox-sfu"),
         received.load(Ordering::Relaxed),
     );
     tokio::time::sleep(measure).await;
     let (t1, c1, r1) = (
         Instant::now(),
-        thread_cpu_ticks(tid).unwrap_or(0),
+        threads_cpu_ns("callbox-sfu"),
         received.load(Ordering::Relaxed),
     );
     let sfu_end = room_stats(&room).await;
     stop.store(true, Ordering::Relaxed);
-    let _ = sender.await;
     let wall = (t1 - t0).as_secs_f64();
-    let forwarded = (sfu_end["rtp_forwarded"].as_u64().unwrap_or(0)
-        - sfu["rtp_forwarded"].as_u64().unwrap_or(0)) as f64;
-    for mut c in subscribers {
-        c.close_media().await;
+    let counter = |k: &str| sfu_end[k].as_u64().unwrap_or(0) - sfu[k].as_u64().unwrap_or(0);
+    let forwarded = counter("rtp_forwarded") as f64;
+    let busiest = sfu_end["workers"].as_array().map_or(0, |w| {
+        w.iter().filter(|w| w["peers"].as_u64() > Some(0)).count()
+    });
+    assert!(
+        busiest == workers.min(rooms),
+        "rooms should spread over {} workers, {busiest} have peers",
+        workers.min(rooms)
+    );
+    for (mut publisher, subscribers, sender) in calls {
+        let _ = sender.await;
+        for mut c in subscribers {
+            c.close_media().await;
+        }
+        publisher.close_media().await;
     }
-    publisher.close_media().await;
     room.stop().await;
     Outcome {
-        n,
-        cpu_cores: (c1 - c0) as f64 / CLK_TCK / wall,
+        n: rooms * subs,
+        cpu_cores: (c1 - c0) as f64 / 1e9 / wall,
         forwarded_per_s: forwarded / wall,
         delay_p50_us: sfu_end["forward_delay_us_p50"].as_u64().unwrap_or(0) as u32,
         delay_p99_us: sfu_end["forward_delay_us_p99"].as_u64().unwrap_or(0) as u32,
         delivered_ratio: (r1 - r0) as f64 / forwarded.max(1.0),
+        datagrams_per_call: counter("datagrams_sent") as f64 / counter("send_calls").max(1) as f64,
     }
 }
 
@@ -194,7 +224,7 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
     }
     let s2 = Arc::clone(&stop);
     let relay_thread = std::thread::spawn(move || {
-        let start_ticks = thread_cpu_ticks(thread_self()).unwrap_or(0);
+        let start_ns = thread_cpu_ns(thread_self()).unwrap_or(0);
         let start = Instant::now();
         let (mut buf, mut delays, mut forwarded) = ([0u8; 2048], Vec::new(), 0u64);
         while !s2.load(Ordering::Relaxed) {
@@ -208,8 +238,8 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
             }
             delays.push(arrived.elapsed().as_micros() as u32);
         }
-        let ticks = thread_cpu_ticks(thread_self()).unwrap_or(0) - start_ticks;
-        (ticks, start.elapsed(), delays, forwarded)
+        let ns = thread_cpu_ns(thread_self()).unwrap_or(0) - start_ns;
+        (ns, start.elapsed(), delays, forwarded)
     });
     // Publisher: RTP-sized packets (1200-byte video fragments, 100-byte audio).
     let src = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -230,18 +260,19 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
         std::thread::sleep(tick.saturating_duration_since(Instant::now()));
     }
     stop.store(true, Ordering::Relaxed);
-    let (ticks, wall, mut delays, forwarded) = relay_thread.join().expect("relay");
+    let (ns, wall, mut delays, forwarded) = relay_thread.join().expect("relay");
     drains.into_iter().for_each(|d| {
         let _ = d.join();
     });
     let wall = wall.as_secs_f64();
     Outcome {
         n,
-        cpu_cores: ticks as f64 / CLK_TCK / wall,
+        cpu_cores: ns as f64 / 1e9 / wall,
         forwarded_per_s: forwarded as f64 / wall,
         delay_p50_us: percentile(&mut delays, 0.5),
         delay_p99_us: percentile(&mut delays, 0.99),
         delivered_ratio: received.load(Ordering::Relaxed) as f64 / forwarded.max(1) as f64,
+        datagrams_per_call: 1.0,
     }
 }
 
@@ -252,24 +283,60 @@ fn thread_self() -> u64 {
         .unwrap_or(0)
 }
 
+/// `a / b`, failing the bench when the baseline `b` was not measured.
+fn ratio(a: f64, b: f64, baseline: &str) -> f64 {
+    assert!(
+        b > 0.0 && b.is_finite(),
+        "the baseline ({baseline}) could not be measured: {b}"
+    );
+    a / b
+}
+
+fn print_row(what: &str, o: &Outcome) {
+    println!(
+        "{:<16} {:>5} {:>10.3} {:>12.0} {:>16.0} {:>14} {:>14} {:>10.1}% {:>9.1}",
+        what,
+        o.n,
+        o.cpu_cores,
+        o.forwarded_per_s,
+        o.streams_per_core(),
+        o.delay_p50_us,
+        o.delay_p99_us,
+        o.delivered_ratio * 100.0,
+        o.datagrams_per_call,
+    );
+}
+
+fn check(o: &Outcome) {
+    assert!(o.forwarded_per_s > 0.0, "the SFU forwarded nothing");
+    assert!(
+        o.delivered_ratio > 0.9,
+        "subscribers lost {:.1}% of forwarded packets",
+        (1.0 - o.delivered_ratio) * 100.0
+    );
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (sizes, warmup, measure): (&[usize], _, _) = if full {
+    let (sizes, many, warmup, measure): (&[usize], _, _, _) = if full {
         (
             &[10, 50, 100],
+            (20, 10),
             Duration::from_secs(3),
             Duration::from_secs(10),
         )
     } else {
-        (&[2], Duration::from_secs(1), Duration::from_secs(2))
+        (&[2], (2, 2), Duration::from_secs(1), Duration::from_secs(2))
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    println!("SFU forwarding benchmark (one 640x480@30 H.264 + Opus publisher -> N subscribers, loopback)");
     println!(
-        "{:<10} {:>5} {:>10} {:>12} {:>16} {:>14} {:>14} {:>10}",
+        "SFU forwarding benchmark (640x480@30 H.264 + Opus publishers -> subscribers, loopback)"
+    );
+    println!(
+        "{:<16} {:>5} {:>10} {:>12} {:>16} {:>14} {:>14} {:>11} {:>9}",
         "what",
         "N",
         "cpu cores",
@@ -277,43 +344,40 @@ fn main() {
         "streams per core",
         "delay p50 us",
         "delay p99 us",
-        "delivered"
+        "delivered",
+        "dgram/call"
     );
-    // None when a baseline run used less CPU than a clock tick shows (smoke runs).
-    let mut worst_ratio: Option<f64> = Some(0.0);
+    let mut ratios = Vec::new();
     for &n in sizes {
         let base = run_baseline(n, measure);
-        let sfu = rt.block_on(run_sfu(n, warmup, measure));
-        for (what, o) in [("udp-relay", &base), ("sfu", &sfu)] {
-            println!(
-                "{:<10} {:>5} {:>10.3} {:>12.0} {:>16} {:>14} {:>14} {:>9.1}%",
-                what,
-                o.n,
-                o.cpu_cores,
-                o.forwarded_per_s,
-                o.streams_per_core(),
-                o.delay_p50_us,
-                o.delay_p99_us,
-                o.delivered_ratio * 100.0
-            );
-        }
-        worst_ratio = match worst_ratio {
-            Some(w) if base.cpu_cores * 10.0 >= 1.0 / CLK_TCK => {
-                Some(w.max(sfu.cpu_cores / base.cpu_cores))
-            }
-            _ => None,
-        };
-        assert!(sfu.forwarded_per_s > 0.0, "the SFU forwarded nothing");
-        assert!(
-            sfu.delivered_ratio > 0.9,
-            "subscribers lost {:.1}% of forwarded packets",
-            (1.0 - sfu.delivered_ratio) * 100.0
+        let sfu = rt.block_on(run_sfu((1, n, 1), warmup, measure));
+        print_row("udp-relay", &base);
+        print_row("sfu 1 worker", &sfu);
+        check(&sfu);
+        let r = ratio(
+            sfu.streams_per_core(),
+            base.streams_per_core(),
+            "the UDP relay's CPU",
         );
+        ratios.push((n, r, sfu.delay_p99_us));
     }
-    match worst_ratio {
-        Some(r) => println!("SFU CPU / plain UDP relay CPU (worst case): {r:.1}x"),
-        None => {
-            println!("SFU CPU / plain UDP relay CPU: - (the baseline used less than a clock tick)")
-        }
+    let (rooms, subs) = many;
+    let mut many_rooms = Vec::new();
+    for workers in [1, 2] {
+        let o = rt.block_on(run_sfu((rooms, subs, workers), warmup, measure));
+        print_row(&format!("{rooms}x{subs} {workers} worker"), &o);
+        check(&o);
+        many_rooms.push((workers, o));
+    }
+    for (n, r, p99) in ratios {
+        println!("SFU / UDP relay streams per core at N = {n}: {r:.2}x (SFU delay p99 {p99} us)");
+    }
+    for (workers, o) in &many_rooms {
+        println!(
+            "{rooms} rooms x {subs} subscribers, {workers} worker(s): {:.0} streams per core, {:.2} cores, delay p99 {} us",
+            o.streams_per_core(),
+            o.cpu_cores,
+            o.delay_p99_us
+        );
     }
 }

@@ -309,6 +309,15 @@ impl Sfu {
         workers: usize,
     ) -> std::io::Result<(Sfu, mpsc::Receiver<Report>)> {
         socket.set_nonblocking(true)?;
+        let (rcv, snd) = crate::room::udp_batch::grow_buffers(&socket);
+        if rcv < crate::room::udp_batch::SOCKET_BUFFER {
+            log::warn!(
+                "media socket buffers are {} KiB in, {} KiB out: a burst may be dropped; \
+                 raise net.core.rmem_max and wmem_max (or give CAP_NET_ADMIN)",
+                rcv / 1024,
+                snd / 1024
+            );
+        }
         let tcp_advertise = tcp.as_ref().map(|t| t.advertise);
         let tcp_listener = match tcp {
             Some(t) => {

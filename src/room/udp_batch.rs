@@ -98,6 +98,43 @@ pub fn gso_supported(socket: BorrowedFd) -> bool {
     r == 0
 }
 
+/// Socket buffers the media port asks for: a burst of hundreds of
+/// datagrams (a keyframe fanned out, many publishers at once) must queue,
+/// not drop.
+pub const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Ask for [`SOCKET_BUFFER`] each way: past `net.core.rmem_max` with
+/// CAP_NET_ADMIN (`SO_*BUFFORCE`), else as far as the sysctl allows.
+/// Returns what the kernel gave (receive, send), in bytes.
+pub fn grow_buffers(socket: &std::net::UdpSocket) -> (usize, usize) {
+    let s = socket2::SockRef::from(socket);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let size = SOCKET_BUFFER as libc::c_int;
+        let set = |option| {
+            // SAFETY: a valid fd, and an int option value.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    option,
+                    (&size as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 {
+            set(plain);
+        }
+    }
+    (
+        s.recv_buffer_size().unwrap_or(0),
+        s.send_buffer_size().unwrap_or(0),
+    )
+}
+
 /// What one flush did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Sent {

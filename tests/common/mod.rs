@@ -123,7 +123,7 @@ pub fn threads_cpu_ns(prefix: &str) -> u64 {
             std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
                 .is_ok_and(|c| c.trim().starts_with(prefix))
         })
-        .filter_map(|tid| thread_cpu_ns(tid))
+        .filter_map(thread_cpu_ns)
         .sum()
 }
 

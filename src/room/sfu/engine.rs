@@ -27,6 +27,10 @@ use tokio::sync::mpsc;
 
 /// Keyframe requests to one publisher are relayed at most this often.
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
+/// Queued datagrams that make a pass send before it takes the next
+/// datagram in: batches stay large enough to fold, and the first packet of
+/// a receive batch does not wait for the whole batch's fan-out.
+const FLUSH_AT: usize = 128;
 /// Forwarding delays kept for percentiles.
 const DELAY_SAMPLES: usize = 1 << 16;
 
@@ -230,6 +234,9 @@ impl Engine {
                 for d in &batch.items {
                     let data = &batch.data[d.start..d.end];
                     self.on_packet(data, d.source, (d.proto, d.local), times);
+                    if self.out.tx.len() >= FLUSH_AT {
+                        self.flush();
+                    }
                 }
             }
             Inbound::TcpOpened(addr, conn) => {
