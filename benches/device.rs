@@ -345,6 +345,16 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("callbox-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let plain = DeviceToml::loopback(&room.ws_url(), "bench-device", ROOM, 3600);
+    // `-- --glass-only`: only the browser comparison, for chasing latency.
+    if full && std::env::args().any(|a| a == "--glass-only") {
+        let browser = browser_comparison(&room, &plain, &dir, window, GLASS_RUNS);
+        for (d, c) in &browser {
+            println!("device {d}\nchromium {c}");
+        }
+        print_receiver_stats(&browser[0].0, &browser[0].1);
+        print_glass_ratios(&browser);
+        return;
+    }
     let (mut child, first_rx) = start_device(&dir.join("device.toml"), &plain);
     let run = measure(
         &rt,
@@ -358,17 +368,12 @@ fn main() {
         .recv_timeout(Duration::from_secs(1))
         .unwrap_or_else(|_| "?".into());
 
-    let (dev_chrome, chrome_chrome) = if full {
-        let base = format!("http://{}", room.http);
-        let d = browser_glass(&base, "device", window.as_secs());
-        let _ = child.kill();
-        let _ = child.wait();
-        let c = browser_glass(&base, "browser", window.as_secs());
-        (d, c)
+    let _ = child.kill();
+    let _ = child.wait();
+    let browser = if full {
+        browser_comparison(&room, &plain, &dir, window, GLASS_RUNS)
     } else {
-        let _ = child.kill();
-        let _ = child.wait();
-        (None, None)
+        Vec::new()
     };
     // The same device with the whole audio chain on (a WAV file as the
     // speaker, so the echo canceller has a reference to follow).
@@ -465,8 +470,14 @@ fn main() {
         None if full => println!("    {what} (no result)"),
         None => {}
     };
-    show("device   -> Chromium        ", &dev_chrome);
-    show("Chromium -> Chromium (base) ", &chrome_chrome);
+    for (i, (d, c)) in browser.iter().enumerate() {
+        println!("    run {}:", i + 1);
+        show("device   -> Chromium        ", &Some(d.clone()));
+        show("Chromium -> Chromium (base) ", &Some(c.clone()));
+    }
+    if let Some((d, c)) = browser.first() {
+        print_receiver_stats(d, c);
+    }
     println!(
         "  glass-to-display, a caller's capture stamp -> on the device's screen (y4m, 15 fps, lip-synced):\n    p50 {:.1} ms  p99 {:.1} ms  ({} frames)",
         pct(&mut shown, 0.5),
@@ -498,4 +509,104 @@ fn main() {
     }
     assert!(n > 0, "the subscriber decoded no pattern frames");
     assert!(!shown.is_empty(), "the device's screen showed no caller");
+    print_glass_ratios(&browser);
+}
+
+/// Device -> Chromium beside Chromium -> Chromium, this many times in turn.
+const GLASS_RUNS: usize = 5;
+
+/// `runs` pairs, in turn: a fresh device publishing to a Chromium viewer,
+/// then (the device gone, so neither competes with it) a Chromium
+/// publisher drawing the same pattern. A pair that could not be measured
+/// fails the bench.
+fn browser_comparison(
+    room: &LocalRoom,
+    plain: &DeviceToml,
+    dir: &Path,
+    window: Duration,
+    runs: usize,
+) -> Vec<(serde_json::Value, serde_json::Value)> {
+    let base = format!("http://{}", room.http);
+    let mut pairs = Vec::new();
+    for run in 0..runs {
+        let (mut child, first_rx) = start_device(&dir.join("device-glass.toml"), plain);
+        let _ = first_rx.recv_timeout(Duration::from_secs(10));
+        let d = browser_glass(&base, "device", window.as_secs());
+        let _ = child.kill();
+        let _ = child.wait();
+        let c = browser_glass(&base, "browser", window.as_secs());
+        match (d, c) {
+            (Some(d), Some(c)) => pairs.push((d, c)),
+            (d, c) => panic!(
+                "run {}: glass-to-glass could not be measured (device -> Chromium {}, Chromium -> Chromium baseline {})",
+                run + 1,
+                if d.is_some() { "ok" } else { "failed" },
+                if c.is_some() { "ok" } else { "failed" },
+            ),
+        }
+    }
+    pairs
+}
+
+/// Where the viewer's time went, by its own getStats, for both senders.
+fn print_receiver_stats(d: &serde_json::Value, c: &serde_json::Value) {
+    println!("  the Chromium viewer's getStats over the window (run 1), device / Chromium sender:");
+    for kind in ["video", "audio"] {
+        let keys = [
+            "jitter_buffer_ms",
+            "jitter_buffer_target_ms",
+            "jitter_buffer_minimum_ms",
+            "decode_ms",
+            "processing_ms",
+            "assembly_ms",
+            "inter_frame_sd_ms",
+            "rtp_jitter_ms",
+            "frames_decoded",
+            "frames_dropped",
+            "freezes",
+            "nacks",
+            "packets_lost",
+        ];
+        for k in keys {
+            let (a, b) = (&d[kind][k], &c[kind][k]);
+            if a.is_null() && b.is_null() {
+                continue;
+            }
+            let f = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+            println!("    {kind} {k:<26} {:>8} / {:>8}", f(a), f(b));
+        }
+    }
+}
+
+/// The last lines: the worst ratio over the runs, device / Chromium.
+fn print_glass_ratios(pairs: &[(serde_json::Value, serde_json::Value)]) {
+    if pairs.is_empty() {
+        return;
+    }
+    let ratio = |k: &str| -> Vec<f64> {
+        pairs
+            .iter()
+            .map(|(d, c)| {
+                let (a, b) = (
+                    d[k].as_f64().unwrap_or(f64::NAN),
+                    c[k].as_f64().unwrap_or(f64::NAN),
+                );
+                assert!(
+                    b > 0.0,
+                    "the Chromium -> Chromium baseline ({k}) was not measured"
+                );
+                a / b
+            })
+            .collect()
+    };
+    for (k, what) in [("p50_ms", "p50"), ("p99_ms", "p99")] {
+        let r = ratio(k);
+        let list: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+        let worst = r.iter().cloned().fold(f64::NAN, f64::max);
+        println!(
+            "glass-to-glass {what} device->Chromium / Chromium->Chromium: worst {worst:.2}x over {} runs ({})",
+            r.len(),
+            list.join(", ")
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! the room service on loopback to N subscribers (Rust webrtc clients).
 //! Prints the SFU's CPU (its dispatcher and worker threads, from the
 //! scheduler's accounting) per forwarded subscriber stream and the
-//! forwarding delay (datagram arrival -> its forwarded copies sent,
+//! forwarding delay (datagram taken up -> its forwarded copies sent,
 //! p50/p99), beside a baseline measured in the same run: a plain UDP
 //! fan-out thread (recv + N sendto, no ICE/DTLS/SRTP) with the same traffic.
 //! Then many rooms at once (R rooms of one publisher and S subscribers) with
@@ -328,6 +328,19 @@ fn main() {
     } else {
         (&[2], (2, 2), Duration::from_secs(1), Duration::from_secs(2))
     };
+    // CALLBOX_SFU_BENCH="100 0x0" narrows a run to N = 100 and no many-rooms
+    // part (for profiling).
+    let narrowed: Option<(Vec<usize>, (usize, usize))> =
+        std::env::var("CALLBOX_SFU_BENCH").ok().and_then(|v| {
+            let (n, rooms) = v.split_once(' ')?;
+            let (r, s) = rooms.split_once('x')?;
+            let sizes = n.split(',').filter_map(|x| x.parse().ok()).collect();
+            Some((sizes, (r.parse().ok()?, s.parse().ok()?)))
+        });
+    let (sizes, many) = match &narrowed {
+        Some((n, m)) => (&n[..], *m),
+        None => (sizes, many),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -363,7 +376,7 @@ fn main() {
     }
     let (rooms, subs) = many;
     let mut many_rooms = Vec::new();
-    for workers in [1, 2] {
+    for workers in [1, 2].into_iter().filter(|_| rooms * subs > 0) {
         let o = rt.block_on(run_sfu((rooms, subs, workers), warmup, measure));
         print_row(&format!("{rooms}x{subs} {workers} worker"), &o);
         check(&o);

@@ -123,8 +123,8 @@ pub struct SfuStats {
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
     pub keyframe_requests_relayed: u64,
-    /// Time from a datagram's arrival to the last of its forwarded copies
-    /// being handed to the socket, microseconds.
+    /// Time from a worker taking a datagram up to the last of its forwarded
+    /// copies being handed to the kernel, microseconds.
     pub forward_delay_us_p50: u32,
     pub forward_delay_us_p99: u32,
     pub forward_delay_samples: usize,

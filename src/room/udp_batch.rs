@@ -14,7 +14,6 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::time::Instant;
 
 /// Datagrams taken in per `recvmmsg` call.
 pub const RECV_BATCH: usize = 32;
@@ -320,8 +319,6 @@ pub struct RecvBatch {
     lens: [usize; RECV_BATCH],
     sources: [Option<SocketAddr>; RECV_BATCH],
     count: usize,
-    /// When the call returned: the arrival time of every datagram in it.
-    pub arrived: Instant,
 }
 
 impl RecvBatch {
@@ -334,7 +331,6 @@ impl RecvBatch {
             lens: [0; RECV_BATCH],
             sources: [None; RECV_BATCH],
             count: 0,
-            arrived: Instant::now(),
         }
     }
 
@@ -385,7 +381,6 @@ impl RecvBatch {
             self.count = 0;
             return Err(io::Error::last_os_error());
         }
-        self.arrived = Instant::now();
         self.count = r as usize;
         for k in 0..self.count {
             self.lens[k] = msgs[k].msg_len as usize;

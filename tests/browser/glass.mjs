@@ -5,7 +5,10 @@
 //   node glass.mjs browser <base> <roomId> <seconds>  Chromium -> Chromium, the
 //       publisher drawing the same pattern on a canvas (captureStream, 640x480@30)
 //       and sending a tone, as the device does (so both are lip-synced)
-// Prints one JSON line: {frames, p50_ms, p99_ms, fps}.
+// Prints one JSON line: {frames, p50_ms, p99_ms, fps, video, audio}, where
+// video and audio are the viewer's inbound-rtp getStats over the window:
+// mean jitter-buffer delay and target, decode and processing time per frame,
+// the spread of inter-frame delay, drops, freezes, NACKs and RTP jitter.
 import { readFileSync } from 'node:fs';
 import { launch, userSig, sleep } from './lib.mjs';
 
@@ -27,6 +30,10 @@ async function join(p, userId, publishCanvas) {
     window.__lat = [];
     const c = TRTC.createClient({ mode: 'rtc', sdkAppId: 1400000000, userId, userSig: sig });
     window.c = c;
+    // Keep the client's peer connections for getStats.
+    window.__pcs = [];
+    const newPeer = c._newPeer.bind(c);
+    c._newPeer = () => { const pc = newPeer(); window.__pcs.push(pc); return pc; };
     c.on('stream-added', (e) => c.subscribe(e.stream));
     c.on('stream-subscribed', (e) => {
       e.stream.play('remoteStreamContainer');
@@ -80,11 +87,52 @@ if (mode === 'browser') {
 }
 await join(viewer, 'g2g-viewer', false);
 await sleep(3000); // warm-up: keyframe, bitrate ramp
+// The viewer's inbound-rtp stats per kind, summed over its connections.
+const inbound = () => viewer.evaluate(async () => {
+  const out = {};
+  for (const pc of window.__pcs) {
+    for (const r of (await pc.getStats()).values()) {
+      if (r.type !== 'inbound-rtp') continue;
+      const o = (out[r.kind] ||= {});
+      for (const [k, v] of Object.entries(r)) if (typeof v === 'number') o[k] = (o[k] || 0) + v;
+    }
+  }
+  return out;
+});
 await viewer.evaluate(() => { window.__lat = []; });
+const before = await inbound();
 await sleep(Number(seconds) * 1000);
+const after = await inbound();
 const lat = await viewer.evaluate(() => window.__lat);
 await browser.close();
 const ms = lat.map((l) => l.ms).sort((a, b) => a - b);
 const pct = (p) => (ms.length ? ms[Math.min(ms.length - 1, Math.round((ms.length - 1) * p))] : null);
 const span = lat.length > 1 ? (lat[lat.length - 1].t - lat[0].t) / 1e6 : 0;
-console.log(JSON.stringify({ frames: ms.length, p50_ms: pct(0.5), p99_ms: pct(0.99), fps: span ? (lat.length - 1) / span : 0 }));
+// What the window added, per kind: the browser's own account of where time went.
+function window_stats(kind) {
+  const a = after[kind] || {}, b = before[kind] || {};
+  const d = (k) => (a[k] || 0) - (b[k] || 0);
+  const per = (k, n) => (d(n) > 0 ? (1000 * d(k)) / d(n) : null);
+  const frames = d('framesDecoded');
+  const ifd = d('totalInterFrameDelay'), ifd2 = d('totalSquaredInterFrameDelay');
+  const intervals = Math.max(frames - 1, 1);
+  return {
+    jitter_buffer_ms: per('jitterBufferDelay', 'jitterBufferEmittedCount'),
+    jitter_buffer_target_ms: per('jitterBufferTargetDelay', 'jitterBufferEmittedCount'),
+    jitter_buffer_minimum_ms: per('jitterBufferMinimumDelay', 'jitterBufferEmittedCount'),
+    decode_ms: per('totalDecodeTime', 'framesDecoded'),
+    processing_ms: per('totalProcessingDelay', 'framesDecoded'),
+    assembly_ms: per('totalAssemblyTime', 'framesAssembledFromMultiplePackets'),
+    inter_frame_sd_ms: frames > 1 ? 1000 * Math.sqrt(Math.max(ifd2 / intervals - (ifd / intervals) ** 2, 0)) : null,
+    frames_decoded: frames,
+    frames_dropped: d('framesDropped'),
+    freezes: d('freezeCount'),
+    nacks: d('nackCount'),
+    packets_lost: d('packetsLost'),
+    rtp_jitter_ms: a.jitter != null ? 1000 * a.jitter : null,
+  };
+}
+console.log(JSON.stringify({
+  frames: ms.length, p50_ms: pct(0.5), p99_ms: pct(0.99), fps: span ? (lat.length - 1) / span : 0,
+  video: window_stats('video'), audio: window_stats('audio'),
+}));

@@ -255,6 +255,12 @@ impl Debian {
                 && perms.contains("(audio)"),
             "users and permissions: {perms}"
         );
+        // The room's media port may have its 8 MiB socket buffers at once.
+        let rmem = g.ok("cat /proc/sys/net/core/rmem_max").await?;
+        ensure!(
+            rmem.trim() == "8388608",
+            "net.core.rmem_max after install: {rmem}"
+        );
         // Started before it is provisioned: the config error in the journal,
         // exit 78, and no restart loop.
         let _ = g.sh("systemctl start callbox").await;

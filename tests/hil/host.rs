@@ -195,6 +195,7 @@ const PACKAGE_FILES: [(&str, &[&str], &str); 2] = [
             "./usr/bin/callbox-room",
             "./usr/lib/systemd/system/callbox-room.service",
             "./usr/lib/sysusers.d/callbox-room.conf",
+            "./usr/lib/sysctl.d/60-callbox-room.conf",
             "./etc/callbox-room/room.toml",
             "./usr/share/doc/callbox-room/copyright",
         ],

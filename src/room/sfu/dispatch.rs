@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use str0m::net::Protocol;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -94,7 +94,7 @@ impl Dispatcher {
                             continue;
                         }
                         let local = (Protocol::Udp, self.udp_local);
-                        self.route(source, data, local, batch.arrived);
+                        self.route(source, data, local);
                     }
                     self.hand_out();
                 }
@@ -120,7 +120,7 @@ impl Dispatcher {
                 }
             }
             (TcpEvent::Packet(addr, p), Some(local)) => {
-                self.route(addr, &p, (Protocol::Tcp, local), Instant::now());
+                self.route(addr, &p, (Protocol::Tcp, local));
                 self.hand_out();
             }
             (TcpEvent::Packet(..), None) => {}
@@ -128,13 +128,7 @@ impl Dispatcher {
     }
 
     /// Add one datagram to its worker's batch.
-    fn route(
-        &mut self,
-        source: SocketAddr,
-        data: &[u8],
-        (proto, local): (Protocol, SocketAddr),
-        arrived: Instant,
-    ) {
+    fn route(&mut self, source: SocketAddr, data: &[u8], (proto, local): (Protocol, SocketAddr)) {
         let Some(w) = self.demux.route(source, data) else {
             self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
             log::debug!("{proto:?} datagram from {source} matches no peer");
@@ -146,7 +140,6 @@ impl Dispatcher {
         let b = slot.get_or_insert_with(|| Datagrams {
             data: Vec::with_capacity(data.len() * 4),
             items: Vec::new(),
-            arrived,
         });
         let start = b.data.len();
         b.data.extend_from_slice(data);

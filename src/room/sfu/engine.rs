@@ -31,6 +31,12 @@ const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
 /// datagram in: batches stay large enough to fold, and the first packet of
 /// a receive batch does not wait for the whole batch's fan-out.
 const FLUSH_AT: usize = 128;
+/// Timer passes over the peers are at least this far apart: str0m's timers
+/// (RTCP reports, NACK and TWCC feedback, DTLS and ICE upkeep) tolerate it,
+/// and with hundreds of peers some timer is always due, so without it
+/// nearly every loop turn would be a pass over all of them. Forwarding
+/// itself never waits for a timer.
+const TIMER_STEP: Duration = Duration::from_millis(1);
 /// Forwarding delays kept for percentiles.
 const DELAY_SAMPLES: usize = 1 << 16;
 
@@ -46,8 +52,6 @@ pub(super) enum Inbound {
 pub(super) struct Datagrams {
     pub data: Vec<u8>,
     pub items: Vec<Dgram>,
-    /// When the batch was taken from the socket.
-    pub arrived: Instant,
 }
 
 /// One datagram of a [`Datagrams`]: `data[start..end]`.
@@ -99,6 +103,8 @@ struct Peer {
     ufrag: String,
     /// Keeps the room on this worker while the peer lives.
     _room: Arc<RoomTicket>,
+    /// Downlinks: RTP was written since the last poll.
+    written: bool,
 }
 
 impl Peer {
@@ -152,12 +158,17 @@ pub(super) struct Engine {
     downlinks: HashMap<String, Arc<Vec<PeerId>>>,
     next_id: PeerId,
     earliest: Instant,
+    last_timer_pass: Instant,
     /// When clients are next told their network quality.
     next_grade: Instant,
     stats: SfuStats,
     delays: Vec<u32>,
     delay_pos: usize,
-    /// Arrival of each datagram this pass forwarded, until the flush.
+    /// Downlinks written to since they were last polled, and how many
+    /// packets: each is polled once for all of them, before the flush.
+    written: Vec<PeerId>,
+    writes: usize,
+    /// When each datagram this pass forwarded was taken up, until the flush.
     unflushed: Vec<Instant>,
     /// Propagations waiting to be carried out.
     work: VecDeque<Propagate>,
@@ -187,11 +198,14 @@ impl Engine {
             downlinks: HashMap::new(),
             next_id: 1,
             earliest: Instant::now() + Duration::from_secs(1),
+            last_timer_pass: Instant::now(),
             next_grade: Instant::now() + network_quality::INTERVAL,
             stats: SfuStats::default(),
             delays: Vec::with_capacity(DELAY_SAMPLES),
             delay_pos: 0,
             unflushed: Vec::new(),
+            written: Vec::new(),
+            writes: 0,
             work: VecDeque::new(),
         }
     }
@@ -203,7 +217,8 @@ impl Engine {
     ) {
         loop {
             self.beat.beat();
-            let sleep = tokio::time::sleep_until(self.earliest.into());
+            let wake = self.earliest.max(self.last_timer_pass + TIMER_STEP);
+            let sleep = tokio::time::sleep_until(wake.into());
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
@@ -215,8 +230,11 @@ impl Engine {
                 },
                 _ = sleep => {}
             }
+            // What came in leaves before any timer pass.
+            self.flush();
             let now = Instant::now();
-            if now >= self.earliest {
+            if now >= self.earliest && now >= self.last_timer_pass + TIMER_STEP {
+                self.last_timer_pass = now;
                 self.on_timeouts(now);
             }
             if now >= self.next_grade {
@@ -230,11 +248,10 @@ impl Engine {
     fn on_inbound(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Datagrams(batch) => {
-                let times = (batch.arrived, Instant::now());
                 for d in &batch.items {
                     let data = &batch.data[d.start..d.end];
-                    self.on_packet(data, d.source, (d.proto, d.local), times);
-                    if self.out.tx.len() >= FLUSH_AT {
+                    self.on_packet(data, d.source, (d.proto, d.local), Instant::now());
+                    if self.out.tx.len() + self.writes >= FLUSH_AT {
                         self.flush();
                     }
                 }
@@ -248,8 +265,40 @@ impl Engine {
         }
     }
 
+    /// Poll every downlink written to: its packets move out, protected.
+    fn poll_written(&mut self) {
+        self.writes = 0;
+        for id in std::mem::take(&mut self.written) {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            peer.written = false;
+            Self::poll(id, peer, &mut self.out, &mut self.work);
+            self.earliest = self.earliest.min(peer.next_timeout);
+            if !peer.rtc.is_alive() {
+                self.remove(id, Removal::Died);
+            }
+        }
+        let now = Instant::now();
+        while let Some(w) = self.work.pop_front() {
+            match w {
+                Propagate::Keyframe(from, kind) => self.relay_keyframe_request(from, kind, now),
+                Propagate::DownlinkConnected(from) => {
+                    self.relay_keyframe_request(from, KeyframeRequestKind::Pli, now)
+                }
+                // Only uplinks make RTP, and polling a downlink is not that.
+                Propagate::Rtp(from, pkt) => {
+                    self.forward(from, pkt);
+                }
+            }
+        }
+    }
+
     /// Send what this pass queued, and note how long forwarding took.
     fn flush(&mut self) {
+        while !self.written.is_empty() {
+            self.poll_written();
+        }
         if self.out.tx.is_empty() {
             return;
         }
@@ -354,6 +403,7 @@ impl Engine {
                 meter: LinkMeter::default(),
                 ufrag,
                 _room: room,
+                written: false,
             },
         );
         // Collect MediaAdded and the first timeout before anything arrives.
@@ -401,14 +451,14 @@ impl Engine {
 
     /// One packet from `source`, over `proto` to our `destination` address.
     /// One datagram from `source`, over `proto` to our `destination`
-    /// address; `arrived` is when it was taken in, `now` this worker's clock
-    /// (str0m's time only moves forward).
+    /// address, taken up `now`: forwarding delay counts from here to the
+    /// send, as the UDP relay baseline counts from its `recv`.
     fn on_packet(
         &mut self,
         data: &[u8],
         source: SocketAddr,
         (proto, destination): (Protocol, SocketAddr),
-        (arrived, now): (Instant, Instant),
+        now: Instant,
     ) {
         let Ok(contents) = data.try_into() else {
             return;
@@ -444,7 +494,7 @@ impl Engine {
             p.meter.heard(now);
         }
         if self.drive(id, Some(input), now) {
-            self.unflushed.push(arrived);
+            self.unflushed.push(now);
         }
     }
 
@@ -465,8 +515,7 @@ impl Engine {
             .map(|p| p.next_timeout)
             .min()
             .unwrap_or(now + Duration::from_secs(1))
-            .min(self.next_grade)
-            .max(now + Duration::from_micros(200));
+            .min(self.next_grade);
     }
 
     /// Every 2 s: each client's network quality, from its connected links.
@@ -624,10 +673,13 @@ impl Engine {
                 continue;
             };
             tx.write_rtp(write);
-            // Writing arms the peer's readiness: polling moves the packet out
-            // with no timer pass.
-            Self::poll(d, down, &mut self.out, &mut self.work);
-            self.earliest = self.earliest.min(down.next_timeout);
+            // Writing arms the peer's readiness: one poll before the flush
+            // moves out all written since, with no timer pass.
+            if !down.written {
+                down.written = true;
+                self.written.push(d);
+            }
+            self.writes += 1;
             self.stats.rtp_forwarded += 1;
             forwarded = true;
         }
