@@ -347,7 +347,12 @@ fn main() {
     let plain = DeviceToml::loopback(&room.ws_url(), "bench-device", ROOM, 3600);
     // `-- --glass-only`: only the browser comparison, for chasing latency.
     if full && std::env::args().any(|a| a == "--glass-only") {
-        let browser = browser_comparison(&room, &plain, &dir, window, GLASS_RUNS);
+        let device = if std::env::var_os("CALLBOX_GLASS_NO_AUDIO").is_some() {
+            plain.clone().set("audio", "enabled", false)
+        } else {
+            plain.clone()
+        };
+        let browser = browser_comparison(&room, &device, &dir, window, GLASS_RUNS);
         for (d, c) in &browser {
             println!("device {d}\nchromium {c}");
         }
@@ -459,16 +464,20 @@ fn main() {
     println!("  start -> first RTP packet        {first} ms (target <= 500)");
     println!("  glass-to-glass, capture stamp -> decoded at the subscriber:");
     println!("    device   -> Rust subscriber    p50 {g50:.1} ms  p99 {g99:.1} ms  ({n} frames)");
-    let show = |what: &str, v: &Option<serde_json::Value>| match v {
+    let show = |what: &str, v: &Option<serde_json::Value>| {
+        match v {
         Some(v) => println!(
-            "    {what} p50 {:.1} ms  p99 {:.1} ms  ({} frames, {:.1} fps)",
+            "    {what} p50 {:.1} ms  p99 {:.1} ms shown; p50 {:.1} ms  p99 {:.1} ms received  ({} frames, {:.1} fps)",
             v["p50_ms"].as_f64().unwrap_or(f64::NAN),
             v["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            v["received_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            v["received_p99_ms"].as_f64().unwrap_or(f64::NAN),
             v["frames"],
             v["fps"].as_f64().unwrap_or(0.0)
         ),
         None if full => println!("    {what} (no result)"),
         None => {}
+    }
     };
     for (i, (d, c)) in browser.iter().enumerate() {
         println!("    run {}:", i + 1);
@@ -599,7 +608,12 @@ fn print_glass_ratios(pairs: &[(serde_json::Value, serde_json::Value)]) {
             })
             .collect()
     };
-    for (k, what) in [("p50_ms", "p50"), ("p99_ms", "p99")] {
+    for (k, what) in [
+        ("received_p50_ms", "capture -> received p50"),
+        ("received_p99_ms", "capture -> received p99"),
+        ("p50_ms", "p50"),
+        ("p99_ms", "p99"),
+    ] {
         let r = ratio(k);
         let list: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
         let worst = r.iter().cloned().fold(f64::NAN, f64::max);

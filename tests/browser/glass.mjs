@@ -3,10 +3,13 @@
 // and reports now - capture time. Used two ways by `benches/device.rs`:
 //   node glass.mjs device <base> <roomId> <seconds>   Chromium subscribes to the device
 //   node glass.mjs browser <base> <roomId> <seconds>  Chromium -> Chromium, the
-//       publisher drawing the same pattern on a canvas (captureStream, 640x480@30)
-//       and sending a tone, as the device does (so both are lip-synced)
-// Prints one JSON line: {frames, p50_ms, p99_ms, fps, video, audio}, where
-// video and audio are the viewer's inbound-rtp getStats over the window:
+//       publisher (its own Chromium instance) drawing the same pattern on a
+//       canvas (captureStream, 640x480@30) and sending a tone, as the device
+//       does (so both are lip-synced)
+// Prints one JSON line: {frames, p50_ms, p99_ms, fps, received_p50_ms,
+// received_p99_ms, video, audio}: capture -> shown (the frame callback),
+// capture -> the frame's last packet received (its receiveTime), and
+// the viewer's inbound-rtp getStats over the window:
 // mean jitter-buffer delay and target, decode and processing time per frame,
 // the spread of inter-frame delay, drops, freezes, NACKs and RTP jitter.
 import { readFileSync } from 'node:fs';
@@ -15,9 +18,13 @@ import { launch, userSig, sleep } from './lib.mjs';
 const [mode, base, roomId, seconds] = process.argv.slice(2);
 const patternJs = readFileSync(new URL('./pattern.js', import.meta.url), 'utf8');
 const browser = await launch();
+// The publisher in its own Chromium, as a caller on another machine would
+// be: one instance would draw and display on the same frame clock, which
+// no real call has.
+const publisherBrowser = mode === 'browser' ? await launch() : null;
 
-async function page(userId) {
-  const p = await browser.newPage();
+async function page(userId, b = browser) {
+  const p = await b.newPage();
   p.on('pageerror', (e) => console.error(`[${userId}] ${e.message}`));
   await p.goto(`${base}/seed.html`);
   await p.addScriptTag({ content: patternJs });
@@ -42,14 +49,20 @@ async function join(p, userId, publishCanvas) {
         if (!v || !v.requestVideoFrameCallback) return setTimeout(measure, 50);
         const canvas = document.createElement('canvas');
         const ctx = canvas.getContext('2d', { willReadFrequently: true });
-        const onFrame = () => {
+        const onFrame = (_, md) => {
           const now = Date.now() * 1000;
+          // When the frame's last packet reached the browser (WebRTC sources
+          // report it), on the same epoch clock as the stamp.
+          const received = md && md.receiveTime ? (performance.timeOrigin + md.receiveTime) * 1000 : null;
           if (v.videoWidth) {
             const w = v.videoWidth, h = Math.ceil(40 * w / 640);
             canvas.width = w; canvas.height = h;
             ctx.drawImage(v, 0, 0, w, h, 0, 0, w, h);
             const s = CallboxPattern.read(ctx.getImageData(0, 0, w, h).data, w, w / 640);
-            if (s) window.__lat.push({ counter: s.counter, ms: (now - s.captureUs) / 1000, t: now });
+            if (s) window.__lat.push({
+              counter: s.counter, ms: (now - s.captureUs) / 1000, t: now,
+              received_ms: received ? (received - s.captureUs) / 1000 : null,
+            });
           }
           v.requestVideoFrameCallback(onFrame);
         };
@@ -82,7 +95,7 @@ async function join(p, userId, publishCanvas) {
 
 const viewer = await page('g2g-viewer');
 if (mode === 'browser') {
-  const pub = await page('g2g-publisher');
+  const pub = await page('g2g-publisher', publisherBrowser);
   await join(pub, 'g2g-publisher', true);
 }
 await join(viewer, 'g2g-viewer', false);
@@ -105,8 +118,10 @@ await sleep(Number(seconds) * 1000);
 const after = await inbound();
 const lat = await viewer.evaluate(() => window.__lat);
 await browser.close();
+if (publisherBrowser) await publisherBrowser.close();
 const ms = lat.map((l) => l.ms).sort((a, b) => a - b);
-const pct = (p) => (ms.length ? ms[Math.min(ms.length - 1, Math.round((ms.length - 1) * p))] : null);
+const pct = (p, v = ms) => (v.length ? v[Math.min(v.length - 1, Math.round((v.length - 1) * p))] : null);
+const rx = lat.map((l) => l.received_ms).filter((x) => x != null).sort((a, b) => a - b);
 const span = lat.length > 1 ? (lat[lat.length - 1].t - lat[0].t) / 1e6 : 0;
 // What the window added, per kind: the browser's own account of where time went.
 function window_stats(kind) {
@@ -134,5 +149,6 @@ function window_stats(kind) {
 }
 console.log(JSON.stringify({
   frames: ms.length, p50_ms: pct(0.5), p99_ms: pct(0.99), fps: span ? (lat.length - 1) / span : 0,
+  received_p50_ms: pct(0.5, rx), received_p99_ms: pct(0.99, rx),
   video: window_stats('video'), audio: window_stats('audio'),
 }));
