@@ -78,10 +78,21 @@
 //! policy; active ICE-TCP candidates) -> `Peer::offer` (at most 3 s of gathering)
 //! (`ClientError::NoRelay` when relay-only got no relay) ->
 //! `Peer::accept_answer` (the room's passive TCP candidates through
-//! `add_ice_candidate`). In the room, UDP reaches `Engine::on_packet`
-//! directly, TCP through `media_tcp::accept` (`TcpEvent::Packet`); replies
-//! leave by `Out::send`. The device logs and keeps `Peer::path` in
-//! `MediaStats::ice_path`.
+//! `add_ice_candidate`). In the room, UDP reaches `Dispatcher::drain_udp`
+//! (`recvmmsg`), TCP through `media_tcp::accept` (`TcpEvent::Packet`), and
+//! both go by `Demux::route` (STUN by our ufrag, then by address) to the
+//! peer's worker, `Engine::on_inbound` -> `Engine::on_packet`; replies
+//! leave by `Out::send` and `Engine::flush`. The device logs and keeps
+//! `Peer::path` in `MediaStats::ice_path`.
+//!
+//! **Uplink RTP -> subscribers** (a room's worker thread `callbox-sfu-N`;
+//! `Sfu::open` put all the room's peers there): `Engine::on_packet` ->
+//! `Engine::drive` (str0m decrypts; `Event::RtpPacket`) -> `Engine::forward`
+//! (sequence rebased per downlink, payload shared; `StreamTx::write_rtp`
+//! per downlink) -> `Engine::flush` -> `Engine::poll_written` (one str0m
+//! poll per written downlink: SRTP-protected datagrams) -> `TxQueue::flush`
+//! (`udp_batch::plan`: each subscriber's datagrams as UDP GSO messages, all
+//! in one `sendmmsg`).
 //!
 //! **Packets -> network quality**: in the room, `Engine::on_packet`
 //! (`LinkMeter::heard`), each uplink RTP packet (`LinkMeter::rtp`, its
