@@ -10,12 +10,12 @@
 //! others come and go, and lets a subscriber drop one stream by closing one
 //! connection.
 //!
-//! Data flow: the dispatcher thread ([`dispatch`]) reads the port in
-//! batches and hands each datagram to its peer's worker ([`demux`]: STUN
+//! Data flow: the dispatcher thread (`dispatch`) reads the port in
+//! batches and hands each datagram to its peer's worker (`demux`: STUN
 //! by our ICE ufrag, the rest by the address STUN taught); the worker
-//! ([`engine`]) feeds its peers, forwards, and sends what the pass made in
+//! (`engine`) feeds its peers, forwards, and sends what the pass made in
 //! one batch ([`crate::room::udp_batch`]). A room goes to the worker with
-//! the fewest peers when its first peer opens, and stays there while any
+//! the fewest live rooms when its first peer opens, and stays there while any
 //! of its peers lives, so forwarding never crosses threads or takes a lock.
 //!
 //! Forwarding is at the RTP level: payloads are shared (`Arc<[u8]>`) between
