@@ -102,14 +102,6 @@ pub fn bench_in_own_netns() {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-/// CPU clock ticks (user + system) of thread `tid` of this process.
-pub fn thread_cpu_ticks(tid: u64) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// CPU time, ns, of this process's threads whose name starts with
 /// `prefix`, from the scheduler's own accounting (no clock-tick rounding).
 pub fn threads_cpu_ns(prefix: &str) -> u64 {
@@ -131,19 +123,6 @@ pub fn threads_cpu_ns(prefix: &str) -> u64 {
 pub fn thread_cpu_ns(tid: u64) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
     s.split_whitespace().next()?.parse().ok()
-}
-
-/// The newest thread of this process with the given name.
-pub fn thread_named(name: &str) -> Option<u64> {
-    std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|tid| {
-            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-                .is_ok_and(|c| c.trim() == name)
-        })
-        .max()
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`); this
