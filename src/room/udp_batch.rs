@@ -38,16 +38,18 @@ pub struct Group {
 /// their order and sit together; `groups` cut `order` into messages. A run
 /// ends at a new destination, a datagram longer than the run's first (or
 /// after a shorter one: only the last may be short), or the kernel's limits.
-/// Without `gso` every datagram is its own message.
+/// Without `gso` every datagram is its own message. `rank` is scratch
+/// space, the caller's, kept between calls.
 pub fn plan(
     datagrams: &[(SocketAddr, usize)],
     gso: bool,
     order: &mut Vec<usize>,
     groups: &mut Vec<Group>,
+    rank: &mut HashMap<SocketAddr, usize>,
 ) {
     order.clear();
     groups.clear();
-    let mut rank: HashMap<SocketAddr, usize> = HashMap::new();
+    rank.clear();
     for (i, (dest, _)) in datagrams.iter().enumerate() {
         let next = rank.len();
         let r = *rank.entry(*dest).or_insert(next);
@@ -153,6 +155,7 @@ pub struct TxQueue {
     shape: Vec<(SocketAddr, usize)>,
     order: Vec<usize>,
     groups: Vec<Group>,
+    rank: HashMap<SocketAddr, usize>,
     /// Off after the kernel refuses a GSO message (`EIO`: no checksum offload).
     gso: bool,
 }
@@ -177,10 +180,6 @@ impl TxQueue {
         self.datagrams.is_empty()
     }
 
-    pub fn gso(&self) -> bool {
-        self.gso
-    }
-
     /// Send everything queued, in as few calls as the kernel allows. A full
     /// socket buffer drops what is left, as the network would.
     pub fn flush(&mut self, socket: BorrowedFd) -> Sent {
@@ -191,7 +190,13 @@ impl TxQueue {
         self.shape.clear();
         self.shape
             .extend(self.datagrams.iter().map(|(d, c)| (*d, c.len())));
-        plan(&self.shape, self.gso, &mut self.order, &mut self.groups);
+        plan(
+            &self.shape,
+            self.gso,
+            &mut self.order,
+            &mut self.groups,
+            &mut self.rank,
+        );
         let mut next = 0;
         while next < self.groups.len() {
             let end = (next + MAX_MESSAGES).min(self.groups.len());
@@ -216,9 +221,7 @@ impl TxQueue {
                 Err(e) if e.raw_os_error() == Some(libc::EIO) && self.gso => {
                     log::warn!("UDP GSO refused by the kernel ({e}); sending datagrams one by one");
                     self.gso = false;
-                    plan(&self.shape, false, &mut self.order, &mut self.groups);
-                    next = 0;
-                    sent = Sent::default();
+                    self.split_from(next);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     sent.dropped += self.remaining(next);
@@ -234,6 +237,19 @@ impl TxQueue {
         }
         self.datagrams.clear();
         sent
+    }
+
+    /// Messages `from` on, one datagram each (earlier ones were sent).
+    fn split_from(&mut self, from: usize) {
+        let rest: Vec<Group> = self.groups.drain(from..).collect();
+        for g in rest {
+            self.groups
+                .extend((g.start..g.start + g.count).map(|pos| Group {
+                    start: pos,
+                    count: 1,
+                    segment: self.shape[self.order[pos]].1,
+                }));
+        }
     }
 
     fn remaining(&self, from: usize) -> usize {
@@ -403,7 +419,7 @@ mod tests {
 
     fn groups_of(datagrams: &[(SocketAddr, usize)], gso: bool) -> (Vec<usize>, Vec<Group>) {
         let (mut order, mut groups) = (Vec::new(), Vec::new());
-        plan(datagrams, gso, &mut order, &mut groups);
+        plan(datagrams, gso, &mut order, &mut groups, &mut HashMap::new());
         (order, groups)
     }
 
@@ -461,6 +477,30 @@ mod tests {
         let d = vec![(addr(1), 100); 100];
         let (_, groups) = groups_of(&d, true);
         assert_eq!(groups[0].count, MAX_SEGMENTS);
+    }
+
+    /// The kernel refusing GSO part way: what was sent stays sent, the
+    /// rest becomes one message per datagram, in the same order.
+    #[test]
+    fn refused_gso_splits_only_what_is_left() {
+        let mut q = TxQueue::new(true);
+        for (port, len) in [(1, 1200), (1, 1200), (2, 1200), (2, 1200), (2, 300)] {
+            q.push(addr(port), vec![0; len]);
+        }
+        q.shape = q.datagrams.iter().map(|(d, c)| (*d, c.len())).collect();
+        plan(&q.shape, true, &mut q.order, &mut q.groups, &mut q.rank);
+        assert_eq!(q.groups.len(), 2);
+        q.split_from(1);
+        let shape: Vec<(usize, usize, usize)> = q
+            .groups
+            .iter()
+            .map(|g| (g.start, g.count, g.segment))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![(0, 2, 1200), (2, 1, 1200), (3, 1, 1200), (4, 1, 300)]
+        );
+        assert_eq!(q.remaining(1), 3);
     }
 
     #[test]
