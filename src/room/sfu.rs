@@ -352,16 +352,12 @@ impl Sfu {
         }
         let counters = Arc::new(dispatch::Counters::default());
         let dispatcher_beat = Heartbeat::new();
-        let dispatcher = dispatch::Dispatcher {
-            pending: inboxes.iter().map(|_| None).collect(),
-            workers: inboxes,
-            routes: routes_rx,
-            demux: demux::Demux::default(),
-            counters: Arc::clone(&counters),
-            beat: Arc::clone(&dispatcher_beat),
-            udp_local: advertise,
-            tcp_local: tcp_advertise,
-        };
+        let dispatcher = dispatch::Dispatcher::new(
+            inboxes,
+            routes_rx,
+            (Arc::clone(&counters), Arc::clone(&dispatcher_beat)),
+            (advertise, tcp_advertise),
+        );
         spawn_thread(
             "callbox-sfu-rx".into(),
             Arc::clone(&dispatcher_beat),

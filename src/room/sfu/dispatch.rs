@@ -31,19 +31,39 @@ pub(super) struct Counters {
 }
 
 pub(super) struct Dispatcher {
-    pub workers: Vec<mpsc::Sender<Inbound>>,
-    pub routes: mpsc::UnboundedReceiver<RouteChange>,
-    pub demux: Demux,
-    pub counters: Arc<Counters>,
-    pub beat: Arc<Heartbeat>,
+    workers: Vec<mpsc::Sender<Inbound>>,
+    routes: mpsc::UnboundedReceiver<RouteChange>,
+    demux: Demux,
+    counters: Arc<Counters>,
+    beat: Arc<Heartbeat>,
     /// Our UDP and media TCP addresses, as str0m must be told.
-    pub udp_local: SocketAddr,
-    pub tcp_local: Option<SocketAddr>,
+    udp_local: SocketAddr,
+    tcp_local: Option<SocketAddr>,
     /// Batches being filled for each worker in this read.
-    pub pending: Vec<Option<Datagrams>>,
+    pending: Vec<Option<Datagrams>>,
 }
 
 impl Dispatcher {
+    /// A dispatcher to `workers`, told of routes on `routes`, counting in
+    /// `counters`; `(udp_local, tcp_local)` are our media addresses.
+    pub fn new(
+        workers: Vec<mpsc::Sender<Inbound>>,
+        routes: mpsc::UnboundedReceiver<RouteChange>,
+        (counters, beat): (Arc<Counters>, Arc<Heartbeat>),
+        (udp_local, tcp_local): (SocketAddr, Option<SocketAddr>),
+    ) -> Self {
+        Dispatcher {
+            pending: workers.iter().map(|_| None).collect(),
+            workers,
+            routes,
+            demux: Demux::default(),
+            counters,
+            beat,
+            udp_local,
+            tcp_local,
+        }
+    }
+
     pub async fn run(mut self, socket: UdpSocket, mut tcp: Option<mpsc::Receiver<TcpEvent>>) {
         let mut batch = RecvBatch::new(MAX_DATAGRAM);
         let mut tick = tokio::time::interval(Duration::from_millis(500));

@@ -269,29 +269,12 @@ impl Engine {
     fn poll_written(&mut self) {
         self.writes = 0;
         for id in std::mem::take(&mut self.written) {
-            let Some(peer) = self.peers.get_mut(&id) else {
-                continue;
-            };
-            peer.written = false;
-            Self::poll(id, peer, &mut self.out, &mut self.work);
-            self.earliest = self.earliest.min(peer.next_timeout);
-            if !peer.rtc.is_alive() {
-                self.remove(id, Removal::Died);
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.written = false;
+                self.poll_peer(id);
             }
         }
-        let now = Instant::now();
-        while let Some(w) = self.work.pop_front() {
-            match w {
-                Propagate::Keyframe(from, kind) => self.relay_keyframe_request(from, kind, now),
-                Propagate::DownlinkConnected(from) => {
-                    self.relay_keyframe_request(from, KeyframeRequestKind::Pli, now)
-                }
-                // Only uplinks make RTP, and polling a downlink is not that.
-                Propagate::Rtp(from, pkt) => {
-                    self.forward(from, pkt);
-                }
-            }
-        }
+        self.carry_out_work(Instant::now());
     }
 
     /// Send what this pass queued, and note how long forwarding took.
@@ -449,7 +432,6 @@ impl Engine {
         }
     }
 
-    /// One packet from `source`, over `proto` to our `destination` address.
     /// One datagram from `source`, over `proto` to our `destination`
     /// address, taken up `now`: forwarding delay counts from here to the
     /// send, as the UDP relay baseline counts from its `recv`.
@@ -550,11 +532,26 @@ impl Engine {
                 peer.rtc.disconnect();
             }
         }
+        self.poll_peer(id);
+        self.carry_out_work(now)
+    }
+
+    /// Send what a peer outputs and queue its propagations; a peer that
+    /// died on its own goes (and the room hears of it).
+    fn poll_peer(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         Self::poll(id, peer, &mut self.out, &mut self.work);
         self.earliest = self.earliest.min(peer.next_timeout);
         if !peer.rtc.is_alive() {
             self.remove(id, Removal::Died);
         }
+    }
+
+    /// Carry the queued propagations to the other peers; whether RTP was
+    /// forwarded.
+    fn carry_out_work(&mut self, now: Instant) -> bool {
         let mut forwarded = false;
         while let Some(w) = self.work.pop_front() {
             match w {
