@@ -17,9 +17,9 @@
 mod common;
 
 use bytes::Bytes;
-use callbox::client::{Client, RoomId};
+use callbox::client::Client;
 use callbox::room::local::{loopback_config, LocalRoom};
-use common::{percentile, thread_cpu_ns, threads_cpu_ns};
+use common::{joined, joined_with_stream, percentile, thread_cpu_ns, threads_cpu_ns};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,26 +68,17 @@ async fn start_room(
     received: &Arc<AtomicU64>,
     stop: &Arc<AtomicBool>,
 ) -> (Client, Vec<Client>, tokio::task::JoinHandle<()>) {
-    let mut publisher = Client::connect(room.client_config(&format!("pub{room_id}")))
-        .await
-        .expect("connect");
-    publisher.join(RoomId::Num(room_id)).await.expect("join");
+    let publisher_id = format!("pub{room_id}");
+    let mut publisher = joined(room, &publisher_id, room_id).await;
     let local = publisher.publish(true, true).await.expect("publish");
     let (video, audio) = (
         local.video().cloned().expect("v"),
         local.audio().cloned().expect("a"),
     );
-    let stream_id = local.stream_id.clone();
     let mut subscribers = Vec::new();
     for s in 0..subs {
-        let mut c = Client::connect(room.client_config(&format!("sub{room_id}-{s}")))
-            .await
-            .expect("connect");
-        let streams = c.join(RoomId::Num(room_id)).await.expect("join");
-        let info = streams
-            .into_iter()
-            .find(|x| x.stream_id == stream_id)
-            .expect("stream listed");
+        let config = room.client_config(&format!("sub{room_id}-{s}"));
+        let (mut c, info) = joined_with_stream(config, room_id, &publisher_id, 5).await;
         let mut remote = c.subscribe(&info).await.expect("subscribe");
         let r = Arc::clone(received);
         tokio::spawn(async move {

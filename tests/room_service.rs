@@ -106,14 +106,7 @@ async fn published_media_arrives_intact_at_a_subscriber() {
     sender.await.unwrap();
 
     // Every frame that arrived is exactly the frame sent with that number, in order.
-    let indices: Vec<u32> = got
-        .video_frames
-        .iter()
-        .map(|f| video_frame_index(f).expect("index"))
-        .collect();
-    for (f, i) in got.video_frames.iter().zip(&indices) {
-        assert_eq!(f, &video_frame(*i), "frame {i} differs from what was sent");
-    }
+    let indices = intact_frame_indices(&got, "bob");
     assert!(
         indices.windows(2).all(|w| w[1] == w[0] + 1),
         "frames in order without gaps: {indices:?}"

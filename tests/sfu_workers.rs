@@ -5,7 +5,7 @@
 
 mod common;
 
-use callbox::client::{Client, LocalTrack, RemoteStream, RoomId};
+use callbox::client::{Client, LocalTrack, RemoteStream};
 use callbox::room::local::{loopback_config, LocalRoom};
 use common::*;
 use std::time::Duration;
@@ -32,14 +32,8 @@ async fn call(
     let video = local.video().cloned().expect("video track");
     let mut subscribers = Vec::new();
     for s in 0..subs {
-        let mut c = Client::connect(room.client_config(&format!("sub-{room_id}-{s}")))
-            .await
-            .expect("connect");
-        let streams = c.join(RoomId::Num(room_id)).await.expect("join");
-        let info = streams
-            .into_iter()
-            .find(|x| x.stream_id == local.stream_id)
-            .expect("stream listed");
+        let config = room.client_config(&format!("sub-{room_id}-{s}"));
+        let (mut c, info) = joined_with_stream(config, room_id, &format!("pub-{room_id}"), 5).await;
         let remote = c.subscribe(&info).await.expect("subscribe");
         subscribers.push((c, remote));
     }
@@ -48,18 +42,7 @@ async fn call(
 
 /// Frames `first..first + n`, each checked against what was sent.
 fn assert_frames(got: &Received, first: u32, n: u32, who: &str) {
-    let indices: Vec<u32> = got
-        .video_frames
-        .iter()
-        .map(|f| video_frame_index(f).expect("index"))
-        .collect();
-    for (f, i) in got.video_frames.iter().zip(&indices) {
-        assert_eq!(
-            f,
-            &video_frame(*i),
-            "{who}: frame {i} differs from what was sent"
-        );
-    }
+    let indices = intact_frame_indices(got, who);
     assert_eq!(
         indices,
         (first..first + n).collect::<Vec<_>>(),
@@ -208,18 +191,11 @@ async fn rooms_on_different_workers_are_isolated() {
                 "room {base}: subscriber {n} got {} frames",
                 got.video_frames.len()
             );
-            let indices: Vec<u32> = got
-                .video_frames
-                .iter()
-                .map(|f| video_frame_index(f).expect("index"))
-                .collect();
+            let indices = intact_frame_indices(&got, &format!("room {base}: subscriber {n}"));
             assert!(
                 indices.iter().all(|i| (base..base + B).contains(i)),
                 "room {base}: subscriber {n} got another room's frames: {indices:?}"
             );
-            for (f, i) in got.video_frames.iter().zip(&indices) {
-                assert_eq!(f, &video_frame(*i));
-            }
         }
     }
     senders.await.expect("senders");

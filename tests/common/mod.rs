@@ -233,6 +233,23 @@ pub fn video_frame_index(frame: &[u8]) -> Option<u32> {
     ]))
 }
 
+/// The index of every video frame in `got`, each checked to be exactly
+/// the frame sent with that index (`who` names the receiver on failure).
+pub fn intact_frame_indices(got: &Received, who: &str) -> Vec<u32> {
+    got.video_frames
+        .iter()
+        .map(|f| {
+            let i = video_frame_index(f).expect("index");
+            assert_eq!(
+                f,
+                &video_frame(i),
+                "{who}: frame {i} differs from what was sent"
+            );
+            i
+        })
+        .collect()
+}
+
 /// Packet `i` of the known audio: an Opus-sized payload carrying its index.
 pub fn audio_packet(i: u32) -> Bytes {
     let mut p = vec![0xfc];
