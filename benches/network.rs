@@ -28,7 +28,7 @@ use callbox::device::pattern;
 use callbox::protocol::{MediaKind, StreamInfo};
 use callbox::room::local::{loopback_config, DeviceToml, LocalRoom};
 use callbox::room::turn::TurnConfig;
-use common::{percentile, threads_cpu_ns};
+use common::{percentile, ratio, threads_cpu_ns};
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
 use std::process::{Command, Stdio};
@@ -339,13 +339,4 @@ fn main() {
             );
         }
     }
-}
-
-/// `a / b`, failing the bench when the baseline `b` was not measured.
-fn ratio(a: f64, b: f64, baseline: &str) -> f64 {
-    assert!(
-        b > 0.0 && b.is_finite(),
-        "the baseline ({baseline}) could not be measured: {b}"
-    );
-    a / b
 }

@@ -19,7 +19,7 @@ mod common;
 use bytes::Bytes;
 use callbox::client::Client;
 use callbox::room::local::{loopback_config, LocalRoom};
-use common::{joined, joined_with_stream, percentile, thread_cpu_ns, threads_cpu_ns};
+use common::{joined, joined_with_stream, percentile, ratio, thread_cpu_ns, threads_cpu_ns};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -272,15 +272,6 @@ fn thread_self() -> u64 {
         .ok()
         .and_then(|p| p.file_name()?.to_str()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// `a / b`, failing the bench when the baseline `b` was not measured.
-fn ratio(a: f64, b: f64, baseline: &str) -> f64 {
-    assert!(
-        b > 0.0 && b.is_finite(),
-        "the baseline ({baseline}) could not be measured: {b}"
-    );
-    a / b
 }
 
 fn print_row(what: &str, o: &Outcome) {

@@ -134,6 +134,16 @@ pub fn proc_kib(pid: Option<u32>, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `a / b` for a bench's ratio line, failing the bench when the baseline
+/// `b` was not measured.
+pub fn ratio(a: f64, b: f64, baseline: &str) -> f64 {
+    assert!(
+        b > 0.0 && b.is_finite(),
+        "the baseline ({baseline}) could not be measured: {b}"
+    );
+    a / b
+}
+
 /// The `q` quantile (0..=1) of `v`, sorting it; the default when empty.
 pub fn percentile<T: Ord + Copy + Default>(v: &mut [T], q: f64) -> T {
     v.sort_unstable();
