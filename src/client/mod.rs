@@ -15,7 +15,7 @@ pub mod turn_stream;
 /// Where to join: the protocol's room id, numeric or string.
 pub use crate::protocol::RoomId;
 use crate::protocol::{ClientMessage, MediaKind, ServerMessage, StreamInfo, PROTOCOL_VERSION};
-pub use peer::{Congestion, NetConfig};
+pub use peer::{Congestion, NetConfig, VideoPlayout};
 use peer::{Downlink, RemotePacket, Uplink};
 use signaling::Signaling;
 use std::collections::HashMap;
@@ -200,6 +200,7 @@ pub struct Client {
     downlinks: HashMap<String, Downlink>,
     joined: bool,
     activity: RoomActivity,
+    playout: VideoPlayout,
 }
 
 /// The room engine a client speaks to: the two implementations of the
@@ -245,7 +246,13 @@ impl Client {
             downlinks: HashMap::new(),
             joined: false,
             activity,
+            playout: VideoPlayout::default(),
         })
+    }
+
+    /// How viewers may hold the video this client publishes from now on.
+    pub fn set_video_playout(&mut self, playout: VideoPlayout) {
+        self.playout = playout;
     }
 
     pub fn user_id(&self) -> &str {
@@ -320,7 +327,7 @@ impl Client {
             return Err(ClientError::InvalidOperation("already publishing"));
         }
         let (mut uplink, sdp) =
-            Uplink::offer(&self.config.net, audio, video, &self.activity).await?;
+            Uplink::offer(&self.config.net, audio, video, self.playout, &self.activity).await?;
         let negotiated = async {
             let (stream_id, answer) = match &self.engine {
                 Engine::Janus(j) => j.publish(sdp).await?,

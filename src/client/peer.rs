@@ -25,6 +25,9 @@ use rtc::peer_connection::configuration::{RTCIceServer, RTCIceTransportPolicy};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension;
+use rtc::rtp::extension::HeaderExtension;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
@@ -45,6 +48,36 @@ use webrtc::peer_connection::{
 
 /// H.264 as browsers decode it: constrained baseline, packetization mode 1.
 const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
+/// The playout-delay RTP header extension (libwebrtc's; Chrome offers it).
+const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+
+/// How a viewer may hold our video before it shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoPlayout {
+    /// The viewer's jitter buffer and audio/video sync decide; no extension.
+    #[default]
+    Adaptive,
+    /// Each frame is shown as soon as it is decoded: playout-delay min = max
+    /// = 0 on every video packet. libwebrtc then skips its jitter buffer's
+    /// render-time wait and lip-sync hold, and renders on its low-latency
+    /// path. Video may then run ahead of audio by the audio jitter buffer
+    /// (tens of ms), which viewers tolerate far better than video behind.
+    Immediate,
+}
+
+impl VideoPlayout {
+    fn extension(self) -> Option<PlayoutDelayExtension> {
+        match self {
+            VideoPlayout::Adaptive => None,
+            VideoPlayout::Immediate => Some(PlayoutDelayExtension {
+                min_delay: 0,
+                max_delay: 0,
+            }),
+        }
+    }
+}
 
 /// How long connection setup may take.
 const ICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -321,6 +354,15 @@ impl Peer {
         media
             .register_codec(video, RtpCodecKind::Video)
             .map_err(|e| ClientError::Media(format!("register H.264: {e}")))?;
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: PLAYOUT_DELAY_URI.to_owned(),
+                },
+                RtpCodecKind::Video,
+                None,
+            )
+            .map_err(|e| ClientError::Media(format!("register playout-delay: {e}")))?;
         let mut registry = Registry::new();
         let mut target_bitrate = None;
         if let Some(c) = congestion {
@@ -536,6 +578,8 @@ pub struct LocalTrack {
     pub track: Arc<TrackLocalStaticSample>,
     pub ssrc: u32,
     pub pt: PayloadType,
+    /// Sent on each packet (written only where it was negotiated).
+    playout_delay: Option<PlayoutDelayExtension>,
 }
 
 impl LocalTrack {
@@ -546,18 +590,18 @@ impl LocalTrack {
             duration,
             ..Sample::new(Instant::now())
         };
-        self.track
-            .sample_writer(self.ssrc, self.pt)
-            .write_sample(&sample)
-            .await
-            .map_err(|e| match e {
-                // The crate reports a closed send queue (and an unbound
-                // track) as `Other`, with the whole unsent packet in the text.
-                webrtc::error::Error::Other(_) => {
-                    ClientError::Media("write sample: the peer connection is closed".into())
-                }
-                e => ClientError::Media(format!("write sample: {e}")),
-            })
+        let mut writer = self.track.sample_writer(self.ssrc, self.pt);
+        if let Some(p) = self.playout_delay {
+            writer = writer.with_extension(HeaderExtension::PlayoutDelay(p));
+        }
+        writer.write_sample(&sample).await.map_err(|e| match e {
+            // The crate reports a closed send queue (and an unbound
+            // track) as `Other`, with the whole unsent packet in the text.
+            webrtc::error::Error::Other(_) => {
+                ClientError::Media("write sample: the peer connection is closed".into())
+            }
+            e => ClientError::Media(format!("write sample: {e}")),
+        })
     }
 
     /// Wait for the next PLI/FIR from the room for this track; `None` once
@@ -589,6 +633,7 @@ impl Uplink {
         net: &NetConfig,
         audio: bool,
         video: bool,
+        playout: VideoPlayout,
         activity: &RoomActivity,
     ) -> Result<(Uplink, String), ClientError> {
         let mut peer = Peer::new(net, net.congestion, activity).await?;
@@ -642,10 +687,18 @@ impl Uplink {
         };
         for (kind, track, ssrc) in tracks {
             // The payload type is known once the answer is in (finish).
-            let lt = LocalTrack { track, ssrc, pt: 0 };
+            let mut lt = LocalTrack {
+                track,
+                ssrc,
+                pt: 0,
+                playout_delay: None,
+            };
             match kind {
                 RtpCodecKind::Audio => up.audio = Some(lt),
-                _ => up.video = Some(lt),
+                _ => {
+                    lt.playout_delay = playout.extension();
+                    up.video = Some(lt);
+                }
             }
         }
         Ok((up, sdp))

@@ -5,6 +5,7 @@
 //! `crate::appliance::config::ApplianceConfig`. Unknown keys and bad values
 //! are refused before anything starts, each with its key.
 
+use crate::client::VideoPlayout;
 use crate::config::{self, ConfigError, Problems, Secret};
 use crate::device::display::screen::{Idle, Layout};
 use crate::device::processing::{NoiseLevel, Settings};
@@ -231,6 +232,9 @@ pub struct VideoSection {
     pub bitrate_start_kbps: u32,
     pub bitrate_max_kbps: u32,
     pub keyframe_interval_s: u32,
+    /// `immediate`: viewers show each frame as soon as it is decoded (the
+    /// playout-delay extension at 0); `adaptive`: their jitter buffer decides.
+    pub playout: VideoPlayout,
     /// `source = "command"`: the capture program and its arguments.
     pub command: Vec<String>,
     pub command_keyframe: CommandKeyframe,
@@ -253,6 +257,7 @@ impl Default for VideoSection {
             bitrate_start_kbps: 800,
             bitrate_max_kbps: 1500,
             keyframe_interval_s: 2,
+            playout: VideoPlayout::Immediate,
             command: Vec::new(),
             command_keyframe: CommandKeyframe::Ignore,
         }
@@ -766,6 +771,23 @@ source = "synthetic"
 capture = "synthetic"
 playback = "null"
 "#;
+
+    /// Viewers are asked to show the device's frames at once unless the
+    /// config leaves it to them; a wrong word names its key.
+    #[test]
+    fn video_playout_is_immediate_unless_set() {
+        let c = DeviceConfig::parse(Path::new("d.toml"), GOOD).unwrap();
+        assert_eq!(c.video.playout, VideoPlayout::Immediate);
+        let set = |v: &str| GOOD.replace("[video]", &format!("[video]\nplayout = \"{v}\""));
+        let c = DeviceConfig::parse(Path::new("d.toml"), &set("adaptive")).unwrap();
+        assert_eq!(c.video.playout, VideoPlayout::Adaptive);
+        match DeviceConfig::parse(Path::new("d.toml"), &set("fast")) {
+            Err(ConfigError::Parse { key, .. }) => {
+                assert!(key.starts_with("video.playout"), "{key}")
+            }
+            other => panic!("expected a parse error at video.playout, got {other:?}"),
+        }
+    }
 
     #[test]
     fn parses_with_defaults() {

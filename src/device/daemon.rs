@@ -422,6 +422,7 @@ impl Device {
         let private_map_key = self.config.room.private_map_key()?;
         let (a, v) = (self.config.audio.enabled, self.config.video.enabled);
         let mut client = Client::connect(config).await?;
+        client.set_video_playout(self.config.video.playout);
         let joined = async {
             let existing = client.join_with_key(room.clone(), private_map_key).await?;
             log::info!("joined {room} as {}", client.user_id());

@@ -539,6 +539,9 @@ fn prepare(
         .set_rtp_mode(true)
         .clear_codecs()
         .enable_opus(true, false)
+        // Passed through from publishers that send it (a device asking
+        // viewers to show its frames at once); Chrome offers it.
+        .set_extension(12, str0m::rtp::Extension::PlayoutDelay)
         .set_stats_interval(Some(network_quality::INTERVAL / 2));
     // Constrained baseline first: browsers decode it and refuse High in answers.
     cfg.codec_config()

@@ -33,6 +33,29 @@ try {
     if (!(a1.audioLevel > 0.01)) throw new Error(`audio level ${a1.audioLevel}: the tone is not heard`);
     if (!/^127\.0\.0\.1:/.test(later.transport.remoteCandidate || '')) throw new Error(`ICE not on loopback: ${later.transport.remoteCandidate}`);
   });
+  await scenario('browser shows the device video as soon as it is decoded', async () => {
+    // The device sends playout-delay 0/0 (video.playout = "immediate"),
+    // through the room: Chromium then holds none of its frames in the
+    // jitter buffer (a canvas publisher's wait about 8 ms per frame here).
+    const held = () => page.evaluate(async () => {
+      for (const s of client._remotes.values()) {
+        if (s.getUserId() !== 'callbox-device') continue;
+        for (const r of (await s._pc.getStats()).values()) {
+          if (r.type === 'inbound-rtp' && r.kind === 'video') return { delay: r.jitterBufferDelay, frames: r.jitterBufferEmittedCount };
+        }
+      }
+      return null;
+    });
+    const a = await held();
+    await sleep(2000);
+    const b = await held();
+    if (!a || !b) throw new Error('no inbound video stats for the device');
+    const frames = b.frames - a.frames;
+    const perFrameMs = (b.delay - a.delay) / frames * 1000;
+    console.log(`device video held ${perFrameMs.toFixed(2)} ms per frame in the jitter buffer over ${frames} frames`);
+    if (frames < 30) throw new Error(`only ${frames} frames left the jitter buffer in 2 s`);
+    if (!(perFrameMs < 3)) throw new Error(`Chromium holds the device's frames ${perFrameMs.toFixed(2)} ms each: playout-delay not applied`);
+  });
   await page.screenshot({ path: join(out, 'device-call.png') });
   await scenario('device shows the browser camera on its screen', async () => {
     const mean = (f) => f.reduce((a, v) => a + v, 0) / f.length;

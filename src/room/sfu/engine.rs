@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 
@@ -631,6 +631,13 @@ impl Engine {
         let Some(targets) = self.downlinks.get(&up.stream_id).map(Arc::clone) else {
             return false;
         };
+        // The publisher's end-to-end wishes travel on; the per-hop
+        // extensions (send time, transport-cc) are each downlink's own.
+        let ext_vals = ExtensionValues {
+            play_delay_min: pkt.header.ext_vals.play_delay_min,
+            play_delay_max: pkt.header.ext_vals.play_delay_max,
+            ..Default::default()
+        };
         let mut forwarded = false;
         for &d in targets.iter() {
             let Some(down) = self.peers.get_mut(&d) else {
@@ -664,6 +671,7 @@ impl Engine {
                 Arc::clone(&pkt.payload),
             )
             .marker(pkt.header.marker)
+            .ext_vals(ext_vals.clone())
             .nackable(kind == MediaKind::Video);
             let mut api = down.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(dmid, None) else {
