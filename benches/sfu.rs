@@ -34,6 +34,8 @@ struct Outcome {
     delivered_ratio: f64,
     /// Datagrams per send call (1 for the relay's sendto).
     datagrams_per_call: f64,
+    /// Datagrams per message (GSO folding; 1 for the relay).
+    datagrams_per_message: f64,
 }
 
 impl Outcome {
@@ -172,6 +174,8 @@ async fn run_sfu(
         delay_p99_us: sfu_end["forward_delay_us_p99"].as_u64().unwrap_or(0) as u32,
         delivered_ratio: (r1 - r0) as f64 / forwarded.max(1.0),
         datagrams_per_call: counter("datagrams_sent") as f64 / counter("send_calls").max(1) as f64,
+        datagrams_per_message: counter("datagrams_sent") as f64
+            / counter("send_messages").max(1) as f64,
     }
 }
 
@@ -264,6 +268,7 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
         delay_p99_us: percentile(&mut delays, 0.99),
         delivered_ratio: received.load(Ordering::Relaxed) as f64 / forwarded.max(1) as f64,
         datagrams_per_call: 1.0,
+        datagrams_per_message: 1.0,
     }
 }
 
@@ -276,7 +281,7 @@ fn thread_self() -> u64 {
 
 fn print_row(what: &str, o: &Outcome) {
     println!(
-        "{:<16} {:>5} {:>10.3} {:>12.0} {:>16.0} {:>14} {:>14} {:>10.1}% {:>9.1}",
+        "{:<16} {:>5} {:>10.3} {:>12.0} {:>16.0} {:>14} {:>14} {:>10.1}% {:>9.1} {:>9.2}",
         what,
         o.n,
         o.cpu_cores,
@@ -286,6 +291,7 @@ fn print_row(what: &str, o: &Outcome) {
         o.delay_p99_us,
         o.delivered_ratio * 100.0,
         o.datagrams_per_call,
+        o.datagrams_per_message,
     );
 }
 
@@ -331,7 +337,7 @@ fn main() {
         "SFU forwarding benchmark (640x480@30 H.264 + Opus publishers -> subscribers, loopback)"
     );
     println!(
-        "{:<16} {:>5} {:>10} {:>12} {:>16} {:>14} {:>14} {:>11} {:>9}",
+        "{:<16} {:>5} {:>10} {:>12} {:>16} {:>14} {:>14} {:>11} {:>9} {:>9}",
         "what",
         "N",
         "cpu cores",
@@ -340,7 +346,8 @@ fn main() {
         "delay p50 us",
         "delay p99 us",
         "delivered",
-        "dgram/call"
+        "dgram/call",
+        "dgram/msg"
     );
     let mut ratios = Vec::new();
     for &n in sizes {

@@ -27,7 +27,10 @@
 //! camera buffer by its DMABUF (`Frame::dmabuf`, exported by
 //! `v4l2_queue::MmapQueue`) or one copy, and waiting by poll for the coded
 //! frame) -> `EncodedVideo` on `Outputs::video` -> `daemon::Call::on_video` ->
-//! `LocalTrack::write` (the webrtc crate packetizes H.264, SRTP) -> room.
+//! `LocalTrack::write_captured` (webrtc-rs's H.264 payloader; the RTP
+//! timestamp from the capture time, `rtp_clock::RtpClock`; playout-delay
+//! 0/0 with `video.playout = "immediate"`) -> the connection (SRTP) -> room,
+//! whose SFU passes the playout-delay on to each subscriber.
 //! Back-channels into the same loop: a PLI/FIR from the room ->
 //! `LocalTrack::keyframe_requested` (task started in `Call::start`) ->
 //! `Pipeline::keyframe` -> `VideoSource::keyframe_requested` (a capture

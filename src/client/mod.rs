@@ -9,6 +9,7 @@ pub mod janus_videoroom;
 pub mod keyframe;
 pub mod liveness;
 pub mod peer;
+pub mod rtp_clock;
 pub mod signaling;
 pub mod turn_stream;
 

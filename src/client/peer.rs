@@ -6,12 +6,12 @@
 
 use crate::client::keyframe::{is_keyframe_request, KeyframeRequestForwarder};
 use crate::client::liveness::RoomActivity;
+use crate::client::rtp_clock::RtpClock;
 use crate::client::turn_stream::{self, Bridge};
 use crate::client::ClientError;
 use crate::protocol::{IceServer, MediaKind};
 use bytes::Bytes;
 use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, PacketReport, Registry, Slot};
-use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_congestion_control, register_default_interceptors, CongestionFeedback,
@@ -27,6 +27,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension;
 use rtc::rtp::extension::HeaderExtension;
+use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -35,10 +36,10 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{PayloadType, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
@@ -572,36 +573,129 @@ impl Peer {
     }
 }
 
-/// A local track and what was negotiated for it.
+/// Largest RTP packet we make, before header extensions (webrtc-rs's own).
+const RTP_MTU: usize = 1200;
+/// The fixed RTP header.
+const RTP_HEADER: usize = 12;
+
+/// A local track and what was negotiated for it. We packetize ourselves
+/// (webrtc-rs's payloader, our timestamps, see `rtp_clock`) and hand the
+/// packets to the connection, which protects and sends them.
 #[derive(Clone)]
 pub struct LocalTrack {
-    pub track: Arc<TrackLocalStaticSample>,
+    pub track: Arc<TrackLocalStaticRTP>,
     pub ssrc: u32,
     pub pt: PayloadType,
     /// Sent on each packet (written only where it was negotiated).
     playout_delay: Option<PlayoutDelayExtension>,
+    packetizer: Arc<Mutex<Packetizer>>,
+}
+
+/// A track's payloader, sequence numbers and timeline.
+struct Packetizer {
+    payloader: Box<dyn Payloader>,
+    seq: u16,
+    clock: RtpClock,
 }
 
 impl LocalTrack {
-    /// Send one encoded frame (an H.264 access unit in Annex B, or one Opus packet).
-    pub async fn write(&self, data: Bytes, duration: Duration) -> Result<(), ClientError> {
-        let sample = Sample {
-            data,
-            duration,
-            ..Sample::new(Instant::now())
+    fn new(
+        track: Arc<TrackLocalStaticRTP>,
+        ssrc: u32,
+        codec: &RTCRtpCodec,
+    ) -> Result<Self, ClientError> {
+        let packetizer = Packetizer {
+            payloader: codec.payloader().map_err(rtc_err("payloader"))?,
+            seq: rand::random(),
+            clock: RtpClock::new(codec.clock_rate, rand::random()),
         };
-        let mut writer = self.track.sample_writer(self.ssrc, self.pt);
-        if let Some(p) = self.playout_delay {
-            writer = writer.with_extension(HeaderExtension::PlayoutDelay(p));
-        }
-        writer.write_sample(&sample).await.map_err(|e| match e {
-            // The crate reports a closed send queue (and an unbound
-            // track) as `Other`, with the whole unsent packet in the text.
-            webrtc::error::Error::Other(_) => {
-                ClientError::Media("write sample: the peer connection is closed".into())
-            }
-            e => ClientError::Media(format!("write sample: {e}")),
+        Ok(LocalTrack {
+            track,
+            ssrc,
+            pt: 0,
+            playout_delay: None,
+            packetizer: Arc::new(Mutex::new(packetizer)),
         })
+    }
+
+    /// Send one encoded frame (an H.264 access unit in Annex B, or one
+    /// Opus packet), `duration` after the last.
+    pub async fn write(&self, data: Bytes, duration: Duration) -> Result<(), ClientError> {
+        self.send(&data, |c| c.next(duration)).await
+    }
+
+    /// Send one encoded frame captured at `capture_us` (a monotonic
+    /// microsecond clock): its RTP timestamp is that instant's.
+    pub async fn write_captured(
+        &self,
+        data: Bytes,
+        capture_us: u64,
+        duration: Duration,
+    ) -> Result<(), ClientError> {
+        self.send(&data, |c| c.at_capture(capture_us, duration))
+            .await
+    }
+
+    async fn send(
+        &self,
+        data: &Bytes,
+        timestamp: impl FnOnce(&mut RtpClock) -> u32,
+    ) -> Result<(), ClientError> {
+        let packets = self.packetize(data, timestamp)?;
+        for packet in packets {
+            let extensions: Vec<HeaderExtension> = self
+                .playout_delay
+                .map(HeaderExtension::PlayoutDelay)
+                .into_iter()
+                .collect();
+            self.track
+                .write_rtp_with_extensions(packet, &extensions)
+                .await
+                .map_err(|e| match e {
+                    // The crate reports a closed send queue (and an unbound
+                    // track) as `Other`, with the whole unsent packet in the text.
+                    webrtc::error::Error::Other(_) => {
+                        ClientError::Media("write RTP: the peer connection is closed".into())
+                    }
+                    e => ClientError::Media(format!("write RTP: {e}")),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn packetize(
+        &self,
+        data: &Bytes,
+        timestamp: impl FnOnce(&mut RtpClock) -> u32,
+    ) -> Result<Vec<rtc::rtp::Packet>, ClientError> {
+        let mut p = self
+            .packetizer
+            .lock()
+            .map_err(|_| ClientError::Media("packetizer poisoned".into()))?;
+        let payloads = p
+            .payloader
+            .payload(RTP_MTU - RTP_HEADER, data)
+            .map_err(|e| ClientError::Media(format!("packetize: {e}")))?;
+        let timestamp = timestamp(&mut p.clock);
+        let last = payloads.len().saturating_sub(1);
+        let mut packets = Vec::with_capacity(payloads.len());
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let sequence_number = p.seq;
+            p.seq = p.seq.wrapping_add(1);
+            packets.push(rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: i == last,
+                    payload_type: self.pt,
+                    sequence_number,
+                    timestamp,
+                    ssrc: self.ssrc,
+                    ..Default::default()
+                },
+                payload,
+            });
+        }
+        Ok(packets)
     }
 
     /// Wait for the next PLI/FIR from the room for this track; `None` once
@@ -647,26 +741,20 @@ impl Uplink {
             }
             let ssrc = rand::random::<u32>();
             let label = format!("callbox-{kind}");
-            let track = Arc::new(
-                TrackLocalStaticSample::new(
-                    Instant::now(),
-                    MediaStreamTrack::new(
-                        "callbox".to_owned(),
-                        label.clone(),
-                        label,
-                        kind,
-                        vec![RTCRtpEncodingParameters {
-                            rtp_coding_parameters: RTCRtpCodingParameters {
-                                ssrc: Some(ssrc),
-                                ..Default::default()
-                            },
-                            codec,
-                            ..Default::default()
-                        }],
-                    ),
-                )
-                .map_err(rtc_err("create track"))?,
-            );
+            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                "callbox".to_owned(),
+                label.clone(),
+                label,
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: codec.clone(),
+                    ..Default::default()
+                }],
+            )));
             peer.pc
                 .add_transceiver_from_track(
                     Arc::clone(&track) as Arc<dyn TrackLocal>,
@@ -677,7 +765,7 @@ impl Uplink {
                 )
                 .await
                 .map_err(rtc_err("add track"))?;
-            tracks.push((kind, track, ssrc));
+            tracks.push((kind, LocalTrack::new(track, ssrc, &codec)?));
         }
         let sdp = peer.offer().await?;
         let mut up = Uplink {
@@ -685,14 +773,8 @@ impl Uplink {
             audio: None,
             video: None,
         };
-        for (kind, track, ssrc) in tracks {
-            // The payload type is known once the answer is in (finish).
-            let mut lt = LocalTrack {
-                track,
-                ssrc,
-                pt: 0,
-                playout_delay: None,
-            };
+        // The payload type is known once the answer is in (finish).
+        for (kind, mut lt) in tracks {
             match kind {
                 RtpCodecKind::Audio => up.audio = Some(lt),
                 _ => {

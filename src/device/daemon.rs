@@ -9,6 +9,7 @@
 //! reconnect, banned state) is the appliance's, around it.
 
 use crate::client::janus_videoroom::Refusal;
+use crate::client::rtp_clock::monotonic_capture_us;
 use crate::client::{
     Client, ClientConfig, ClientError, Congestion, LocalTrack, NetConfig, Receive, RemoteStream,
     Subscription,
@@ -20,6 +21,7 @@ use crate::device::display::kms::{KmsSettings, KmsSink};
 use crate::device::display::screen::{self, CallState, Screen, ScreenThread, Style};
 use crate::device::display::y4m::Y4mSink;
 use crate::device::display::{drm_sysfs, DisplaySink, Reopening};
+use crate::device::pattern;
 use crate::device::pipeline::{
     CameraParts, EncodedVideo, Heartbeats, OpenCamera, OpenEncoder, Outputs, Parts, Pipeline,
     SelfView,
@@ -584,7 +586,13 @@ impl<'d> Call<'d> {
         }
         if let (Some(t), None) = (&self.video, &self.uplink_lost) {
             self.first_packet();
-            if let Err(e) = t.write(unit.data, unit.duration).await {
+            let mono_now = self.device.started.elapsed().as_micros() as u64;
+            let captured = monotonic_capture_us(mono_now, pattern::now_us(), unit.capture_us);
+            let sent = match captured {
+                Some(us) => t.write_captured(unit.data, us, unit.duration).await,
+                None => t.write(unit.data, unit.duration).await,
+            };
+            if let Err(e) = sent {
                 self.uplink_lost = Some(uplink_failed("video", e));
             }
         }

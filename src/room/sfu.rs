@@ -136,11 +136,13 @@ pub struct SfuStats {
     pub datagrams_unroutable: u64,
     /// Datagrams dropped because their worker was behind.
     pub datagrams_worker_busy: u64,
-    /// Datagrams sent, those a full socket buffer dropped, and the
-    /// `sendmmsg` calls that sent them.
+    /// Datagrams sent, those a full socket buffer dropped, the `sendmmsg`
+    /// calls that sent them and the messages (GSO folds a subscriber's
+    /// run of datagrams into one).
     pub datagrams_sent: u64,
     pub datagrams_send_dropped: u64,
     pub send_calls: u64,
+    pub send_messages: u64,
     /// Each worker's share.
     pub workers: Vec<WorkerStats>,
 }
@@ -496,6 +498,7 @@ impl Sfu {
             total.datagrams_sent += s.datagrams_sent;
             total.datagrams_send_dropped += s.datagrams_send_dropped;
             total.send_calls += s.send_calls;
+            total.send_messages += s.send_messages;
             total.workers.push(worker);
             delays.extend(d);
         }

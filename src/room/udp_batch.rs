@@ -145,6 +145,8 @@ pub struct Sent {
     pub dropped: usize,
     /// `sendmmsg` calls made.
     pub calls: usize,
+    /// Messages the kernel took: a GSO message carries several datagrams.
+    pub messages: usize,
 }
 
 /// Outgoing datagrams of one pass, sent together by [`TxQueue::flush`].
@@ -212,6 +214,7 @@ impl TxQueue {
                 }
                 Ok(n) => {
                     sent.calls += 1;
+                    sent.messages += n;
                     sent.datagrams += self.groups[next..next + n]
                         .iter()
                         .map(|g| g.count)
@@ -535,10 +538,14 @@ mod tests {
             Sent {
                 datagrams: 180,
                 dropped: 0,
-                calls: sent.calls
+                calls: sent.calls,
+                messages: sent.messages,
             }
         );
         assert_eq!(sent.calls, 1, "{sent:?}");
+        // Each receiver's runs of four 1200-byte datagrams and a 200-byte
+        // tail fold into one message each.
+        assert_eq!(sent.messages, if gso { 36 } else { 180 }, "{sent:?}");
         for r in &rx {
             r.set_nonblocking(true).unwrap();
             let mut batch = RecvBatch::new(2048);

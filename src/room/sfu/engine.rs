@@ -289,6 +289,7 @@ impl Engine {
         self.stats.datagrams_sent += sent.datagrams as u64;
         self.stats.datagrams_send_dropped += sent.dropped as u64;
         self.stats.send_calls += sent.calls as u64;
+        self.stats.send_messages += sent.messages as u64;
         let now = Instant::now();
         for arrived in std::mem::take(&mut self.unflushed) {
             let us = now
