@@ -201,3 +201,40 @@ async fn rooms_on_different_workers_are_isolated() {
     senders.await.expect("senders");
     room.stop().await;
 }
+
+/// A forwarded packet leaves in the pass that took it up: publisher write
+/// -> subscriber receipt, median over frames sent one at a time 3 ms
+/// apart, stays well under the 10 ms between the SFU's timer passes (at
+/// this pace most packets that waited for one would wait milliseconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_packet_does_not_wait_for_a_timer_pass() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let room = room_with_workers(1).await;
+    let (_publisher, video, mut subs) = call(&room, 4301, 1).await;
+    let (_, remote) = &mut subs[0];
+    let mut took = Vec::new();
+    for i in 0..100u32 {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        while remote.packets.try_recv().is_ok() {}
+        let sent = std::time::Instant::now();
+        video
+            .write(video_frame(i), Duration::from_millis(33))
+            .await
+            .expect("write");
+        match tokio::time::timeout(Duration::from_secs(1), remote.packets.recv()).await {
+            Ok(Some(_)) => took.push(sent.elapsed().as_micros() as u64),
+            _ => panic!("frame {i} did not arrive"),
+        }
+    }
+    took.sort_unstable();
+    let median = took[took.len() / 2];
+    eprintln!(
+        "publisher write -> subscriber receipt: median {median} us, max {} us",
+        took[took.len() - 1]
+    );
+    assert!(
+        median < 2000,
+        "median {median} us: forwarding waits for something"
+    );
+    room.stop().await;
+}

@@ -36,7 +36,7 @@ const FLUSH_AT: usize = 128;
 /// and with hundreds of peers some timer is always due, so without it
 /// nearly every loop turn would be a pass over all of them. Forwarding
 /// itself never waits for a timer.
-const TIMER_STEP: Duration = Duration::from_millis(1);
+const TIMER_STEP: Duration = Duration::from_millis(10);
 /// Forwarding delays kept for percentiles.
 const DELAY_SAMPLES: usize = 1 << 16;
 
@@ -268,13 +268,20 @@ impl Engine {
     /// Poll every downlink written to: its packets move out, protected.
     fn poll_written(&mut self) {
         self.writes = 0;
+        let now = Instant::now();
         for id in std::mem::take(&mut self.written) {
             if let Some(peer) = self.peers.get_mut(&id) {
                 peer.written = false;
+                // str0m's pacer sees what was written only when time moves
+                // on: without this the packets would wait for a timer pass.
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    log::warn!("peer {id}: timeout refused, closing: {e}");
+                    peer.rtc.disconnect();
+                }
                 self.poll_peer(id);
             }
         }
-        self.carry_out_work(Instant::now());
+        self.carry_out_work(now);
     }
 
     /// Send what this pass queued, and note how long forwarding took.
