@@ -687,8 +687,8 @@ impl Engine {
                 continue;
             };
             tx.write_rtp(write);
-            // Writing arms the peer's readiness: one poll before the flush
-            // moves out all written since, with no timer pass.
+            // Marked once: before the flush, one timeout and one poll
+            // move out all written since (`poll_written`).
             if !down.written {
                 down.written = true;
                 self.written.push(d);
