@@ -48,6 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use str0m::change::SdpOffer;
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
@@ -440,9 +441,10 @@ impl Sfu {
             .unwrap_or_else(|e| e.into_inner())
             .assign(room, self.workers.len());
         let (advertise, tcp) = (self.advertise, self.tcp_advertise);
-        let (rtc, answer) = tokio::task::spawn_blocking(move || prepare(&offer, advertise, tcp))
-            .await
-            .map_err(|_| SfuError::Stopped)??;
+        let (rtc, answer) =
+            tokio::task::spawn_blocking(move || prepare(&offer, advertise, tcp, role))
+                .await
+                .map_err(|_| SfuError::Stopped)??;
         let (reply, rx) = oneshot::channel();
         self.workers[worker]
             .commands
@@ -530,11 +532,29 @@ impl Sfu {
 /// A thread turns at least once a second; this long without a turn is a stall.
 const STALL: Duration = Duration::from_secs(5);
 
+/// The RTP header extensions the room negotiates: Chrome's standard set,
+/// and playout-delay, passed through from publishers that send it (a device
+/// asking viewers to show its frames at once; Chrome offers it). Downlinks
+/// leave out transport-cc: the room estimates no subscriber's bandwidth, so
+/// their feedback would only be decrypted and dropped, and each packet out
+/// would carry and register a sequence number for it.
+fn extensions(role: Role) -> ExtensionMap {
+    let mut exts = ExtensionMap::empty();
+    for (id, ext) in ExtensionMap::standard().iter() {
+        if !(role == Role::Downlink && *ext == Extension::TransportSequenceNumber) {
+            exts.set(id, ext.clone());
+        }
+    }
+    exts.set(12, Extension::PlayoutDelay);
+    exts
+}
+
 /// A str0m peer for `offer` and its answer: the SDP work, off the thread.
 fn prepare(
     offer: &str,
     advertise: SocketAddr,
     tcp: Option<SocketAddr>,
+    role: Role,
 ) -> Result<(Rtc, String), SfuError> {
     let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
     let mut cfg = Rtc::builder()
@@ -542,9 +562,7 @@ fn prepare(
         .set_rtp_mode(true)
         .clear_codecs()
         .enable_opus(true, false)
-        // Passed through from publishers that send it (a device asking
-        // viewers to show its frames at once); Chrome offers it.
-        .set_extension(12, str0m::rtp::Extension::PlayoutDelay)
+        .set_extension_map(extensions(role))
         .set_stats_interval(Some(network_quality::INTERVAL / 2));
     // Constrained baseline first: browsers decode it and refuse High in answers.
     cfg.codec_config()
@@ -588,6 +606,20 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         sfu.health()
+    }
+
+    /// Publishers keep transport-cc (their congestion control runs on the
+    /// room's feedback); subscribers are not asked for feedback the room
+    /// would drop. Both pass playout-delay on.
+    #[test]
+    fn transport_cc_only_on_uplinks() {
+        let has = |role, ext| extensions(role).iter().any(|(_, e)| *e == ext);
+        assert!(has(Role::Uplink, Extension::TransportSequenceNumber));
+        assert!(!has(Role::Downlink, Extension::TransportSequenceNumber));
+        for role in [Role::Uplink, Role::Downlink] {
+            assert!(has(role, Extension::PlayoutDelay));
+            assert!(has(role, Extension::AbsoluteSendTime));
+        }
     }
 
     /// A panic on one worker stops the whole SFU (the server then stops for
