@@ -271,18 +271,14 @@ impl Engine {
         self.writes = 0;
         let now = Instant::now();
         for id in std::mem::take(&mut self.written) {
-            if let Some(peer) = self.peers.get_mut(&id) {
-                peer.written = false;
-                // str0m's pacer sees what was written only when time moves
-                // on: without this the packets would wait for a timer pass.
-                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                    log::warn!("peer {id}: timeout refused, closing: {e}");
-                    peer.rtc.disconnect();
-                }
-                self.poll_peer(id);
-            }
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            peer.written = false;
+            // str0m's pacer sees what was written only when time moves on:
+            // without the timeout the packets would wait for a timer pass.
+            self.drive(id, Some(Input::Timeout(now)), now);
         }
-        self.carry_out_work(now);
     }
 
     /// Send what this pass queued, and note how long forwarding took.
