@@ -642,12 +642,12 @@ impl LocalTrack {
         timestamp: impl FnOnce(&mut RtpClock) -> u32,
     ) -> Result<(), ClientError> {
         let packets = self.packetize(data, timestamp)?;
+        let extensions: Vec<HeaderExtension> = self
+            .playout_delay
+            .map(HeaderExtension::PlayoutDelay)
+            .into_iter()
+            .collect();
         for packet in packets {
-            let extensions: Vec<HeaderExtension> = self
-                .playout_delay
-                .map(HeaderExtension::PlayoutDelay)
-                .into_iter()
-                .collect();
             self.track
                 .write_rtp_with_extensions(packet, &extensions)
                 .await
