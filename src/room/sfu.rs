@@ -366,7 +366,13 @@ impl Sfu {
             Arc::clone(&dispatcher_beat),
             move || {
                 Box::pin(async move {
-                    let socket = match tokio::net::UdpSocket::from_std(socket) {
+                    let readable = tokio::io::Interest::READABLE;
+                    // SAFETY: the AsyncFd owns the socket, whose fd stays
+                    // open and the same until the AsyncFd is dropped.
+                    let registered = unsafe {
+                        tokio::io::unix::AsyncFd::register_with_interest(socket, readable)
+                    };
+                    let socket = match registered {
                         Ok(socket) => socket,
                         Err(e) => {
                             log::error!("E_SFU_SOCKET: cannot use the media socket: {e}");

@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use str0m::net::Protocol;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::sync::mpsc;
 
 /// What the dispatcher counts, read by the SFU's stats.
@@ -64,19 +63,27 @@ impl Dispatcher {
         }
     }
 
-    pub async fn run(mut self, socket: UdpSocket, mut tcp: Option<mpsc::Receiver<TcpEvent>>) {
+    /// Serve `socket`, which must be registered for readability only: the
+    /// workers send on the same socket, and a registration for
+    /// writability too would wake this thread (and preempt a worker) each
+    /// time the kernel frees send buffer space, thousands of times a second.
+    pub async fn run(
+        mut self,
+        socket: AsyncFd<std::net::UdpSocket>,
+        mut tcp: Option<mpsc::Receiver<TcpEvent>>,
+    ) {
         let mut batch = RecvBatch::new(MAX_DATAGRAM);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             self.beat.beat();
             tokio::select! {
-                r = socket.readable() => {
-                    if let Err(e) = r {
+                r = socket.readable() => match r {
+                    Ok(mut ready) => self.drain_udp(&mut ready, &mut batch),
+                    Err(e) => {
                         log::error!("E_SFU_SOCKET: the media socket failed: {e}");
                         return;
                     }
-                    self.drain_udp(&socket, &mut batch);
-                }
+                },
                 change = self.routes.recv() => match change {
                     Some(change) => self.apply(change),
                     None => return,
@@ -95,13 +102,20 @@ impl Dispatcher {
     }
 
     /// Read until the socket is empty, handing out each read's datagrams.
-    fn drain_udp(&mut self, socket: &UdpSocket, batch: &mut RecvBatch) {
+    fn drain_udp(
+        &mut self,
+        ready: &mut AsyncFdReadyGuard<'_, std::net::UdpSocket>,
+        batch: &mut RecvBatch,
+    ) {
         loop {
             // Routes first: a peer's answer (and its route) precedes its STUN.
             while let Ok(change) = self.routes.try_recv() {
                 self.apply(change);
             }
-            let read = socket.try_io(Interest::READABLE, || batch.recv(socket.as_fd()));
+            // A `WouldBlock` clears the readiness, and returns.
+            let Ok(read) = ready.try_io(|s| batch.recv(s.as_fd())) else {
+                return;
+            };
             match read {
                 Ok(0) => return,
                 Ok(n) => {
@@ -118,7 +132,6 @@ impl Dispatcher {
                     }
                     self.hand_out();
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 // ICMP port-unreachable from a vanished client surfaces here; not fatal.
                 Err(e) => log::debug!("media socket recv: {e}"),
             }
