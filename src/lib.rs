@@ -92,7 +92,8 @@
 //! `Sfu::open` put all the room's peers there): `Engine::on_packet` ->
 //! `Engine::drive` (str0m decrypts; `Event::RtpPacket`) -> `Engine::forward`
 //! (sequence rebased per downlink, payload shared; `StreamTx::write_rtp`
-//! per downlink) -> `Engine::flush` -> `Engine::poll_written` (one str0m
+//! per downlink) -> `Engine::flush` (at once, or when a video frame's last
+//! packet is in: `Engine::holding`) -> `Engine::poll_written` (one str0m
 //! poll per written downlink: SRTP-protected datagrams) -> `TxQueue::flush`
 //! (`udp_batch::plan`: each subscriber's datagrams as UDP GSO messages, all
 //! in one `sendmmsg`).

@@ -10,11 +10,13 @@
 //! others come and go, and lets a subscriber drop one stream by closing one
 //! connection.
 //!
-//! Data flow: the dispatcher thread (`dispatch`) reads the port in
-//! batches and hands each datagram to its peer's worker (`demux`: STUN
-//! by our ICE ufrag, the rest by the address STUN taught); the worker
-//! (`engine`) feeds its peers, forwards, and sends what the pass made in
-//! one batch ([`crate::room::udp_batch`]). A room goes to the worker with
+//! Data flow: the dispatcher (`dispatch`; its own thread, or beside the
+//! worker when there is only one) reads the port in batches and hands each
+//! datagram to its peer's worker (`demux`: STUN by our ICE ufrag, the rest
+//! by the address STUN taught); the worker (`engine`) feeds its peers,
+//! forwards, and sends what the pass made in one batch
+//! ([`crate::room::udp_batch`]), a video frame's packets gathered so that
+//! each subscriber's share of it is one UDP GSO message. A room goes to the worker with
 //! the fewest live rooms when its first peer opens, and stays there while any
 //! of its peers lives, so forwarding never crosses threads or takes a lock.
 //!
@@ -283,20 +285,17 @@ impl Drop for Running {
     }
 }
 
-/// Run `body` on a new thread named `name`, on its own single-threaded
-/// runtime; `beat` says when it ends.
-fn spawn_thread<F>(name: String, beat: Arc<Heartbeat>, body: F) -> std::io::Result<()>
-where
-    F: FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static,
-{
+/// What a thread runs: builds its future on the thread.
+type Body = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
+
+/// Run `body` on a new thread named `name`, on its own single-threaded runtime.
+fn spawn_thread(name: String, body: Body) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let running = Running(beat);
-    std::thread::Builder::new().name(name).spawn(move || {
-        let _running = running;
-        rt.block_on(body());
-    })?;
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || rt.block_on(body()))?;
     Ok(())
 }
 
@@ -334,6 +333,7 @@ impl Sfu {
         let (routes_tx, routes_rx) = mpsc::unbounded_channel();
         let mut handles = Vec::new();
         let mut inboxes = Vec::new();
+        let mut bodies: Vec<Body> = Vec::new();
         for index in 0..workers.max(1) {
             let (commands, commands_rx) = mpsc::unbounded_channel();
             let (inbox, inbox_rx) = mpsc::channel(WORKER_QUEUE);
@@ -345,11 +345,13 @@ impl Sfu {
                 report_tx.clone(),
                 Arc::clone(&beat),
             );
-            spawn_thread(
-                format!("callbox-sfu-{index}"),
-                Arc::clone(&beat),
-                move || Box::pin(engine.run(commands_rx, inbox_rx)),
-            )?;
+            let running = Running(Arc::clone(&beat));
+            bodies.push(Box::new(move || {
+                Box::pin(async move {
+                    let _running = running;
+                    engine.run(commands_rx, inbox_rx).await
+                })
+            }));
             handles.push(Worker { commands, beat });
             inboxes.push(inbox);
         }
@@ -361,40 +363,53 @@ impl Sfu {
             (Arc::clone(&counters), Arc::clone(&dispatcher_beat)),
             (advertise, tcp_advertise),
         );
-        spawn_thread(
-            "callbox-sfu-rx".into(),
-            Arc::clone(&dispatcher_beat),
-            move || {
+        let running = Running(Arc::clone(&dispatcher_beat));
+        let dispatch: Body = Box::new(move || {
+            Box::pin(async move {
+                let _running = running;
+                let readable = tokio::io::Interest::READABLE;
+                // SAFETY: the AsyncFd owns the socket, whose fd stays
+                // open and the same until the AsyncFd is dropped.
+                let registered =
+                    unsafe { tokio::io::unix::AsyncFd::register_with_interest(socket, readable) };
+                let socket = match registered {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        log::error!("E_SFU_SOCKET: cannot use the media socket: {e}");
+                        return;
+                    }
+                };
+                let tcp_events = match tcp_listener.map(tokio::net::TcpListener::from_std) {
+                    Some(Ok(listener)) => {
+                        let (tx, rx) = mpsc::channel(TCP_EVENTS);
+                        tokio::spawn(media_tcp::accept(listener, tx));
+                        Some(rx)
+                    }
+                    Some(Err(e)) => {
+                        log::error!("E_SFU_SOCKET: cannot use the media TCP listener: {e}");
+                        None
+                    }
+                    None => None,
+                };
+                dispatcher.run(socket, tcp_events).await
+            })
+        });
+        if bodies.len() == 1 {
+            // One worker: the dispatcher runs beside it, on its thread, and
+            // hands it datagrams without waking another thread.
+            let worker = bodies.remove(0);
+            let both = move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
                 Box::pin(async move {
-                    let readable = tokio::io::Interest::READABLE;
-                    // SAFETY: the AsyncFd owns the socket, whose fd stays
-                    // open and the same until the AsyncFd is dropped.
-                    let registered = unsafe {
-                        tokio::io::unix::AsyncFd::register_with_interest(socket, readable)
-                    };
-                    let socket = match registered {
-                        Ok(socket) => socket,
-                        Err(e) => {
-                            log::error!("E_SFU_SOCKET: cannot use the media socket: {e}");
-                            return;
-                        }
-                    };
-                    let tcp_events = match tcp_listener.map(tokio::net::TcpListener::from_std) {
-                        Some(Ok(listener)) => {
-                            let (tx, rx) = mpsc::channel(TCP_EVENTS);
-                            tokio::spawn(media_tcp::accept(listener, tx));
-                            Some(rx)
-                        }
-                        Some(Err(e)) => {
-                            log::error!("E_SFU_SOCKET: cannot use the media TCP listener: {e}");
-                            None
-                        }
-                        None => None,
-                    };
-                    dispatcher.run(socket, tcp_events).await
+                    futures_util::future::join(worker(), dispatch()).await;
                 })
-            },
-        )?;
+            };
+            spawn_thread("callbox-sfu-0".into(), Box::new(both))?;
+        } else {
+            for (index, body) in bodies.into_iter().enumerate() {
+                spawn_thread(format!("callbox-sfu-{index}"), body)?;
+            }
+            spawn_thread("callbox-sfu-rx".into(), dispatch)?;
+        }
         let sfu = Sfu {
             workers: handles.into(),
             rooms: Arc::default(),
@@ -645,6 +660,13 @@ mod tests {
         sfu.inject_panic(1);
         assert_eq!(wait_for(&sfu, Health::Stopped), Health::Stopped);
         assert_eq!(sfu.workers[0].beat.health(), Health::Running);
+        // With one worker the dispatcher shares its thread, and goes with it.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (one, _lost) = Sfu::start(socket, "127.0.0.1:9".parse().unwrap(), None, 1).unwrap();
+        assert_eq!(wait_for(&one, Health::Running), Health::Running);
+        one.inject_panic(0);
+        assert_eq!(wait_for(&one, Health::Stopped), Health::Stopped);
+        assert_eq!(one.dispatcher.health(), Health::Stopped);
         let stalled = Heartbeat {
             running: AtomicBool::new(true),
             started: Instant::now() - Duration::from_secs(8),

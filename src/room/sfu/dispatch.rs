@@ -1,4 +1,4 @@
-//! The dispatcher: the one thread that reads the media port (UDP by
+//! The dispatcher: the one task that reads the media port (UDP by
 //! `recvmmsg`, and media TCP's packets) and hands each datagram to the
 //! worker that owns its peer ([`Demux`]), one batch per worker per read.
 //! A worker that falls behind loses datagrams at its queue, as it would at
