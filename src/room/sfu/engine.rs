@@ -21,9 +21,11 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use str0m::format::PayloadParams;
+use str0m::media::Pt;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 
@@ -118,11 +120,47 @@ struct Peer {
     _room: Arc<RoomTicket>,
     /// Downlinks: RTP was written since the last poll.
     written: bool,
+    /// Downlinks: where each publisher payload type goes, found once.
+    tx_routes: Vec<TxRoute>,
+}
+
+/// A downlink's send stream and payload type for one kind and publisher
+/// payload type: the lookups a forward would otherwise repeat per packet.
+#[derive(Debug, Clone, Copy)]
+struct TxRoute {
+    kind: MediaKind,
+    pt_in: Pt,
+    pt: Pt,
+    ssrc: Ssrc,
 }
 
 impl Peer {
     fn mid_of(&self, kind: MediaKind) -> Option<Mid> {
         self.mids.iter().find(|(_, k)| *k == kind).map(|(m, _)| *m)
+    }
+
+    /// Where a packet of `kind` with the publisher's `params` goes on this
+    /// downlink, if it negotiated a match.
+    fn tx_route(&mut self, kind: MediaKind, params: PayloadParams) -> Option<TxRoute> {
+        let found = self
+            .tx_routes
+            .iter()
+            .find(|r| r.kind == kind && r.pt_in == params.pt());
+        if let Some(r) = found {
+            return Some(*r);
+        }
+        let mid = self.mid_of(kind)?;
+        // Not rtc.writer(): it is frame-mode API and panics in RTP mode.
+        let pt = self.rtc.codec_config().match_params(params)?.pt();
+        let ssrc = self.rtc.direct_api().stream_tx_by_mid(mid, None)?.ssrc();
+        let route = TxRoute {
+            kind,
+            pt_in: params.pt(),
+            pt,
+            ssrc,
+        };
+        self.tx_routes.push(route);
+        Some(route)
     }
 }
 
@@ -426,6 +464,7 @@ impl Engine {
                 ufrag,
                 _room: room,
                 written: false,
+                tx_routes: Vec::new(),
             },
         );
         // Collect MediaAdded and the first timeout before anything arrives.
@@ -685,11 +724,7 @@ impl Engine {
             if !down.connected {
                 continue;
             }
-            let Some(dmid) = down.mid_of(kind) else {
-                continue;
-            };
-            // Not rtc.writer(): it is frame-mode API and panics in RTP mode.
-            let Some(pt) = down.rtc.codec_config().match_params(params).map(|p| p.pt()) else {
+            let Some(route) = down.tx_route(kind, params) else {
                 continue;
             };
             let in_seq = *pkt.seq_no;
@@ -703,7 +738,7 @@ impl Engine {
             };
             let seq: SeqNo = (map.first_out + delta).into();
             let write = RtpWrite::new(
-                pt,
+                route.pt,
                 seq,
                 pkt.header.timestamp,
                 pkt.timestamp,
@@ -713,7 +748,7 @@ impl Engine {
             .ext_vals(ext_vals.clone())
             .nackable(kind == MediaKind::Video);
             let mut api = down.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(dmid, None) else {
+            let Some(tx) = api.stream_tx(&route.ssrc) else {
                 continue;
             };
             tx.write_rtp(write);
