@@ -39,6 +39,7 @@
 mod demux;
 mod dispatch;
 mod engine;
+mod gather;
 
 use crate::network_quality::{self, NetworkQuality};
 use crate::room::media_tcp::{self, TcpEvent};

@@ -8,9 +8,10 @@
 //! forwarded copies, STUN answers, RTCP) is queued and sent in one
 //! `sendmmsg`, a subscriber's packets folded into UDP GSO messages
 //! ([`udp_batch::TxQueue`]). The packets of a video frame that arrive in
-//! one burst are gathered until its last one ([`FRAME_HOLD`]), so that a
+//! one burst are gathered until its last one ([`Gather`]), so that a
 //! subscriber's share of the frame folds into one message.
 
+use super::gather::Gather;
 use super::{Command, Heartbeat, MediaLost, Report, Role, RouteChange, SfuStats, WorkerStats};
 use crate::network_quality::{self, Link, LinkMeter};
 use crate::room::state::ConnId;
@@ -36,16 +37,6 @@ const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
 /// copies wait behind at most one more packet's fan-out (measured: delay
 /// p99 3.9 ms at 50 subscribers with 128, 1.3 to 1.8 ms with 32 or 64).
 const FLUSH_AT: usize = 64;
-/// A video frame's packets that a publisher sends in one burst are
-/// gathered until its last (marker) packet, and leave together: each
-/// subscriber's share of the frame is then one UDP GSO message, and its
-/// connection is polled once for the frame. The frame is no later for it
-/// (a receiver decodes on its last packet); a paced publisher's packets,
-/// further apart than this, are not held longer.
-const FRAME_HOLD: Duration = Duration::from_micros(500);
-/// Datagrams queued (and written, not yet polled) past which a gathered
-/// frame leaves anyway: a keyframe to hundreds of subscribers.
-const MAX_HELD: usize = 128;
 /// Timer passes over the peers are at least this far apart: str0m's timers
 /// (RTCP reports, NACK and TWCC feedback, DTLS and ICE upkeep) tolerate it,
 /// and with hundreds of peers some timer is always due, so without it
@@ -223,8 +214,8 @@ pub(super) struct Engine {
     unflushed: Vec<Instant>,
     /// Propagations waiting to be carried out.
     work: VecDeque<Propagate>,
-    /// A video frame is being gathered ([`FRAME_HOLD`]): until then at the latest.
-    hold_until: Option<Instant>,
+    /// Whether a video frame's packets are being gathered before they leave.
+    gather: Gather,
 }
 
 impl Engine {
@@ -260,7 +251,7 @@ impl Engine {
             written: Vec::new(),
             writes: 0,
             work: VecDeque::new(),
-            hold_until: None,
+            gather: Gather::default(),
         }
     }
 
@@ -272,7 +263,7 @@ impl Engine {
         loop {
             self.beat.beat();
             let mut wake = self.earliest.max(self.last_timer_pass + TIMER_STEP);
-            if let Some(held) = self.hold_until {
+            if let Some(held) = self.gather.deadline() {
                 wake = wake.min(held);
             }
             let sleep = tokio::time::sleep_until(wake.into());
@@ -349,12 +340,12 @@ impl Engine {
 
     /// Whether a video frame is being gathered, and may still wait.
     fn holding(&self, now: Instant) -> bool {
-        self.hold_until.is_some_and(|t| now < t) && self.queued() < MAX_HELD
+        self.gather.holding(now, self.queued())
     }
 
     /// Send what this pass queued, and note how long forwarding took.
     fn flush(&mut self) {
-        self.hold_until = None;
+        self.gather.sent();
         while !self.written.is_empty() {
             self.poll_written();
         }
@@ -763,10 +754,8 @@ impl Engine {
             forwarded = true;
         }
         if forwarded {
-            self.hold_until = match (kind, pkt.header.marker) {
-                (MediaKind::Video, false) => Some(self.hold_until.unwrap_or(now + FRAME_HOLD)),
-                _ => None,
-            };
+            let video = kind == MediaKind::Video;
+            self.gather.forwarded(video, pkt.header.marker, now);
         }
         forwarded
     }

@@ -1,0 +1,87 @@
+//! When a worker's forwarded packets leave: at once, or, while a video
+//! frame's packets are still coming in one burst, when its last (marker)
+//! packet is in. A subscriber's share of a gathered frame is then one UDP
+//! GSO message, and its connection is polled once for the frame. The
+//! frame is no later for it (a receiver decodes on its last packet); a
+//! paced publisher's packets, further apart than [`FRAME_HOLD`], are not
+//! held longer, and a keyframe to many subscribers leaves in parts of at
+//! most [`MAX_HELD`] datagrams. Pure: the engine reports what it forwarded
+//! and asks.
+
+use std::time::{Duration, Instant};
+
+/// How long the first packet of a frame waits for the rest.
+pub(super) const FRAME_HOLD: Duration = Duration::from_micros(500);
+/// Datagrams queued (and written, not yet polled) past which a gathered
+/// frame leaves anyway.
+pub(super) const MAX_HELD: usize = 128;
+
+#[derive(Debug, Default)]
+pub(super) struct Gather {
+    /// A video frame is being gathered: until then at the latest.
+    until: Option<Instant>,
+}
+
+impl Gather {
+    /// A packet was forwarded `now`: a video packet that does not end its
+    /// frame holds what is queued; any other packet lets it go.
+    pub fn forwarded(&mut self, video: bool, marker: bool, now: Instant) {
+        self.until = match (video, marker) {
+            (true, false) => Some(self.until.unwrap_or(now + FRAME_HOLD)),
+            _ => None,
+        };
+    }
+
+    /// Whether `queued` datagrams may still wait at `now`.
+    pub fn holding(&self, now: Instant, queued: usize) -> bool {
+        self.until.is_some_and(|t| now < t) && queued < MAX_HELD
+    }
+
+    /// When the worker must wake to send a gathered frame whose end never came.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.until
+    }
+
+    /// What was queued has left.
+    pub fn sent(&mut self) {
+        self.until = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_held_until_its_last_packet() {
+        let (mut g, t0) = (Gather::default(), Instant::now());
+        g.forwarded(true, false, t0);
+        g.forwarded(true, false, t0 + Duration::from_micros(100));
+        assert!(g.holding(t0 + Duration::from_micros(200), 10));
+        g.forwarded(true, true, t0 + Duration::from_micros(300));
+        assert!(!g.holding(t0 + Duration::from_micros(300), 10));
+        assert_eq!(g.deadline(), None);
+    }
+
+    #[test]
+    fn the_hold_counts_from_the_first_packet_and_ends_on_time() {
+        let (mut g, t0) = (Gather::default(), Instant::now());
+        g.forwarded(true, false, t0);
+        g.forwarded(true, false, t0 + FRAME_HOLD / 2);
+        assert_eq!(g.deadline(), Some(t0 + FRAME_HOLD));
+        assert!(g.holding(t0 + FRAME_HOLD - Duration::from_micros(1), 10));
+        assert!(!g.holding(t0 + FRAME_HOLD, 10));
+    }
+
+    #[test]
+    fn audio_and_a_full_queue_are_not_held() {
+        let (mut g, t0) = (Gather::default(), Instant::now());
+        g.forwarded(false, false, t0);
+        assert!(!g.holding(t0, 1));
+        g.forwarded(true, false, t0);
+        assert!(g.holding(t0, MAX_HELD - 1));
+        assert!(!g.holding(t0, MAX_HELD));
+        g.sent();
+        assert!(!g.holding(t0, 1));
+    }
+}
