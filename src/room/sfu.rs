@@ -16,9 +16,10 @@
 //! by the address STUN taught); the worker (`engine`) feeds its peers,
 //! forwards, and sends what the pass made in one batch
 //! ([`crate::room::udp_batch`]), a video frame's packets gathered so that
-//! each subscriber's share of it is one UDP GSO message. A room goes to the worker with
-//! the fewest live rooms when its first peer opens, and stays there while any
-//! of its peers lives, so forwarding never crosses threads or takes a lock.
+//! each subscriber's share of it is one UDP GSO message (`gather`). A room
+//! goes to the worker with the fewest live rooms when its first peer opens,
+//! and stays there while any of its peers lives, so forwarding never crosses
+//! threads or takes a lock.
 //!
 //! Forwarding is at the RTP level: payloads are shared (`Arc<[u8]>`) between
 //! all downlinks, never copied or re-packetized; sequence numbers are rebased
