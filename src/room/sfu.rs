@@ -369,18 +369,6 @@ impl Sfu {
         let dispatch: Body = Box::new(move || {
             Box::pin(async move {
                 let _running = running;
-                let readable = tokio::io::Interest::READABLE;
-                // SAFETY: the AsyncFd owns the socket, whose fd stays
-                // open and the same until the AsyncFd is dropped.
-                let registered =
-                    unsafe { tokio::io::unix::AsyncFd::register_with_interest(socket, readable) };
-                let socket = match registered {
-                    Ok(socket) => socket,
-                    Err(e) => {
-                        log::error!("E_SFU_SOCKET: cannot use the media socket: {e}");
-                        return;
-                    }
-                };
                 let tcp_events = match tcp_listener.map(tokio::net::TcpListener::from_std) {
                     Some(Ok(listener)) => {
                         let (tx, rx) = mpsc::channel(TCP_EVENTS);
@@ -400,12 +388,12 @@ impl Sfu {
             // One worker: the dispatcher runs beside it, on its thread, and
             // hands it datagrams without waking another thread.
             let worker = bodies.remove(0);
-            let both = move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+            let both: Body = Box::new(move || {
                 Box::pin(async move {
                     futures_util::future::join(worker(), dispatch()).await;
                 })
-            };
-            spawn_thread("callbox-sfu-0".into(), Box::new(both))?;
+            });
+            spawn_thread("callbox-sfu-0".into(), both)?;
         } else {
             for (index, body) in bodies.into_iter().enumerate() {
                 spawn_thread(format!("callbox-sfu-{index}"), body)?;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use str0m::net::Protocol;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 /// What the dispatcher counts, read by the SFU's stats.
@@ -63,15 +64,25 @@ impl Dispatcher {
         }
     }
 
-    /// Serve `socket`, which must be registered for readability only: the
-    /// workers send on the same socket, and a registration for
-    /// writability too would wake this thread (and preempt a worker) each
-    /// time the kernel frees send buffer space, thousands of times a second.
+    /// Serve `socket` (non-blocking), registered for readability only: the
+    /// workers send on the same socket, and a registration for writability
+    /// too would wake the dispatcher (and preempt a worker) each time the
+    /// kernel frees send buffer space, thousands of times a second.
     pub async fn run(
         mut self,
-        socket: AsyncFd<std::net::UdpSocket>,
+        socket: std::net::UdpSocket,
         mut tcp: Option<mpsc::Receiver<TcpEvent>>,
     ) {
+        // SAFETY: the AsyncFd owns the socket, whose fd stays open and the
+        // same until the AsyncFd is dropped.
+        let registered = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) };
+        let socket = match registered {
+            Ok(socket) => socket,
+            Err(e) => {
+                log::error!("E_SFU_SOCKET: cannot use the media socket: {e}");
+                return;
+            }
+        };
         let mut batch = RecvBatch::new(MAX_DATAGRAM);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {

@@ -11,10 +11,10 @@
 use std::time::{Duration, Instant};
 
 /// How long the first packet of a frame waits for the rest.
-pub(super) const FRAME_HOLD: Duration = Duration::from_micros(500);
+const FRAME_HOLD: Duration = Duration::from_micros(500);
 /// Datagrams queued (and written, not yet polled) past which a gathered
 /// frame leaves anyway.
-pub(super) const MAX_HELD: usize = 128;
+const MAX_HELD: usize = 128;
 
 #[derive(Debug, Default)]
 pub(super) struct Gather {
