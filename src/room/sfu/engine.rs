@@ -42,6 +42,9 @@ const FLUSH_AT: usize = 64;
 /// nearly every loop turn would be a pass over all of them. Forwarding
 /// itself never waits for a timer.
 const TIMER_STEP: Duration = Duration::from_millis(10);
+/// A downlink that sent is driven by a timer pass within this long, since
+/// sending is done past its `poll_output` and may have started a timer.
+const SENT_POLL: Duration = Duration::from_millis(100);
 /// Forwarding delays kept for percentiles.
 const DELAY_SAMPLES: usize = 1 << 16;
 
@@ -108,8 +111,6 @@ struct Peer {
     ufrag: String,
     /// Keeps the room on this worker while the peer lives.
     _room: Arc<RoomTicket>,
-    /// Downlinks: RTP was written since the last poll.
-    written: bool,
     /// Downlinks: where each publisher payload type goes, found once.
     tx_routes: Vec<TxRoute>,
 }
@@ -205,10 +206,6 @@ pub(super) struct Engine {
     stats: SfuStats,
     delays: Vec<u32>,
     delay_pos: usize,
-    /// Downlinks written to since they were last polled, and how many
-    /// packets: each is polled once for all of them, before the flush.
-    written: Vec<PeerId>,
-    writes: usize,
     /// When each datagram this pass forwarded was taken up, until the flush.
     unflushed: Vec<Instant>,
     /// Propagations waiting to be carried out.
@@ -247,8 +244,6 @@ impl Engine {
             delays: Vec::with_capacity(DELAY_SAMPLES),
             delay_pos: 0,
             unflushed: Vec::new(),
-            written: Vec::new(),
-            writes: 0,
             work: VecDeque::new(),
             gather: Gather::default(),
         }
@@ -317,24 +312,9 @@ impl Engine {
         }
     }
 
-    /// Poll every downlink written to: its packets move out, protected.
-    fn poll_written(&mut self) {
-        self.writes = 0;
-        let now = Instant::now();
-        for id in std::mem::take(&mut self.written) {
-            let Some(peer) = self.peers.get_mut(&id) else {
-                continue;
-            };
-            peer.written = false;
-            // str0m's pacer sees what was written only when time moves on:
-            // without the timeout the packets would wait for a timer pass.
-            self.drive(id, Some(Input::Timeout(now)), now);
-        }
-    }
-
-    /// Datagrams queued to send, and packets written to downlinks not yet polled.
+    /// Datagrams queued to send.
     fn queued(&self) -> usize {
-        self.out.tx.len() + self.writes
+        self.out.tx.len()
     }
 
     /// Whether a video frame is being gathered, and may still wait.
@@ -345,9 +325,6 @@ impl Engine {
     /// Send what this pass queued, and note how long forwarding took.
     fn flush(&mut self) {
         self.gather.sent();
-        while !self.written.is_empty() {
-            self.poll_written();
-        }
         if self.out.tx.is_empty() {
             return;
         }
@@ -453,7 +430,6 @@ impl Engine {
                 meter: LinkMeter::default(),
                 ufrag,
                 _room: room,
-                written: false,
                 tx_routes: Vec::new(),
             },
         );
@@ -737,18 +713,15 @@ impl Engine {
             .marker(pkt.header.marker)
             .ext_vals(ext_vals.clone())
             .nackable(kind == MediaKind::Video);
-            let mut api = down.rtc.direct_api();
-            let Some(tx) = api.stream_tx(&route.ssrc) else {
+            // Protected and queued at once: no timeout and poll of the
+            // whole downlink per packet.
+            let Some(t) = down.rtc.direct_api().send_rtp_now(route.ssrc, write, now) else {
                 continue;
             };
-            tx.write_rtp(write);
-            // Marked once: before the flush, one timeout and one poll
-            // move out all written since (`poll_written`).
-            if !down.written {
-                down.written = true;
-                self.written.push(d);
-            }
-            self.writes += 1;
+            self.out.send(t);
+            // Timers the send may have started (sender reports) are seen soon.
+            down.next_timeout = down.next_timeout.min(now + SENT_POLL);
+            self.earliest = self.earliest.min(down.next_timeout);
             self.stats.rtp_forwarded += 1;
             forwarded = true;
         }
