@@ -91,12 +91,12 @@
 //! **Uplink RTP -> subscribers** (a room's worker thread `callbox-sfu-N`;
 //! `Sfu::open` put all the room's peers there): `Engine::on_packet` ->
 //! `Engine::drive` (str0m decrypts; `Event::RtpPacket`) -> `Engine::forward`
-//! (sequence rebased per downlink, payload shared; `StreamTx::write_rtp`
-//! per downlink) -> `Engine::flush` (at once, or when a video frame's last
-//! packet is in: `Engine::holding`) -> `Engine::poll_written` (one str0m
-//! poll per written downlink: SRTP-protected datagrams) -> `TxQueue::flush`
-//! (`udp_batch::plan`: each subscriber's datagrams as UDP GSO messages, all
-//! in one `sendmmsg`).
+//! (sequence rebased per downlink, payload shared; `DirectApi::send_rtp_now`
+//! per downlink, from the vendored str0m: the SRTP-protected datagram at
+//! once, past str0m's pacer) -> `Out::send` (queued) -> `Engine::flush` (at
+//! once, or when a video frame's last packet is in: `Engine::holding`) ->
+//! `TxQueue::flush` (`udp_batch::plan`: each subscriber's datagrams as UDP
+//! GSO messages, all in one `sendmmsg`).
 //!
 //! **Packets -> network quality**: in the room, `Engine::on_packet`
 //! (`LinkMeter::heard`), each uplink RTP packet (`LinkMeter::rtp`, its

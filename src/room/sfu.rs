@@ -24,7 +24,11 @@
 //! Forwarding is at the RTP level: payloads are shared (`Arc<[u8]>`) between
 //! all downlinks, never copied or re-packetized; sequence numbers are rebased
 //! per downlink so SRTP's rollover counter starts at 0 for a late subscriber.
-//! str0m answers NACKs from its send buffer, sends NACKs and TWCC feedback to
+//! Each copy is protected and queued at once (`send_rtp_now`, the one
+//! addition in `vendor/str0m`), not written to str0m's pacer and then
+//! drawn out by a timeout and a poll of the whole downlink. str0m still
+//! keeps what was sent: it answers NACKs from its send buffer, counts it in
+//! sender reports, sends NACKs and TWCC feedback to
 //! publishers, and keyframe requests (PLI/FIR) are relayed to the publisher.
 //!
 //! SDP work (a DTLS certificate per peer, parsing and answering the offer)

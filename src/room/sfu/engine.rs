@@ -7,7 +7,9 @@
 //! to this worker, a batch at a time; every datagram a pass makes (the
 //! forwarded copies, STUN answers, RTCP) is queued and sent in one
 //! `sendmmsg`, a subscriber's packets folded into UDP GSO messages
-//! ([`udp_batch::TxQueue`]). The packets of a video frame that arrive in
+//! ([`udp_batch::TxQueue`]). A forwarded copy is protected the moment it
+//! is made (str0m's `send_rtp_now`), so no downlink is driven per packet.
+//! The packets of a video frame that arrive in
 //! one burst are gathered until its last one ([`Gather`]), so that a
 //! subscriber's share of the frame folds into one message.
 
@@ -42,9 +44,6 @@ const FLUSH_AT: usize = 64;
 /// nearly every loop turn would be a pass over all of them. Forwarding
 /// itself never waits for a timer.
 const TIMER_STEP: Duration = Duration::from_millis(10);
-/// A downlink that sent is driven by a timer pass within this long, since
-/// sending is done past its `poll_output` and may have started a timer.
-const SENT_POLL: Duration = Duration::from_millis(100);
 /// Forwarding delays kept for percentiles.
 const DELAY_SAMPLES: usize = 1 << 16;
 
@@ -714,14 +713,16 @@ impl Engine {
             .ext_vals(ext_vals.clone())
             .nackable(kind == MediaKind::Video);
             // Protected and queued at once: no timeout and poll of the
-            // whole downlink per packet.
+            // whole downlink per packet. Sending starts no str0m timer
+            // (sender reports are timed from the last report), so the
+            // downlink's next timeout stands.
             let Some(t) = down.rtc.direct_api().send_rtp_now(route.ssrc, write, now) else {
+                // Queued behind earlier packets: the next pass sends it.
+                down.next_timeout = now;
+                self.earliest = now;
                 continue;
             };
             self.out.send(t);
-            // Timers the send may have started (sender reports) are seen soon.
-            down.next_timeout = down.next_timeout.min(now + SENT_POLL);
-            self.earliest = self.earliest.min(down.next_timeout);
             self.stats.rtp_forwarded += 1;
             forwarded = true;
         }

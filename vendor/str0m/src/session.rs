@@ -1260,7 +1260,12 @@ impl Session {
 
     /// callbox: send one RTP packet on the stream `ssrc` at once, past the
     /// pacer and its send queue (see `StreamTx::send_now`).
-    pub fn send_rtp_now(&mut self, now: Instant, ssrc: Ssrc, rtp: RtpWrite) -> Option<DatagramSend> {
+    pub fn send_rtp_now(
+        &mut self,
+        now: Instant,
+        ssrc: Ssrc,
+        rtp: RtpWrite,
+    ) -> Option<DatagramSend> {
         if self.rtp_closing {
             return None;
         }
