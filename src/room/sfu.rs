@@ -45,6 +45,8 @@ mod demux;
 mod dispatch;
 mod engine;
 mod gather;
+#[cfg(test)]
+mod send_now;
 
 use crate::network_quality::{self, NetworkQuality};
 use crate::room::media_tcp::{self, TcpEvent};
