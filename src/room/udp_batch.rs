@@ -23,6 +23,9 @@ const MAX_SEGMENTS: usize = 64;
 const MAX_GSO_BYTES: usize = 65_000;
 /// Messages (and iovecs in a message) per `sendmmsg` call (`UIO_MAXIOV`).
 const MAX_MESSAGES: usize = 1024;
+/// Sent datagrams' buffers kept for reuse: more than a flush's worth (one
+/// holds a few hundred), at most about 1.5 MB of MTU-sized buffers.
+pub const SPARE_BUFFERS: usize = 1024;
 
 /// One GSO message: `count` datagrams of `segment` bytes (the last may be
 /// shorter) to one address, `order[start..start + count]` in the queue.
@@ -150,10 +153,13 @@ pub struct Sent {
 }
 
 /// Outgoing datagrams of one pass, sent together by [`TxQueue::flush`].
-/// Its buffers are kept between flushes: no allocation per datagram here.
+/// Its buffers are kept between flushes, and so are the datagrams' own
+/// (up to [`SPARE_BUFFERS`]) for [`TxQueue::buffer`]: a caller that fills
+/// those allocates nothing per datagram.
 #[derive(Default)]
 pub struct TxQueue {
     datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    spare: Vec<Vec<u8>>,
     shape: Vec<(SocketAddr, usize)>,
     order: Vec<usize>,
     groups: Vec<Group>,
@@ -172,6 +178,11 @@ impl TxQueue {
 
     pub fn push(&mut self, destination: SocketAddr, contents: Vec<u8>) {
         self.datagrams.push((destination, contents));
+    }
+
+    /// An empty buffer for a datagram: one a flush sent, when there is one.
+    pub fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -237,6 +248,11 @@ impl TxQueue {
                     next += 1;
                 }
             }
+        }
+        let keep = SPARE_BUFFERS.saturating_sub(self.spare.len());
+        for (_, mut buf) in self.datagrams.drain(..).take(keep) {
+            buf.clear();
+            self.spare.push(buf);
         }
         self.datagrams.clear();
         sent

@@ -716,7 +716,12 @@ impl Engine {
             // whole downlink per packet. Sending starts no str0m timer
             // (sender reports are timed from the last report), so the
             // downlink's next timeout stands.
-            let Some(t) = down.rtc.direct_api().send_rtp_now(route.ssrc, write, now) else {
+            let buf = self.out.tx.buffer();
+            let sent = down
+                .rtc
+                .direct_api()
+                .send_rtp_now(route.ssrc, write, now, buf);
+            let Some(t) = sent else {
                 // Queued behind earlier packets: the next pass sends it.
                 down.next_timeout = now;
                 self.earliest = now;

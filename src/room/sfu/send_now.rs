@@ -150,7 +150,7 @@ fn a_packet_sent_at_once_is_received_and_resent_on_nack() {
         let t = room
             .rtc
             .direct_api()
-            .send_rtp_now(ssrc, write, now)
+            .send_rtp_now(ssrc, write, now, Vec::new())
             .expect("sent at once");
         assert_eq!(t.destination, client.addr);
         if !lost.contains(&seq) {
@@ -193,5 +193,5 @@ fn nothing_is_sent_before_the_call_is_up() {
         now,
         Arc::<[u8]>::from(vec![1u8; 10]),
     );
-    assert!(api.send_rtp_now(ssrc, write, now).is_none());
+    assert!(api.send_rtp_now(ssrc, write, now, Vec::new()).is_none());
 }

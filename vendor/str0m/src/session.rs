@@ -1255,16 +1255,18 @@ impl Session {
             Some(cluster) => TwccPacketId::with_cluster(twcc_seq, cluster),
             None => TwccPacketId::new(twcc_seq),
         });
-        self.protect_packet(now, receipt, midrid, twcc_id)
+        self.protect_packet(now, receipt, midrid, twcc_id, Vec::new())
     }
 
     /// callbox: send one RTP packet on the stream `ssrc` at once, past the
-    /// pacer and its send queue (see `StreamTx::send_now`).
+    /// pacer and its send queue (see `StreamTx::send_now`), protected into
+    /// `output`.
     pub fn send_rtp_now(
         &mut self,
         now: Instant,
         ssrc: Ssrc,
         rtp: RtpWrite,
+        output: Vec<u8>,
     ) -> Option<DatagramSend> {
         if self.rtp_closing {
             return None;
@@ -1280,16 +1282,18 @@ impl Session {
         let buf = &mut self.poll_packet_buf;
         let receipt = stream.send_now(rtp, now, exts, twcc, &self.codec_config, buf)?;
         let twcc_id = twcc_enabled.then(|| TwccPacketId::new(twcc_seq));
-        self.protect_packet(now, receipt, midrid, twcc_id)
+        self.protect_packet(now, receipt, midrid, twcc_id, output)
     }
 
-    /// The packet in `poll_packet_buf`, accounted for and protected.
+    /// The packet in `poll_packet_buf`, accounted for and protected into
+    /// `output`.
     fn protect_packet(
         &mut self,
         now: Instant,
         receipt: PacketReceipt,
         midrid: MidRid,
         twcc_id: Option<TwccPacketId>,
+        mut output: Vec<u8>,
     ) -> Option<DatagramSend> {
         let buf = &mut self.poll_packet_buf;
         let PacketReceipt {
@@ -1315,7 +1319,7 @@ impl Session {
         }
 
         let srtp_tx = self.srtp_tx.as_mut()?;
-        let protected = srtp_tx.protect_rtp(buf, &header, *seq_no);
+        srtp_tx.protect_rtp_into(buf, &header, *seq_no, &mut output);
 
         if let Some(packet_id) = twcc_id {
             self.twcc_tx_register
@@ -1331,7 +1335,7 @@ impl Session {
             self.media_bytes_tx += payload_size as u64;
         }
 
-        Some(protected.into())
+        Some(output.into())
     }
 
     pub fn poll_timeout(&mut self) -> (Option<Instant>, Reason) {

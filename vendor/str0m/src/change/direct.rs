@@ -367,7 +367,9 @@ impl<'a> DirectApi<'a> {
     /// one, and returned to transmit. A forwarding server calls this instead
     /// of writing and then driving the whole `Rtc` with a timeout and
     /// `poll_output` per packet. `now` is the caller's clock; it does not
-    /// drive the `Rtc`'s timers.
+    /// drive the `Rtc`'s timers. The packet is protected into `output`,
+    /// whose allocation is reused when it is large enough (`Vec::new()`
+    /// for a fresh one).
     ///
     /// `None` when nothing is to be sent now: SRTP or the ICE pair is not up
     /// yet, the stream or its payload type is unknown, or packets written
@@ -378,12 +380,13 @@ impl<'a> DirectApi<'a> {
         ssrc: Ssrc,
         rtp: RtpWrite,
         now: Instant,
+        output: Vec<u8>,
     ) -> Option<crate::net::Transmit> {
         let rtc = &mut *self.rtc;
         let send = rtc.send_addr.as_ref()?;
         let (proto, source, destination) = (send.proto, send.source, send.destination);
         let now = now.max(rtc.last_now);
-        let contents = rtc.session.send_rtp_now(now, ssrc, rtp)?;
+        let contents = rtc.session.send_rtp_now(now, ssrc, rtp, output)?;
         rtc.peer_bytes_tx += contents.len() as u64;
         Some(crate::net::Transmit {
             proto,
