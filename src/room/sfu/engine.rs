@@ -722,7 +722,8 @@ impl Engine {
                 .direct_api()
                 .send_rtp_now(route.ssrc, write, now, buf);
             let Some(t) = sent else {
-                // Queued behind earlier packets: the next pass sends it.
+                // Not up yet (dropped), or queued behind packets written
+                // earlier: a timer pass on this downlink sends those.
                 down.next_timeout = now;
                 self.earliest = now;
                 continue;
