@@ -249,12 +249,12 @@ impl TxQueue {
                 }
             }
         }
-        let keep = SPARE_BUFFERS.saturating_sub(self.spare.len());
-        for (_, mut buf) in self.datagrams.drain(..).take(keep) {
-            buf.clear();
-            self.spare.push(buf);
+        for (_, mut buf) in self.datagrams.drain(..) {
+            if self.spare.len() < SPARE_BUFFERS {
+                buf.clear();
+                self.spare.push(buf);
+            }
         }
-        self.datagrams.clear();
         sent
     }
 

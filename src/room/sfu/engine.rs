@@ -273,9 +273,7 @@ impl Engine {
             }
             // What came in leaves before any timer pass.
             let now = Instant::now();
-            if !self.holding(now) {
-                self.flush();
-            }
+            self.flush_unless_holding(now);
             if now >= self.earliest && now >= self.last_timer_pass + TIMER_STEP {
                 self.last_timer_pass = now;
                 self.on_timeouts(now);
@@ -283,9 +281,7 @@ impl Engine {
             if now >= self.next_grade {
                 self.grade_links(now);
             }
-            if !self.holding(now) {
-                self.flush();
-            }
+            self.flush_unless_holding(now);
         }
         log::info!("SFU worker stopped");
     }
@@ -297,8 +293,8 @@ impl Engine {
                     let data = &batch.data[d.start..d.end];
                     let now = Instant::now();
                     self.on_packet(data, d.source, (d.proto, d.local), now);
-                    if self.queued() >= FLUSH_AT && !self.holding(now) {
-                        self.flush();
+                    if self.queued() >= FLUSH_AT {
+                        self.flush_unless_holding(now);
                     }
                 }
             }
@@ -316,9 +312,12 @@ impl Engine {
         self.out.tx.len()
     }
 
-    /// Whether a video frame is being gathered, and may still wait.
-    fn holding(&self, now: Instant) -> bool {
-        self.gather.holding(now, self.queued())
+    /// Send what is queued, unless a video frame is being gathered and
+    /// may still wait.
+    fn flush_unless_holding(&mut self, now: Instant) {
+        if !self.gather.holding(now, self.queued()) {
+            self.flush();
+        }
     }
 
     /// Send what this pass queued, and note how long forwarding took.

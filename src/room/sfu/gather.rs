@@ -1,8 +1,7 @@
 //! When a worker's forwarded packets leave: at once, or, while a video
 //! frame's packets are still coming in one burst, when its last (marker)
 //! packet is in. A subscriber's share of a gathered frame is then one UDP
-//! GSO message, and its connection is polled once for the frame. The
-//! frame is no later for it (a receiver decodes on its last packet); a
+//! GSO message. The frame is no later for it (a receiver decodes on its last packet); a
 //! paced publisher's packets, further apart than [`FRAME_HOLD`], are not
 //! held longer, and a keyframe to many subscribers leaves in parts of at
 //! most [`MAX_HELD`] datagrams. Pure: the engine reports what it forwarded
@@ -12,8 +11,7 @@ use std::time::{Duration, Instant};
 
 /// How long the first packet of a frame waits for the rest.
 const FRAME_HOLD: Duration = Duration::from_micros(500);
-/// Datagrams queued (and written, not yet polled) past which a gathered
-/// frame leaves anyway.
+/// Datagrams queued past which a gathered frame leaves anyway.
 const MAX_HELD: usize = 128;
 
 #[derive(Debug, Default)]
