@@ -692,7 +692,7 @@ impl Engine {
                 continue;
             };
             let in_seq = *pkt.seq_no;
-            let map = *down.seq.entry(kind).or_insert(SeqMap {
+            let map = *down.seq.entry(kind).or_insert_with(|| SeqMap {
                 first_in: in_seq,
                 first_out: rand::random::<u16>() as u64 / 2,
             });
