@@ -295,46 +295,6 @@ fn print_row(what: &str, o: &Outcome) {
     );
 }
 
-/// Least-squares `cores = fixed + per_stream * n` through `(n, cores)`;
-/// `None` with fewer than two sizes.
-fn cost_line(points: &[(f64, f64)]) -> Option<(f64, f64)> {
-    let k = points.len() as f64;
-    let (sx, sy) = points
-        .iter()
-        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-    let sxx: f64 = points.iter().map(|(x, _)| x * x).sum();
-    let sxy: f64 = points.iter().map(|(x, y)| x * y).sum();
-    let d = k * sxx - sx * sx;
-    if points.len() < 2 || d <= 0.0 {
-        return None;
-    }
-    let per_stream = (k * sxy - sx * sy) / d;
-    Some(((sy - per_stream * sx) / k, per_stream))
-}
-
-/// What a room costs whatever its size, and what each subscriber adds:
-/// at small N the first dominates, which the ratio alone hides.
-fn print_cost_model(costs: &[(f64, f64, f64)]) {
-    let sfu: Vec<_> = costs.iter().map(|&(n, s, _)| (n, s)).collect();
-    let relay: Vec<_> = costs.iter().map(|&(n, _, r)| (n, r)).collect();
-    let (Some((sfu_fixed, sfu_c)), Some((relay_fixed, relay_c))) =
-        (cost_line(&sfu), cost_line(&relay))
-    else {
-        return;
-    };
-    for (what, fixed, c) in [
-        ("SFU", sfu_fixed, sfu_c),
-        ("UDP relay", relay_fixed, relay_c),
-    ] {
-        println!(
-            "{what} cost fitted over N: {:.1} ms of CPU per s per room + {:.3} ms per s per subscriber stream ({:.0} streams per core at the margin)",
-            fixed * 1e3,
-            c * 1e3,
-            1.0 / c
-        );
-    }
-}
-
 fn check(o: &Outcome) {
     assert!(o.forwarded_per_s > 0.0, "the SFU forwarded nothing");
     assert!(
@@ -390,7 +350,6 @@ fn main() {
         "dgram/msg"
     );
     let mut ratios = Vec::new();
-    let mut costs = Vec::new();
     for &n in sizes {
         let base = run_baseline(n, measure);
         let sfu = rt.block_on(run_sfu((1, n, 1), warmup, measure));
@@ -403,7 +362,6 @@ fn main() {
             "the UDP relay's CPU",
         );
         ratios.push((n, r, sfu.delay_p99_us));
-        costs.push((n as f64, sfu.cpu_cores, base.cpu_cores));
     }
     let (rooms, subs) = many;
     let mut many_rooms = Vec::new();
@@ -413,7 +371,6 @@ fn main() {
         check(&o);
         many_rooms.push((workers, o));
     }
-    print_cost_model(&costs);
     for (n, r, p99) in ratios {
         println!("SFU / UDP relay streams per core at N = {n}: {r:.2}x (SFU delay p99 {p99} us)");
     }
