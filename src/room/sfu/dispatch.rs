@@ -8,7 +8,7 @@ use super::demux::Demux;
 use super::engine::{Datagrams, Dgram, Inbound};
 use super::{Heartbeat, RouteChange, MAX_DATAGRAM};
 use crate::room::media_tcp::TcpEvent;
-use crate::room::udp_batch::RecvBatch;
+use crate::room::udp_batch::{RecvBatch, RECV_BATCH};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,6 +142,14 @@ impl Dispatcher {
                         self.route(source, data, local);
                     }
                     self.hand_out();
+                    if n < RECV_BATCH {
+                        // The socket was empty: a datagram that comes later
+                        // raises a new readiness event (epoll is
+                        // edge-triggered), so no `recvmmsg` need end in
+                        // `EAGAIN` to clear this one.
+                        ready.clear_ready();
+                        return;
+                    }
                 }
                 // ICMP port-unreachable from a vanished client surfaces here; not fatal.
                 Err(e) => log::debug!("media socket recv: {e}"),
