@@ -1,11 +1,11 @@
 //! When a worker's forwarded packets leave: at once, or, while a video
 //! frame's packets are still coming in one burst, when its last (marker)
 //! packet is in. A subscriber's share of a gathered frame is then one UDP
-//! GSO message. The frame is no later for it (a receiver decodes on its last packet); a
-//! paced publisher's packets, further apart than [`FRAME_HOLD`], are not
-//! held longer, and a keyframe to many subscribers leaves in parts of at
-//! most [`MAX_HELD`] datagrams. Pure: the engine reports what it forwarded
-//! and asks.
+//! GSO message. The frame is no later for it (a receiver decodes on its
+//! last packet); a paced publisher's packets, further apart than
+//! [`FRAME_HOLD`], are not held longer, and a keyframe to many subscribers
+//! leaves in parts of at most [`MAX_HELD`] datagrams. Pure: the engine
+//! reports what it forwarded and asks.
 
 use std::time::{Duration, Instant};
 
