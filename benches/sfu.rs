@@ -5,7 +5,9 @@
 //! scheduler's accounting) per forwarded subscriber stream and the
 //! forwarding delay (datagram taken up -> its forwarded copies sent,
 //! p50/p99), beside a baseline measured in the same run: a plain UDP
-//! fan-out thread (recv + N sendto, no ICE/DTLS/SRTP) with the same traffic.
+//! fan-out thread (recv + N sendto, no ICE/DTLS/SRTP) with the same traffic,
+//! and how often the forwarding threads were switched out (to wait for
+//! input, or preempted by the receivers they woke).
 //! Then many rooms at once (R rooms of one publisher and S subscribers) with
 //! 1 and 2 forwarding workers. The ratios are the last lines; a baseline
 //! that could not be measured fails the bench.
@@ -19,7 +21,10 @@ mod common;
 use bytes::Bytes;
 use callbox::client::Client;
 use callbox::room::local::{loopback_config, LocalRoom};
-use common::{joined, joined_with_stream, percentile, ratio, thread_cpu_ns, threads_cpu_ns};
+use common::{
+    joined, joined_with_stream, percentile, ratio, thread_cpu_ns, thread_switches, threads_cpu_ns,
+    threads_switches,
+};
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +41,9 @@ struct Outcome {
     datagrams_per_call: f64,
     /// Datagrams per message (GSO folding; 1 for the relay).
     datagrams_per_message: f64,
+    /// Times the forwarding threads were switched out, per second: to wait
+    /// for input, or preempted by the receivers they woke.
+    switches_per_s: f64,
 }
 
 impl Outcome {
@@ -134,16 +142,18 @@ async fn run_sfu(
 
     tokio::time::sleep(warmup).await;
     let sfu = room_stats(&room).await;
-    let (t0, c0, r0) = (
+    let (t0, c0, r0, s0) = (
         Instant::now(),
         threads_cpu_ns("callbox-sfu"),
         received.load(Ordering::Relaxed),
+        threads_switches("callbox-sfu"),
     );
     tokio::time::sleep(measure).await;
-    let (t1, c1, r1) = (
+    let (t1, c1, r1, s1) = (
         Instant::now(),
         threads_cpu_ns("callbox-sfu"),
         received.load(Ordering::Relaxed),
+        threads_switches("callbox-sfu"),
     );
     let sfu_end = room_stats(&room).await;
     stop.store(true, Ordering::Relaxed);
@@ -176,6 +186,7 @@ async fn run_sfu(
         datagrams_per_call: counter("datagrams_sent") as f64 / counter("send_calls").max(1) as f64,
         datagrams_per_message: counter("datagrams_sent") as f64
             / counter("send_messages").max(1) as f64,
+        switches_per_s: s1.saturating_sub(s0) as f64 / wall,
     }
 }
 
@@ -220,6 +231,7 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
     let s2 = Arc::clone(&stop);
     let relay_thread = std::thread::spawn(move || {
         let start_ns = thread_cpu_ns(thread_self()).unwrap_or(0);
+        let start_switches = thread_switches(thread_self()).unwrap_or(0);
         let start = Instant::now();
         let (mut buf, mut delays, mut forwarded) = ([0u8; 2048], Vec::new(), 0u64);
         while !s2.load(Ordering::Relaxed) {
@@ -234,7 +246,8 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
             delays.push(arrived.elapsed().as_micros() as u32);
         }
         let ns = thread_cpu_ns(thread_self()).unwrap_or(0) - start_ns;
-        (ns, start.elapsed(), delays, forwarded)
+        let switches = thread_switches(thread_self()).unwrap_or(0) - start_switches;
+        (ns, switches, start.elapsed(), delays, forwarded)
     });
     // Publisher: RTP-sized packets (1200-byte video fragments, 100-byte audio).
     let src = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -255,7 +268,7 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
         std::thread::sleep(tick.saturating_duration_since(Instant::now()));
     }
     stop.store(true, Ordering::Relaxed);
-    let (ns, wall, mut delays, forwarded) = relay_thread.join().expect("relay");
+    let (ns, switches, wall, mut delays, forwarded) = relay_thread.join().expect("relay");
     drains.into_iter().for_each(|d| {
         let _ = d.join();
     });
@@ -269,6 +282,7 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
         delivered_ratio: received.load(Ordering::Relaxed) as f64 / forwarded.max(1) as f64,
         datagrams_per_call: 1.0,
         datagrams_per_message: 1.0,
+        switches_per_s: switches as f64 / wall,
     }
 }
 
@@ -281,7 +295,7 @@ fn thread_self() -> u64 {
 
 fn print_row(what: &str, o: &Outcome) {
     println!(
-        "{:<16} {:>5} {:>10.3} {:>12.0} {:>16.0} {:>14} {:>14} {:>10.1}% {:>9.1} {:>9.2}",
+        "{:<16} {:>5} {:>10.3} {:>12.0} {:>16.0} {:>14} {:>14} {:>10.1}% {:>9.1} {:>9.2} {:>10.0}",
         what,
         o.n,
         o.cpu_cores,
@@ -292,6 +306,7 @@ fn print_row(what: &str, o: &Outcome) {
         o.delivered_ratio * 100.0,
         o.datagrams_per_call,
         o.datagrams_per_message,
+        o.switches_per_s,
     );
 }
 
@@ -337,7 +352,7 @@ fn main() {
         "SFU forwarding benchmark (640x480@30 H.264 + Opus publishers -> subscribers, loopback)"
     );
     println!(
-        "{:<16} {:>5} {:>10} {:>12} {:>16} {:>14} {:>14} {:>11} {:>9} {:>9}",
+        "{:<16} {:>5} {:>10} {:>12} {:>16} {:>14} {:>14} {:>11} {:>9} {:>9} {:>10}",
         "what",
         "N",
         "cpu cores",
@@ -347,7 +362,8 @@ fn main() {
         "delay p99 us",
         "delivered",
         "dgram/call",
-        "dgram/msg"
+        "dgram/msg",
+        "switches/s"
     );
     let mut ratios = Vec::new();
     for &n in sizes {

@@ -105,6 +105,17 @@ pub fn bench_in_own_netns() {
 /// CPU time, ns, of this process's threads whose name starts with
 /// `prefix`, from the scheduler's own accounting (no clock-tick rounding).
 pub fn threads_cpu_ns(prefix: &str) -> u64 {
+    threads_sum(prefix, thread_cpu_ns)
+}
+
+/// Times this process's threads whose name starts with `prefix` were
+/// switched out: to wait (a wake follows) or preempted.
+pub fn threads_switches(prefix: &str) -> u64 {
+    threads_sum(prefix, thread_switches)
+}
+
+/// `each` summed over this process's threads whose name starts with `prefix`.
+fn threads_sum(prefix: &str, each: impl Fn(u64) -> Option<u64>) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
@@ -115,7 +126,7 @@ pub fn threads_cpu_ns(prefix: &str) -> u64 {
             std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
                 .is_ok_and(|c| c.trim().starts_with(prefix))
         })
-        .filter_map(thread_cpu_ns)
+        .filter_map(each)
         .sum()
 }
 
@@ -123,6 +134,16 @@ pub fn threads_cpu_ns(prefix: &str) -> u64 {
 pub fn thread_cpu_ns(tid: u64) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
     s.split_whitespace().next()?.parse().ok()
+}
+
+/// Context switches of one thread of this process, voluntary and not.
+pub fn thread_switches(tid: u64) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    let count = |field: &str| -> Option<u64> {
+        let line = s.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(count("voluntary_ctxt_switches:")? + count("nonvoluntary_ctxt_switches:")?)
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`); this
