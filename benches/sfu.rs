@@ -246,7 +246,9 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
             delays.push(arrived.elapsed().as_micros() as u32);
         }
         let ns = thread_cpu_ns(thread_self()).unwrap_or(0) - start_ns;
-        let switches = thread_switches(thread_self()).unwrap_or(0) - start_switches;
+        let switches = thread_switches(thread_self())
+            .unwrap_or(0)
+            .saturating_sub(start_switches);
         (ns, switches, start.elapsed(), delays, forwarded)
     });
     // Publisher: RTP-sized packets (1200-byte video fragments, 100-byte audio).
