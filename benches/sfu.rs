@@ -230,8 +230,9 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
     }
     let s2 = Arc::clone(&stop);
     let relay_thread = std::thread::spawn(move || {
-        let start_ns = thread_cpu_ns(thread_self()).unwrap_or(0);
-        let start_switches = thread_switches(thread_self()).unwrap_or(0);
+        let me = thread_self();
+        let start_ns = thread_cpu_ns(me).unwrap_or(0);
+        let start_switches = thread_switches(me).unwrap_or(0);
         let start = Instant::now();
         let (mut buf, mut delays, mut forwarded) = ([0u8; 2048], Vec::new(), 0u64);
         while !s2.load(Ordering::Relaxed) {
@@ -245,8 +246,8 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
             }
             delays.push(arrived.elapsed().as_micros() as u32);
         }
-        let ns = thread_cpu_ns(thread_self()).unwrap_or(0) - start_ns;
-        let switches = thread_switches(thread_self())
+        let ns = thread_cpu_ns(me).unwrap_or(0).saturating_sub(start_ns);
+        let switches = thread_switches(me)
             .unwrap_or(0)
             .saturating_sub(start_switches);
         (ns, switches, start.elapsed(), delays, forwarded)
