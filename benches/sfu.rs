@@ -14,6 +14,10 @@
 //!
 //! `cargo bench --bench sfu` runs the sweep; under `cargo test` (no
 //! `--bench` argument) it runs small cases as a smoke test.
+//! `CALLBOX_SFU_NEIGHBOR=<MiB>` runs it all beside a busy neighbor: a
+//! lowest-priority thread that walks that much memory whenever a core is
+//! free, as another process on the server would take the cores' idle time
+//! and caches. The relay and the SFU are measured beside it alike.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -289,6 +293,29 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
     }
 }
 
+/// The neighbor of `CALLBOX_SFU_NEIGHBOR`, if asked for: how many MiB it walks.
+fn start_neighbor() -> Option<usize> {
+    let mib: usize = std::env::var("CALLBOX_SFU_NEIGHBOR").ok()?.parse().ok()?;
+    let walk = move || {
+        // Linux: PRIO_PROCESS with 0 is the calling thread alone.
+        // SAFETY: no pointers; a failure leaves the priority as it was.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+        let mut memory = vec![0u8; mib << 20];
+        loop {
+            // One write per cache line: every line the forwarders had is evicted.
+            for i in (0..memory.len()).step_by(64) {
+                memory[i] = memory[i].wrapping_add(1);
+            }
+            std::hint::black_box(&memory);
+        }
+    };
+    std::thread::Builder::new()
+        .name("neighbor".into())
+        .spawn(walk)
+        .expect("neighbor thread");
+    Some(mib)
+}
+
 fn thread_self() -> u64 {
     std::fs::read_link("/proc/thread-self")
         .ok()
@@ -354,6 +381,9 @@ fn main() {
     println!(
         "SFU forwarding benchmark (640x480@30 H.264 + Opus publishers -> subscribers, loopback)"
     );
+    if let Some(mib) = start_neighbor() {
+        println!("beside a neighbor: a nice-19 thread walking {mib} MiB whenever a core is free");
+    }
     println!(
         "{:<16} {:>5} {:>10} {:>12} {:>16} {:>14} {:>14} {:>11} {:>9} {:>9} {:>10}",
         "what",
