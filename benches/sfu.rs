@@ -295,14 +295,17 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
 
 /// The neighbor of `CALLBOX_SFU_NEIGHBOR`, if asked for: how many MiB it walks.
 fn start_neighbor() -> Option<usize> {
-    let mib: usize = std::env::var("CALLBOX_SFU_NEIGHBOR").ok()?.parse().ok()?;
+    let asked = std::env::var("CALLBOX_SFU_NEIGHBOR").ok()?;
+    let mib: usize = asked
+        .parse()
+        .unwrap_or_else(|_| panic!("CALLBOX_SFU_NEIGHBOR={asked}: not a size in MiB"));
     let walk = move || {
         // Linux: PRIO_PROCESS with 0 is the calling thread alone.
         // SAFETY: no pointers; a failure leaves the priority as it was.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
         let mut memory = vec![0u8; mib << 20];
         loop {
-            // One write per cache line: every line the forwarders had is evicted.
+            // One write per cache line: the walk holds as much cache as it covers.
             for i in (0..memory.len()).step_by(64) {
                 memory[i] = memory[i].wrapping_add(1);
             }
