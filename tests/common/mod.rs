@@ -139,11 +139,16 @@ pub fn thread_cpu_ns(tid: u64) -> Option<u64> {
 /// Context switches of one thread of this process, voluntary and not.
 pub fn thread_switches(tid: u64) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
-    let count = |field: &str| -> Option<u64> {
-        let line = s.lines().find(|l| l.starts_with(field))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    };
-    Some(count("voluntary_ctxt_switches:")? + count("nonvoluntary_ctxt_switches:")?)
+    Some(
+        status_field(&s, "voluntary_ctxt_switches:")?
+            + status_field(&s, "nonvoluntary_ctxt_switches:")?,
+    )
+}
+
+/// The number after `field` in the text of a `/proc/.../status` file.
+fn status_field(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`); this
@@ -151,8 +156,7 @@ pub fn thread_switches(tid: u64) -> Option<u64> {
 pub fn proc_kib(pid: Option<u32>, field: &str) -> Option<u64> {
     let who = pid.map_or_else(|| "self".to_owned(), |p| p.to_string());
     let status = std::fs::read_to_string(format!("/proc/{who}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    status_field(&status, field)
 }
 
 /// `a / b` for a bench's ratio line, failing the bench when the baseline
