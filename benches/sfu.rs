@@ -146,19 +146,17 @@ async fn run_sfu(
 
     tokio::time::sleep(warmup).await;
     let sfu = room_stats(&room).await;
-    let (t0, c0, r0, s0) = (
-        Instant::now(),
-        threads_cpu_ns("callbox-sfu"),
-        received.load(Ordering::Relaxed),
-        threads_switches("callbox-sfu"),
-    );
+    let sample = || {
+        (
+            Instant::now(),
+            threads_cpu_ns("callbox-sfu"),
+            received.load(Ordering::Relaxed),
+            threads_switches("callbox-sfu"),
+        )
+    };
+    let (t0, c0, r0, s0) = sample();
     tokio::time::sleep(measure).await;
-    let (t1, c1, r1, s1) = (
-        Instant::now(),
-        threads_cpu_ns("callbox-sfu"),
-        received.load(Ordering::Relaxed),
-        threads_switches("callbox-sfu"),
-    );
+    let (t1, c1, r1, s1) = sample();
     let sfu_end = room_stats(&room).await;
     stop.store(true, Ordering::Relaxed);
     let wall = (t1 - t0).as_secs_f64();
@@ -235,8 +233,13 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
     let s2 = Arc::clone(&stop);
     let relay_thread = std::thread::spawn(move || {
         let me = thread_self();
-        let start_ns = thread_cpu_ns(me).unwrap_or(0);
-        let start_switches = thread_switches(me).unwrap_or(0);
+        let sample = || {
+            (
+                thread_cpu_ns(me).unwrap_or(0),
+                thread_switches(me).unwrap_or(0),
+            )
+        };
+        let (start_ns, start_switches) = sample();
         let start = Instant::now();
         let (mut buf, mut delays, mut forwarded) = ([0u8; 2048], Vec::new(), 0u64);
         while !s2.load(Ordering::Relaxed) {
@@ -250,10 +253,9 @@ fn run_baseline(n: usize, measure: Duration) -> Outcome {
             }
             delays.push(arrived.elapsed().as_micros() as u32);
         }
-        let ns = thread_cpu_ns(me).unwrap_or(0).saturating_sub(start_ns);
-        let switches = thread_switches(me)
-            .unwrap_or(0)
-            .saturating_sub(start_switches);
+        let (end_ns, end_switches) = sample();
+        let ns = end_ns.saturating_sub(start_ns);
+        let switches = end_switches.saturating_sub(start_switches);
         (ns, switches, start.elapsed(), delays, forwarded)
     });
     // Publisher: RTP-sized packets (1200-byte video fragments, 100-byte audio).
