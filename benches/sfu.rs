@@ -55,6 +55,27 @@ impl Outcome {
     fn streams_per_core(&self) -> f64 {
         self.n as f64 / self.cpu_cores
     }
+
+    /// CPU microseconds per packet taken in (each goes out as `n` copies).
+    fn us_per_packet_in(&self) -> f64 {
+        self.cpu_cores * 1e6 * self.n as f64 / self.forwarded_per_s
+    }
+}
+
+/// Least-squares `cost = fixed + per_copy * n` over the runs of one kind:
+/// what a packet taken in costs whatever its fan-out, and what each copy
+/// adds. None with fewer than two sizes.
+fn fit(runs: &[&Outcome]) -> Option<(f64, f64)> {
+    let k = runs.len() as f64;
+    let (sx, sy) = runs.iter().fold((0.0, 0.0), |(x, y), o| {
+        (x + o.n as f64, y + o.us_per_packet_in())
+    });
+    let (mx, my) = (sx / k, sy / k);
+    let (sxx, sxy) = runs.iter().fold((0.0, 0.0), |(xx, xy), o| {
+        let dx = o.n as f64 - mx;
+        (xx + dx * dx, xy + dx * (o.us_per_packet_in() - my))
+    });
+    (sxx > 0.0).then(|| (my - sxy / sxx * mx, sxy / sxx))
 }
 
 /// The traffic of one 640x480@30 camera call: (payload size, is_video) per tick of 1 ms.
@@ -403,7 +424,7 @@ fn main() {
         "dgram/msg",
         "switches/s"
     );
-    let mut ratios = Vec::new();
+    let (mut ratios, mut pairs) = (Vec::new(), Vec::new());
     for &n in sizes {
         let base = run_baseline(n, measure);
         let sfu = rt.block_on(run_sfu((1, n, 1), warmup, measure));
@@ -416,6 +437,7 @@ fn main() {
             "the UDP relay's CPU",
         );
         ratios.push((n, r, sfu.delay_p99_us));
+        pairs.push((base, sfu));
     }
     let (rooms, subs) = many;
     let mut many_rooms = Vec::new();
@@ -424,6 +446,19 @@ fn main() {
         print_row(&format!("{rooms}x{subs} {workers} worker"), &o);
         check(&o);
         many_rooms.push((workers, o));
+    }
+    let relay_runs: Vec<_> = pairs.iter().map(|(b, _)| b).collect();
+    let sfu_runs: Vec<_> = pairs.iter().map(|(_, s)| s).collect();
+    if let (Some((sa, sb)), Some((ra, rb))) = (fit(&sfu_runs), fit(&relay_runs)) {
+        println!(
+            "CPU per packet taken in: SFU {sa:.1} us + {sb:.2} us per copy, UDP relay {ra:.1} us + {rb:.2} us per copy"
+        );
+        if rb > sb {
+            println!(
+                "the SFU draws level with the relay from about N = {:.0}",
+                (sa - ra) / (rb - sb)
+            );
+        }
     }
     for (n, r, p99) in ratios {
         println!("SFU / UDP relay streams per core at N = {n}: {r:.2}x (SFU delay p99 {p99} us)");
