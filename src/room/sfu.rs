@@ -139,6 +139,11 @@ pub struct SfuStats {
     pub forward_delay_us_p50: u32,
     pub forward_delay_us_p99: u32,
     pub forward_delay_samples: usize,
+    /// The same for datagrams that end a video frame: the part of a
+    /// frame's latency the SFU adds, as a viewer's decoder waits for the
+    /// frame's last packet (the first ones may wait for it here instead).
+    pub frame_delay_us_p50: u32,
+    pub frame_delay_us_p99: u32,
     /// Datagrams read from the media port.
     pub datagrams_in: u64,
     /// Datagrams over the largest size taken in, dropped.
@@ -156,6 +161,24 @@ pub struct SfuStats {
     pub send_messages: u64,
     /// Each worker's share.
     pub workers: Vec<WorkerStats>,
+}
+
+/// A worker's forwarding delays, microseconds: of every datagram, and of
+/// those that ended a video frame.
+#[derive(Debug, Default)]
+struct Delays {
+    all: Vec<u32>,
+    frame_end: Vec<u32>,
+}
+
+/// The `qs` quantiles of `v` (sorting it); 0 when empty.
+fn percentiles<const N: usize>(v: &mut [u32], qs: [f64; N]) -> [u32; N] {
+    v.sort_unstable();
+    qs.map(|q| {
+        v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    })
 }
 
 /// One worker's peers and forwarding.
@@ -184,7 +207,7 @@ enum Command {
         conn: ConnId,
         stream_id: String,
     },
-    Stats(oneshot::Sender<(SfuStats, WorkerStats, Vec<u32>)>),
+    Stats(oneshot::Sender<(SfuStats, WorkerStats, Delays)>),
     /// What a bug on a worker does, for the test that it takes the SFU down.
     #[cfg(test)]
     Panic,
@@ -503,7 +526,7 @@ impl Sfu {
     /// Every worker's counters summed, delay percentiles over all of them.
     pub async fn stats(&self) -> Option<SfuStats> {
         let mut total = SfuStats::default();
-        let mut delays = Vec::new();
+        let mut delays = Delays::default();
         for w in self.workers.iter() {
             let (tx, rx) = oneshot::channel();
             w.commands.send(Command::Stats(tx)).ok()?;
@@ -519,23 +542,19 @@ impl Sfu {
             total.send_calls += s.send_calls;
             total.send_messages += s.send_messages;
             total.workers.push(worker);
-            delays.extend(d);
+            delays.all.extend(d.all);
+            delays.frame_end.extend(d.frame_end);
         }
         let c = &self.counters;
         total.datagrams_in = c.datagrams_in.load(Ordering::Relaxed);
         total.datagrams_oversized = c.oversized.load(Ordering::Relaxed);
         total.datagrams_unroutable = c.unroutable.load(Ordering::Relaxed);
         total.datagrams_worker_busy = c.worker_busy.load(Ordering::Relaxed);
-        delays.sort_unstable();
-        let pct = |q: f64| {
-            delays
-                .get(((delays.len() as f64 - 1.0) * q).round() as usize)
-                .copied()
-                .unwrap_or(0)
-        };
-        total.forward_delay_us_p50 = pct(0.50);
-        total.forward_delay_us_p99 = pct(0.99);
-        total.forward_delay_samples = delays.len();
+        let [p50, p99] = percentiles(&mut delays.all, [0.50, 0.99]);
+        (total.forward_delay_us_p50, total.forward_delay_us_p99) = (p50, p99);
+        total.forward_delay_samples = delays.all.len();
+        let [p50, p99] = percentiles(&mut delays.frame_end, [0.50, 0.99]);
+        (total.frame_delay_us_p50, total.frame_delay_us_p99) = (p50, p99);
         Some(total)
     }
 

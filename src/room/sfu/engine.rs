@@ -14,7 +14,9 @@
 //! subscriber's share of the frame folds into one message.
 
 use super::gather::Gather;
-use super::{Command, Heartbeat, MediaLost, Report, Role, RouteChange, SfuStats, WorkerStats};
+use super::{
+    Command, Delays, Heartbeat, MediaLost, Report, Role, RouteChange, SfuStats, WorkerStats,
+};
 use crate::network_quality::{self, Link, LinkMeter};
 use crate::room::state::ConnId;
 use crate::room::udp_batch::{self, TxQueue};
@@ -46,6 +48,24 @@ const FLUSH_AT: usize = 64;
 const TIMER_STEP: Duration = Duration::from_millis(10);
 /// Forwarding delays kept for percentiles.
 const DELAY_SAMPLES: usize = 1 << 16;
+
+/// The last [`DELAY_SAMPLES`] forwarding delays, microseconds.
+#[derive(Default)]
+struct DelayRing {
+    samples: Vec<u32>,
+    next: usize,
+}
+
+impl DelayRing {
+    fn record(&mut self, us: u32) {
+        if self.samples.len() < DELAY_SAMPLES {
+            self.samples.push(us);
+        } else {
+            self.samples[self.next] = us;
+            self.next = (self.next + 1) % DELAY_SAMPLES;
+        }
+    }
+}
 
 /// What the dispatcher hands a worker.
 pub(super) enum Inbound {
@@ -203,10 +223,13 @@ pub(super) struct Engine {
     /// When clients are next told their network quality.
     next_grade: Instant,
     stats: SfuStats,
-    delays: Vec<u32>,
-    delay_pos: usize,
-    /// When each datagram this pass forwarded was taken up, until the flush.
-    unflushed: Vec<Instant>,
+    /// Forwarding delays of every datagram, and of those that ended a
+    /// video frame (what a viewer waits for: the frame decodes on its last).
+    delays: DelayRing,
+    frame_delays: DelayRing,
+    /// When each datagram this pass forwarded was taken up, and whether it
+    /// ended a video frame, until the flush.
+    unflushed: Vec<(Instant, bool)>,
     /// Propagations waiting to be carried out.
     work: VecDeque<Propagate>,
     /// Whether a video frame's packets are being gathered before they leave.
@@ -240,8 +263,8 @@ impl Engine {
             last_timer_pass: Instant::now(),
             next_grade: Instant::now() + network_quality::INTERVAL,
             stats: SfuStats::default(),
-            delays: Vec::with_capacity(DELAY_SAMPLES),
-            delay_pos: 0,
+            delays: DelayRing::default(),
+            frame_delays: DelayRing::default(),
             unflushed: Vec::new(),
             work: VecDeque::new(),
             gather: Gather::default(),
@@ -332,16 +355,14 @@ impl Engine {
         self.stats.send_calls += sent.calls as u64;
         self.stats.send_messages += sent.messages as u64;
         let now = Instant::now();
-        for arrived in std::mem::take(&mut self.unflushed) {
+        for (arrived, frame_end) in std::mem::take(&mut self.unflushed) {
             let us = now
                 .duration_since(arrived)
                 .as_micros()
                 .min(u32::MAX as u128) as u32;
-            if self.delays.len() < DELAY_SAMPLES {
-                self.delays.push(us);
-            } else {
-                self.delays[self.delay_pos] = us;
-                self.delay_pos = (self.delay_pos + 1) % DELAY_SAMPLES;
+            self.delays.record(us);
+            if frame_end {
+                self.frame_delays.record(us);
             }
         }
     }
@@ -377,7 +398,7 @@ impl Engine {
     }
 
     /// This worker's counters, its peers, and its forwarding delays.
-    fn snapshot(&self) -> (SfuStats, WorkerStats, Vec<u32>) {
+    fn snapshot(&self) -> (SfuStats, WorkerStats, Delays) {
         let peers = self.peers.len();
         let uplinks = self
             .peers
@@ -390,7 +411,11 @@ impl Engine {
             downlinks: peers - uplinks,
             rtp_forwarded: self.stats.rtp_forwarded,
         };
-        (self.stats.clone(), worker, self.delays.clone())
+        let delays = Delays {
+            all: self.delays.samples.clone(),
+            frame_end: self.frame_delays.samples.clone(),
+        };
+        (self.stats.clone(), worker, delays)
     }
 
     fn insert(
@@ -518,7 +543,7 @@ impl Engine {
             p.meter.heard(now);
         }
         if self.drive(id, Some(input), now) {
-            self.unflushed.push(now);
+            self.unflushed.push((now, self.gather.ended_frame()));
         }
     }
 

@@ -22,12 +22,15 @@ const MAX_HELD: usize = crate::room::udp_batch::SPARE_BUFFERS;
 pub(super) struct Gather {
     /// A video frame is being gathered: until then at the latest.
     until: Option<Instant>,
+    /// The last packet forwarded ended a video frame.
+    ended_frame: bool,
 }
 
 impl Gather {
     /// A packet was forwarded `now`: a video packet that does not end its
     /// frame holds what is queued; any other packet lets it go.
     pub fn forwarded(&mut self, video: bool, marker: bool, now: Instant) {
+        self.ended_frame = video && marker;
         self.until = match (video, marker) {
             (true, false) => Some(self.until.unwrap_or(now + FRAME_HOLD)),
             _ => None,
@@ -42,6 +45,11 @@ impl Gather {
     /// When the worker must wake to send a gathered frame whose end never came.
     pub fn deadline(&self) -> Option<Instant> {
         self.until
+    }
+
+    /// Whether the last packet forwarded ended a video frame.
+    pub fn ended_frame(&self) -> bool {
+        self.ended_frame
     }
 
     /// What was queued has left.
@@ -60,7 +68,9 @@ mod tests {
         g.forwarded(true, false, t0);
         g.forwarded(true, false, t0 + Duration::from_micros(100));
         assert!(g.holding(t0 + Duration::from_micros(200), 10));
+        assert!(!g.ended_frame());
         g.forwarded(true, true, t0 + Duration::from_micros(300));
+        assert!(g.ended_frame());
         assert!(!g.holding(t0 + Duration::from_micros(300), 10));
         assert_eq!(g.deadline(), None);
     }
