@@ -14,8 +14,8 @@ const FRAME_HOLD: Duration = Duration::from_micros(500);
 /// Datagrams queued past which a gathered frame leaves anyway: as many as
 /// the send queue keeps buffers for, so a P-frame to 100 subscribers (about
 /// 400 datagrams) still leaves as one message each, and holding allocates
-/// nothing. At 128, frames to 50 or more left in parts, and the kernel's
-/// per-message cost at 100 subscribers was about a fifth higher.
+/// nothing. At 128, frames to 50 or more subscribers left in parts, and
+/// the worker spent about a fifth more CPU per stream there.
 const MAX_HELD: usize = crate::room::udp_batch::SPARE_BUFFERS;
 
 #[derive(Debug, Default)]
