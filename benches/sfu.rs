@@ -71,15 +71,13 @@ impl Outcome {
 /// Least-squares `cost = fixed + per_copy * n` over the runs of one kind:
 /// what a packet taken in costs whatever its fan-out, and what each copy
 /// adds. None with fewer than two sizes.
-fn fit(runs: &[&Outcome]) -> Option<(f64, f64)> {
-    let k = runs.len() as f64;
-    let (sx, sy) = runs.iter().fold((0.0, 0.0), |(x, y), o| {
-        (x + o.n as f64, y + o.us_per_packet_in())
-    });
-    let (mx, my) = (sx / k, sy / k);
-    let (sxx, sxy) = runs.iter().fold((0.0, 0.0), |(xx, xy), o| {
-        let dx = o.n as f64 - mx;
-        (xx + dx * dx, xy + dx * (o.us_per_packet_in() - my))
+fn fit<'a>(runs: impl Iterator<Item = &'a Outcome>) -> Option<(f64, f64)> {
+    let points: Vec<(f64, f64)> = runs.map(|o| (o.n as f64, o.us_per_packet_in())).collect();
+    let k = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / k;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / k;
+    let (sxx, sxy) = points.iter().fold((0.0, 0.0), |(xx, xy), (x, y)| {
+        (xx + (x - mx) * (x - mx), xy + (x - mx) * (y - my))
     });
     (sxx > 0.0).then(|| (my - sxy / sxx * mx, sxy / sxx))
 }
@@ -435,7 +433,7 @@ fn main() {
         "dgram/msg",
         "switches/s"
     );
-    let (mut ratios, mut pairs) = (Vec::new(), Vec::new());
+    let mut runs = Vec::new();
     for &n in sizes {
         let base = run_baseline(n, measure);
         let sfu = rt.block_on(run_sfu((1, n, 1), warmup, measure));
@@ -447,8 +445,7 @@ fn main() {
             base.streams_per_core(),
             "the UDP relay's CPU",
         );
-        ratios.push((n, r, sfu.delay_p99_us, sfu.frame_delay_p99_us));
-        pairs.push((base, sfu));
+        runs.push((base, sfu, r));
     }
     let (rooms, subs) = many;
     let mut many_rooms = Vec::new();
@@ -458,9 +455,8 @@ fn main() {
         check(&o);
         many_rooms.push((workers, o));
     }
-    let relay_runs: Vec<_> = pairs.iter().map(|(b, _)| b).collect();
-    let sfu_runs: Vec<_> = pairs.iter().map(|(_, s)| s).collect();
-    if let (Some((sa, sb)), Some((ra, rb))) = (fit(&sfu_runs), fit(&relay_runs)) {
+    let sfu_fit = fit(runs.iter().map(|(_, s, _)| s));
+    if let (Some((sa, sb)), Some((ra, rb))) = (sfu_fit, fit(runs.iter().map(|(b, _, _)| b))) {
         println!(
             "CPU per packet taken in: SFU {sa:.1} us + {sb:.2} us per copy, UDP relay {ra:.1} us + {rb:.2} us per copy"
         );
@@ -471,9 +467,10 @@ fn main() {
             );
         }
     }
-    for (n, r, p99, frame_p99) in ratios {
+    for (_, sfu, r) in &runs {
         println!(
-            "SFU / UDP relay streams per core at N = {n}: {r:.2}x (SFU delay p99 {p99} us, of a frame's last packet {frame_p99} us)"
+            "SFU / UDP relay streams per core at N = {}: {r:.2}x (SFU delay p99 {} us, of a frame's last packet {} us)",
+            sfu.n, sfu.delay_p99_us, sfu.frame_delay_p99_us
         );
     }
     for (workers, o) in &many_rooms {
