@@ -30,7 +30,7 @@ use callbox::client::Client;
 use callbox::room::local::{loopback_config, LocalRoom};
 use common::{
     joined, joined_with_stream, percentile, ratio, thread_cpu_ns, thread_switches, threads_cpu_ns,
-    threads_switches,
+    threads_named, threads_switches,
 };
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -203,6 +203,15 @@ async fn run_sfu(
         publisher.close_media().await;
     }
     room.stop().await;
+    // A run sums the CPU of every thread so named: none may outlive its room.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while threads_named("callbox-sfu") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the SFU's threads outlived the stopped room service"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Outcome {
         n: rooms * subs,
         cpu_cores: (c1 - c0) as f64 / 1e9 / wall,

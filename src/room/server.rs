@@ -180,7 +180,8 @@ pub async fn serve(
     tokio::spawn(relay_reports(state.hub.clone(), reports));
     let handle = axum_server::Handle::new();
     let died = Arc::new(std::sync::Mutex::new(None));
-    tokio::spawn(watch_media(sfu, handle.clone(), Arc::clone(&died)));
+    let watcher = tokio::spawn(watch_media(sfu.clone(), handle.clone(), Arc::clone(&died)));
+    let _media = MediaGuard { sfu, watcher };
     let h = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -212,6 +213,20 @@ pub async fn serve(
     match why {
         Some(why) => Err(ServeError::MediaDied(why)),
         None => Ok(()),
+    }
+}
+
+/// Stops the media threads however `serve` returns, once the watcher that
+/// would take their end for a death is gone.
+struct MediaGuard {
+    sfu: Sfu,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MediaGuard {
+    fn drop(&mut self) {
+        self.watcher.abort();
+        self.sfu.stop();
     }
 }
 

@@ -208,6 +208,8 @@ enum Command {
         stream_id: String,
     },
     Stats(oneshot::Sender<(SfuStats, WorkerStats, Delays)>),
+    /// End the worker's loop; its peers go without a word.
+    Stop,
     /// What a bug on a worker does, for the test that it takes the SFU down.
     #[cfg(test)]
     Panic,
@@ -558,6 +560,13 @@ impl Sfu {
         Some(total)
     }
 
+    /// Stop every thread. The hub, the report relay and the workers hold
+    /// one another's channels, so the threads would outlive the service:
+    /// a worker ends at once, and the dispatcher when no worker is left.
+    pub fn stop(&self) {
+        self.broadcast(|| Command::Stop);
+    }
+
     /// Make worker `worker` panic, as a bug would.
     #[cfg(test)]
     fn inject_panic(&self, worker: usize) {
@@ -688,6 +697,39 @@ mod tests {
             last_turn_ms: AtomicU64::new(0),
         };
         assert!(matches!(stalled.health(), Health::Stalled(d) if d >= STALL));
+    }
+
+    /// Stopping ends every thread: each worker at once, the dispatcher
+    /// when no worker is left, and with them the reports.
+    #[test]
+    fn stop_ends_every_thread() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        for workers in [1, 2] {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let (sfu, mut reports) =
+                Sfu::start(socket, "127.0.0.1:9".parse().unwrap(), None, workers).unwrap();
+            assert_eq!(wait_for(&sfu, Health::Running), Health::Running);
+            sfu.stop();
+            let beats =
+                || std::iter::once(&sfu.dispatcher).chain(sfu.workers.iter().map(|w| &w.beat));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while beats().any(|b| b.health() != Health::Stopped) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                beats().all(|b| b.health() == Health::Stopped),
+                "{workers} worker(s)"
+            );
+            let closed = rt.block_on(tokio::time::timeout(Duration::from_secs(5), reports.recv()));
+            assert!(
+                matches!(closed, Ok(None)),
+                "the reports end with the workers"
+            );
+        }
     }
 
     fn key(room: u32) -> RoomKey {

@@ -114,6 +114,11 @@ pub fn threads_switches(prefix: &str) -> u64 {
     threads_sum(prefix, thread_switches)
 }
 
+/// How many of this process's threads have a name starting with `prefix`.
+pub fn threads_named(prefix: &str) -> u64 {
+    threads_sum(prefix, |_| Some(1))
+}
+
 /// `each` summed over this process's threads whose name starts with `prefix`.
 fn threads_sum(prefix: &str, each: impl Fn(u64) -> Option<u64>) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {

@@ -285,8 +285,8 @@ impl Engine {
             let sleep = tokio::time::sleep_until(wake.into());
             tokio::select! {
                 cmd = commands.recv() => match cmd {
+                    Some(Command::Stop) | None => break,
                     Some(cmd) => self.on_command(cmd),
-                    None => break,
                 },
                 batch = inbound.recv() => match batch {
                     Some(batch) => self.on_inbound(batch),
@@ -392,6 +392,7 @@ impl Engine {
             Command::Stats(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Stop => {}
             #[cfg(test)]
             Command::Panic => panic!("a bug on an SFU worker"),
         }
