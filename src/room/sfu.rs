@@ -39,7 +39,9 @@
 //! ([`crate::network_quality`]) and reported too, on the same channel
 //! ([`Report`]). Every thread's heartbeat feeds [`Sfu::health`]: one that
 //! panics or stops turning makes the whole SFU unhealthy, and the server
-//! stops so systemd restarts it, rather than serve half its rooms.
+//! stops so systemd restarts it, rather than serve half its rooms. When the
+//! service stops, [`Sfu::stop`] ends the workers, and the dispatcher with
+//! the last of them.
 
 mod demux;
 mod dispatch;
