@@ -392,6 +392,7 @@ impl Engine {
             Command::Stats(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            // The loop ends on it before it gets here.
             Command::Stop => {}
             #[cfg(test)]
             Command::Panic => panic!("a bug on an SFU worker"),
