@@ -647,11 +647,17 @@ fn prepare(
 mod tests {
     use super::*;
 
-    fn wait_for(sfu: &Sfu, want: Health) -> Health {
+    /// Whether `cond` holds within 5 s.
+    fn eventually(cond: impl Fn() -> bool) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while sfu.health() != want && Instant::now() < deadline {
+        while !cond() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        cond()
+    }
+
+    fn wait_for(sfu: &Sfu, want: Health) -> Health {
+        eventually(|| sfu.health() == want);
         sfu.health()
     }
 
@@ -718,12 +724,8 @@ mod tests {
             sfu.stop();
             let beats =
                 || std::iter::once(&sfu.dispatcher).chain(sfu.workers.iter().map(|w| &w.beat));
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while beats().any(|b| b.health() != Health::Stopped) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
             assert!(
-                beats().all(|b| b.health() == Health::Stopped),
+                eventually(|| beats().all(|b| b.health() == Health::Stopped)),
                 "{workers} worker(s)"
             );
             let closed = rt.block_on(tokio::time::timeout(Duration::from_secs(5), reports.recv()));
