@@ -47,8 +47,6 @@ mod demux;
 mod dispatch;
 mod engine;
 mod gather;
-#[cfg(test)]
-mod send_now;
 
 use crate::network_quality::{self, NetworkQuality};
 use crate::room::media_tcp::{self, TcpEvent};
@@ -597,7 +595,9 @@ fn extensions(role: Role) -> ExtensionMap {
 }
 
 /// A str0m peer for `offer` and its answer: the SDP work, off the thread.
-fn prepare(
+/// Public so that the send path's tests and bench make their peers exactly
+/// as the room does.
+pub fn prepare(
     offer: &str,
     advertise: SocketAddr,
     tcp: Option<SocketAddr>,

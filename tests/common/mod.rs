@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod janus;
+pub mod str0m_pair;
 
 use bytes::Bytes;
 use callbox::client::peer::RemotePacket;
