@@ -228,11 +228,16 @@ fn main() {
             sfu.upkeep();
         }
     }
+    report(&mut r, &mut s, rounds / 2, walk_mib);
+}
+
+/// The table and the ratios, from `turns` turns of each kind.
+fn report(r: &mut Times, s: &mut Times, turns: usize, walk_mib: usize) {
     let row = |what: &str, caches: &str, us: f64| println!("{what:<12} {caches:<18} {us:>12.3}");
     println!(
         "Fan-out cost per copy: a {PACKETS}-datagram frame to {SUBSCRIBERS} subscribers on loopback, \
          median of {} turns each",
-        rounds / 2
+        turns
     );
     println!("{:<12} {:<18} {:>12}", "what", "caches", "us per copy");
     let evicted = format!("after {walk_mib} MiB walk");
