@@ -24,7 +24,7 @@ mod common;
 
 use callbox::room::udp_batch::{gso_supported, TxQueue};
 use common::str0m_pair::{connected_call, Side};
-use std::hint::black_box;
+use common::{percentile, walk_cache_lines};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -149,14 +149,6 @@ fn relay_turn(socket: &UdpSocket, datagram: &[u8], sinks: &Sinks) -> usize {
     sent
 }
 
-/// Writes one byte in every cache line of `junk`.
-fn walk(junk: &mut [u8]) {
-    for i in (0..junk.len()).step_by(64) {
-        junk[i] = junk[i].wrapping_add(1);
-    }
-    black_box(junk);
-}
-
 /// Per-turn times of one kind, warm and evicted.
 #[derive(Default)]
 struct Times {
@@ -176,8 +168,7 @@ impl Times {
     /// Median microseconds per copy.
     fn per_copy(turns: &mut [Duration]) -> f64 {
         assert!(!turns.is_empty(), "no turn was measured");
-        turns.sort_unstable();
-        turns[turns.len() / 2].as_secs_f64() * 1e6 / (PACKETS * SUBSCRIBERS) as f64
+        percentile(turns, 0.5).as_secs_f64() * 1e6 / (PACKETS * SUBSCRIBERS) as f64
     }
 }
 
@@ -206,7 +197,7 @@ fn main() {
     for round in 0..rounds {
         let evicted = round % 2 == 1;
         if evicted {
-            walk(&mut junk);
+            walk_cache_lines(&mut junk);
         }
         r.of(evicted)
             .push(timed(|| relay_turn(&relay, &datagram, &sinks)));
@@ -216,7 +207,7 @@ fn main() {
             "the relay's copies arrive"
         );
         if evicted {
-            walk(&mut junk);
+            walk_cache_lines(&mut junk);
         }
         s.of(evicted).push(timed(|| sfu.turn(&payload, &sinks)));
         assert_eq!(

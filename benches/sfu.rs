@@ -30,7 +30,7 @@ use callbox::client::Client;
 use callbox::room::local::{loopback_config, LocalRoom};
 use common::{
     joined, joined_with_stream, percentile, ratio, thread_cpu_ns, thread_switches, threads_cpu_ns,
-    threads_named, threads_switches,
+    threads_named, threads_switches, walk_cache_lines,
 };
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -344,11 +344,7 @@ fn start_neighbor() -> Option<usize> {
         unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
         let mut memory = vec![0u8; mib << 20];
         loop {
-            // One write per cache line: the walk holds as much cache as it covers.
-            for i in (0..memory.len()).step_by(64) {
-                memory[i] = memory[i].wrapping_add(1);
-            }
-            std::hint::black_box(&memory);
+            walk_cache_lines(&mut memory);
         }
     };
     std::thread::Builder::new()

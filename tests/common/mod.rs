@@ -175,6 +175,15 @@ pub fn ratio(a: f64, b: f64, baseline: &str) -> f64 {
     a / b
 }
 
+/// One write per cache line of `memory`: a walk holds as much of the
+/// caches as it covers, as another busy program's would.
+pub fn walk_cache_lines(memory: &mut [u8]) {
+    for i in (0..memory.len()).step_by(64) {
+        memory[i] = memory[i].wrapping_add(1);
+    }
+    std::hint::black_box(memory);
+}
+
 /// The `q` quantile (0..=1) of `v`, sorting it; the default when empty.
 pub fn percentile<T: Ord + Copy + Default>(v: &mut [T], q: f64) -> T {
     v.sort_unstable();
